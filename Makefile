@@ -1,0 +1,28 @@
+# genlab: `make train` and `make test` create the virtualenv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: install train test lint clean
+
+$(BIN)/genlab: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(BIN)/genlab
+
+install: $(BIN)/genlab
+
+train: install  ## DCGAN on the embedded MNIST digits; extra overrides: make train ARGS="model=vae"
+	$(BIN)/genlab train $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: install
+	$(BIN)/ruff check genlab tests scripts
+	$(BIN)/ruff format --check genlab tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,40 @@
+"""`genlab <command> [overrides]`: dispatch to the command's Hydra main."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "Train a model: genlab train model=dcgan dataset=mnist5k trainer.max_steps=2000",
+}
+
+USAGE = """usage: genlab <command> [Hydra overrides and flags]
+
+commands:
+{commands}
+
+Every command is a Hydra app: `genlab train --help` lists its config groups and options,
+`genlab train --cfg job` prints the composed config, `genlab train -m a=1,2` sweeps.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        width = max(map(len, COMMANDS))
+        lines = "\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
+        print(USAGE.format(commands=lines))
+        sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        from genlab import __version__
+
+        print(f"genlab {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"genlab: unknown command '{command}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(f"genlab.commands.{command}")
+    sys.argv = [f"genlab {command}", *rest]
+    module.main()

@@ -1,0 +1,1 @@
+"""One module per `genlab <command>`, each with a Hydra `main`."""

@@ -1,0 +1,141 @@
+"""Config checking and instantiation.
+
+Every config node with a `_target_` is checked against the signature of its target before any
+work starts: unknown keys and values of the wrong type are refused with the full key in the
+message. Range checks live in the constructors themselves (they raise `ValueError`), and `build`
+turns those into a `ConfigError` naming the config group.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from genlab.errors import ConfigError, GenlabError
+
+# Installed wheels carry the config tree inside the package; a source checkout keeps it at the top.
+_PACKAGED_CONF = Path(__file__).parent / "conf"
+CONF_DIR = (_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parents[1] / "conf").resolve()
+
+
+def choice(group: str) -> str:
+    """The option selected for a config group (`model` -> `dcgan`), when run through Hydra."""
+    if HydraConfig.initialized():
+        value = HydraConfig.get().runtime.choices.get(group)
+        if value is not None:
+            return str(value)
+    return "?"
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin is not None:
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a type hint (unknown hints are accepted)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, list | tuple | ListConfig):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_matches, value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    return True
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # third-party annotations that do not evaluate: skip type checks
+        return {}
+
+
+def check_node(node: DictConfig, path: str) -> None:
+    """Refuse unknown keys and wrongly typed values in a `_target_` node and its children."""
+    target_name = node.get("_target_")
+    try:
+        target = get_object(target_name)
+    except Exception as e:
+        raise ConfigError(f"{path}._target_: cannot import '{target_name}' ({e})") from None
+    params = inspect.signature(target).parameters
+    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    hints = _hints(target)
+    for key in node:
+        if key.startswith("_") and key.endswith("_"):
+            continue
+        full = f"{path}.{key}"
+        if key not in params and not open_kwargs:
+            allowed = ", ".join(k for k, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
+            raise ConfigError(f"{full}: unknown key for {target_name}; allowed keys: {allowed}")
+        try:
+            value = node[key]  # resolves interpolations
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{full}: {e}") from None
+        if isinstance(value, DictConfig):
+            if "_target_" in value:
+                check_node(value, full)
+            continue
+        if isinstance(value, ListConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        if key in hints and not _matches(value, hints[key]):
+            raise ConfigError(
+                f"{full}: expected {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def check_config(cfg: DictConfig, groups: collections.abc.Iterable[str]) -> None:
+    """Check each group's node before anything is built."""
+    for group in groups:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ConfigError(f"config group '{group}' is missing or has no _target_")
+        check_node(node, group)
+
+
+def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """Instantiate a config node; a constructor's `ValueError`/`TypeError` becomes a `ConfigError`."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, GenlabError):
+            raise cause from None
+        if isinstance(cause, ValueError | TypeError):
+            raise ConfigError(f"{group}={choice(group)}: {cause}") from cause
+        raise

@@ -1,0 +1,32 @@
+"""The `device` config group: pick the torch device, refusing one this machine lacks."""
+
+from __future__ import annotations
+
+import torch
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """`auto` (cuda, then mps, then cpu), `cpu`, `cuda`, `cuda:N` or `mps`."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_ok else "cpu")
+    kind, _, index = name.partition(":")
+    if kind == "cpu" and not index:
+        return torch.device("cpu")
+    if kind == "cuda" and (not index or index.isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "CUDA is not available on this machine (torch.cuda.is_available() is False); "
+                "use device=cpu or device=auto"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"{name} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device(name)
+    if kind == "mps" and not index:
+        if not mps_ok:
+            raise ValueError("MPS is not available on this machine; use device=cpu or device=auto")
+        return torch.device("mps")
+    raise ValueError(f"name must be auto, cpu, cuda, cuda:N or mps, got {name!r}")

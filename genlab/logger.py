@@ -1,0 +1,46 @@
+"""The `logger` config group: where scalars and sample grids go besides the run folder's PNGs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from torch import Tensor
+
+
+class NullLogger:
+    """Logs nothing (`logger=none`)."""
+
+    def __init__(self, *, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def log_scalars(self, values: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_image(self, tag: str, image: Tensor, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger(NullLogger):
+    """TensorBoard event files under `<run_dir>/<subdir>`: `tensorboard --logdir outputs`."""
+
+    def __init__(self, subdir: str = "tb", flush_secs: int = 30, *, run_dir: str | Path) -> None:
+        super().__init__(run_dir=run_dir)
+        if flush_secs < 1:
+            raise ValueError(f"flush_secs must be >= 1, got {flush_secs}")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / subdir), flush_secs=flush_secs)
+
+    def log_scalars(self, values: Mapping[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_image(self, tag: str, image: Tensor, step: int) -> None:
+        self.writer.add_image(tag, image, step)  # (C, H, W) floats in [0, 1]
+
+    def close(self) -> None:
+        self.writer.close()

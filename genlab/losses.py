@@ -1,0 +1,181 @@
+"""Losses as pure functions on discriminator logits and decoder outputs.
+
+The classes at the bottom are what the `loss` config group instantiates: they bundle the functions
+of one objective with its few settings, and say which model family they fit (`AdversarialLoss`
+for GANs, `ELBO` for VAEs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# --- adversarial objectives: inputs are raw discriminator outputs (logits) -------------------
+
+
+def bce_d_loss(real: Tensor, fake: Tensor) -> Tensor:
+    """Standard GAN discriminator loss: -log D(x) - log(1 - D(G(z)))."""
+    return F.binary_cross_entropy_with_logits(
+        real, torch.ones_like(real)
+    ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+
+
+def bce_g_loss(fake: Tensor) -> Tensor:
+    """Non-saturating generator loss: -log D(G(z))."""
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+def hinge_d_loss(real: Tensor, fake: Tensor) -> Tensor:
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+def hinge_g_loss(fake: Tensor) -> Tensor:
+    return -fake.mean()
+
+
+def lsgan_d_loss(real: Tensor, fake: Tensor) -> Tensor:
+    """Least-squares GAN (Mao et al.) with targets 1 for real and 0 for fake."""
+    return 0.5 * ((real - 1.0) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def lsgan_g_loss(fake: Tensor) -> Tensor:
+    return 0.5 * ((fake - 1.0) ** 2).mean()
+
+
+def wasserstein_d_loss(real: Tensor, fake: Tensor) -> Tensor:
+    return fake.mean() - real.mean()
+
+
+def wasserstein_g_loss(fake: Tensor) -> Tensor:
+    return -fake.mean()
+
+
+def gradient_penalty(
+    critic: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None = None
+) -> Tensor:
+    """WGAN-GP penalty E[(||grad D(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani et al.)."""
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+    mixed = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    out = critic(mixed, labels)
+    (grad,) = torch.autograd.grad(out.sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+# --- VAE: per-image sums in nats ----------------------------------------------------------------
+
+
+def bernoulli_nll(logits: Tensor, target: Tensor) -> Tensor:
+    """-log p(x|z) per image for Bernoulli pixels, target in [0, 1]."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+
+
+def gaussian_nll(mean: Tensor, target: Tensor, sigma: float) -> Tensor:
+    """-log N(x; mean, sigma^2) per image, summed over pixels."""
+    per_pixel = 0.5 * ((target - mean) / sigma) ** 2 + math.log(sigma) + 0.5 * math.log(2 * math.pi)
+    return per_pixel.flatten(1).sum(1)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per image: 0.5 * sum(mu^2 + var - logvar - 1) >= 0."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).flatten(1).sum(1)
+
+
+# --- what the `loss` config group builds -------------------------------------------------------
+
+
+class AdversarialLoss:
+    """A GAN objective: discriminator and generator losses on logits."""
+
+    n_critic: int = 1  # discriminator updates per generator update
+    gp_weight: float = 0.0  # weight of the gradient penalty (0: none)
+
+    def d_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def g_loss(self, fake: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def score(self, logits: Tensor) -> Tensor:
+        """What is logged as D(x) and D(G(z)): raw critic outputs unless a subclass says otherwise."""
+        return logits
+
+
+class NonSaturating(AdversarialLoss):
+    """Goodfellow et al.'s GAN loss with the non-saturating generator objective."""
+
+    d_loss = staticmethod(bce_d_loss)
+    g_loss = staticmethod(bce_g_loss)
+
+    def score(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits)
+
+
+class Hinge(AdversarialLoss):
+    d_loss = staticmethod(hinge_d_loss)
+    g_loss = staticmethod(hinge_g_loss)
+
+
+class LeastSquares(AdversarialLoss):
+    d_loss = staticmethod(lsgan_d_loss)
+    g_loss = staticmethod(lsgan_g_loss)
+
+
+class WassersteinGP(AdversarialLoss):
+    """Wasserstein loss with gradient penalty and several critic steps per generator step."""
+
+    d_loss = staticmethod(wasserstein_d_loss)
+    g_loss = staticmethod(wasserstein_g_loss)
+
+    def __init__(self, gp_weight: float = 10.0, n_critic: int = 5) -> None:
+        if gp_weight < 0:
+            raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
+        if n_critic < 1:
+            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        self.gp_weight, self.n_critic = float(gp_weight), int(n_critic)
+
+
+class ELBO:
+    """Negative evidence lower bound for a VAE, in nats per image.
+
+    Images arrive in [-1, 1]. The Bernoulli likelihood models pixel intensities mapped to [0, 1]
+    (not binarised: the data keep their grey levels, as in PyTorch's VAE example); the Gaussian
+    likelihood has a fixed standard deviation `sigma` in [-1, 1] units. `beta` weights the KL term
+    of the training objective only: the reported ELBO always uses beta = 1.
+    """
+
+    def __init__(
+        self,
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        beta: float = 1.0,
+        sigma: float = 0.1,
+    ) -> None:
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.likelihood, self.beta, self.sigma = likelihood, float(beta), float(sigma)
+
+    def nll(self, decoded: Tensor, x: Tensor) -> Tensor:
+        """-log p(x|z) per image for decoder outputs and images in [-1, 1]."""
+        if self.likelihood == "bernoulli":
+            return bernoulli_nll(decoded, (x + 1) / 2)
+        return gaussian_nll(decoded, x, self.sigma)
+
+    def mean(self, decoded: Tensor) -> Tensor:
+        """The mean image of p(x|z), in [-1, 1]."""
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(decoded) * 2 - 1
+        return decoded.clamp(-1, 1)
+
+    def __call__(
+        self, decoded: Tensor, x: Tensor, mu: Tensor, logvar: Tensor
+    ) -> dict[str, Tensor]:
+        """Batch means: `loss` (to minimise, beta-weighted), `neg_elbo`, `nll` and `kl`."""
+        nll, kl = self.nll(decoded, x).mean(), gaussian_kl(mu, logvar).mean()
+        return {"loss": nll + self.beta * kl, "neg_elbo": nll + kl, "nll": nll, "kl": kl}

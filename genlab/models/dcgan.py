@@ -1,0 +1,106 @@
+"""DCGAN networks (Radford et al. 2016): transposed-conv generator, strided-conv discriminator."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from genlab.models.init import dcgan_init
+
+
+def dcgan_layout(image_size: int) -> tuple[int, int]:
+    """(base, doublings) with base * 2**doublings == image_size, base 4 or 7, doublings >= 2."""
+    base, doublings = image_size, 0
+    while base % 2 == 0 and base > 7:
+        base, doublings = base // 2, doublings + 1
+    if base not in (4, 7) or doublings < 2:
+        raise ValueError(
+            f"DCGAN cannot work at image_size={image_size}; allowed sizes are 4 or 7 times a "
+            "power of two, at least 4x: 16, 28, 32, 56, 64, 112, 128, ... "
+            "(set dataset.image_size)"
+        )
+    return base, doublings
+
+
+def _unconditional(num_classes: int) -> None:
+    if num_classes:
+        raise ValueError("the DCGAN networks are unconditional; use model=cgan for class labels")
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(
+        self,
+        latent_dim: int,
+        channels: int,
+        image_size: int,
+        num_classes: int = 0,
+        features: int = 64,
+    ) -> None:
+        super().__init__()
+        _unconditional(num_classes)
+        if features < 1:
+            raise ValueError(f"features must be >= 1, got {features}")
+        base, doublings = dcgan_layout(image_size)
+        width = features * 2 ** (doublings - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+        ]
+        for _ in range(doublings - 1):
+            layers += [
+                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """Strided convolutions to one logit per image.
+
+    `norm` is BatchNorm as in the paper; use `layer` or `none` with a gradient penalty (WGAN-GP),
+    whose per-sample gradients BatchNorm mixes across the batch.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        num_classes: int = 0,
+        features: int = 64,
+        norm: Literal["batch", "layer", "none"] = "batch",
+    ) -> None:
+        super().__init__()
+        _unconditional(num_classes)
+        if features < 1:
+            raise ValueError(f"features must be >= 1, got {features}")
+        norms = {"batch": nn.BatchNorm2d, "layer": lambda c: nn.GroupNorm(1, c), "none": None}
+        if norm not in norms:
+            raise ValueError(f"norm must be one of {', '.join(norms)}, got {norm!r}")
+        make_norm = norms[norm]
+        base, doublings = dcgan_layout(image_size)
+        width = features
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels, width, 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for _ in range(doublings - 1):
+            layers.append(nn.Conv2d(width, width * 2, 4, 2, 1, bias=make_norm is None))
+            if make_norm is not None:
+                layers.append(make_norm(width * 2))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            width *= 2
+        layers.append(nn.Conv2d(width, 1, base, 1, 0))
+        self.net = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.net(x).flatten()

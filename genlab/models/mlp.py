@@ -1,0 +1,77 @@
+"""Fully connected generator and discriminator on flattened images, optionally class-conditional.
+
+With `num_classes > 0` a learned label embedding is joined to the noise in the generator and to
+the flattened image in the discriminator (Mirza & Osindero's conditional GAN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def _embedding(num_classes: int, embed_dim: int) -> nn.Embedding | None:
+    return nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
+
+
+def _join(x: Tensor, embed: nn.Embedding | None, labels: Tensor | None) -> Tensor:
+    if embed is None:
+        return x
+    if labels is None:
+        raise ValueError("this network is class-conditional: pass labels")
+    return torch.cat([x, embed(labels)], dim=1)
+
+
+class MLPGenerator(nn.Module):
+    def __init__(
+        self,
+        latent_dim: int,
+        channels: int,
+        image_size: int,
+        num_classes: int = 0,
+        hidden: Sequence[int] = (256, 512, 1024),
+        embed_dim: int = 10,
+    ) -> None:
+        super().__init__()
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+        self.shape = (channels, image_size, image_size)
+        self.embed = _embedding(num_classes, embed_dim)
+        layers: list[nn.Module] = []
+        width = latent_dim + (embed_dim if self.embed else 0)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.LeakyReLU(0.2, inplace=True)]
+            width = size
+        layers += [nn.Linear(width, channels * image_size * image_size), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.net(_join(z, self.embed, labels)).view(-1, *self.shape)
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        num_classes: int = 0,
+        hidden: Sequence[int] = (512, 256),
+        embed_dim: int = 10,
+    ) -> None:
+        super().__init__()
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+        self.embed = _embedding(num_classes, embed_dim)
+        layers: list[nn.Module] = []
+        width = channels * image_size * image_size + (embed_dim if self.embed else 0)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.LeakyReLU(0.2, inplace=True)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Logits, one per image."""
+        return self.net(_join(x.flatten(1), self.embed, labels)).squeeze(1)

@@ -1,0 +1,116 @@
+"""Convolutional VAE (Kingma & Welling): encoder to mean and log-variance, decoder to likelihood."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from genlab.losses import ELBO
+from genlab.models.gan import Batch, _square, to_grid
+from genlab.optim import OptimizerSpec
+
+
+class VAE(nn.Module):
+    def __init__(
+        self,
+        latent_dim: int = 16,
+        features: int = 32,
+        hidden: int = 256,
+        *,
+        channels: int,
+        image_size: int,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("latent_dim", latent_dim), ("features", features), ("hidden", hidden)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if image_size % 4:
+            raise ValueError(f"the VAE needs an image size divisible by 4, got {image_size}")
+        side, f = image_size // 4, features
+        flat = 2 * f * side * side
+        self.latent_dim = latent_dim
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, f, 4, 2, 1),
+            nn.ReLU(True),
+            nn.Conv2d(f, 2 * f, 4, 2, 1),
+            nn.ReLU(True),
+            nn.Flatten(),
+            nn.Linear(flat, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, flat),
+            nn.ReLU(True),
+            nn.Unflatten(1, (2 * f, side, side)),
+            nn.ConvTranspose2d(2 * f, f, 4, 2, 1),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(f, channels, 4, 2, 1),
+        )
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Decoder output for a reparameterised z ~ q(z|x), with q's mean and log-variance."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return self.decoder(z), mu, logvar
+
+    # --- wiring ---------------------------------------------------------------------------------
+
+    def check_loss(self, loss: object) -> None:
+        if not isinstance(loss, ELBO):
+            raise ValueError("VAE models take the ELBO loss: loss=elbo")
+
+    def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
+        return {"vae": spec(self.parameters(), "g")}
+
+    def batches_per_step(self, loss: ELBO) -> int:
+        return 1
+
+    # --- training -------------------------------------------------------------------------------
+
+    def train_step(
+        self, batches: Iterator[Batch], loss: ELBO, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> dict[str, Tensor]:
+        x, _ = next(batches)
+        decoded, mu, logvar = self(x)
+        terms = loss(decoded, x, mu, logvar)
+        optimizers["vae"].zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizers["vae"].step()
+        return {f"loss/{k}": v.detach() for k, v in terms.items()}
+
+    # --- sampling -------------------------------------------------------------------------------
+
+    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor]:
+        device = examples[0].device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        z = torch.randn(num, self.latent_dim, device=device, generator=gen)
+        nrow = _square(num)
+        real = examples[0][: max(nrow, num // nrow * nrow)]  # whole rows of real images
+        return {"z": z, "real": real}
+
+    @torch.no_grad()
+    def sample_grids(self, fixed: dict, loss: ELBO) -> dict[str, Tensor]:
+        """Prior samples, and real images (odd rows) above their reconstructions (even rows)."""
+        was_training = self.training
+        self.eval()
+        samples = loss.mean(self.decoder(fixed["z"]))
+        real = fixed["real"]
+        recon = loss.mean(self.decoder(self.encode(real)[0]))
+        self.train(was_training)
+        nrow = _square(len(fixed["z"]))
+        rows = (t.view(-1, nrow, *t.shape[1:]) for t in (real, recon))
+        pairs = torch.stack(tuple(rows), dim=1)  # (rows, 2, nrow, C, H, W)
+        return {
+            "samples": to_grid(samples, _square(len(samples))),
+            "reconstructions": to_grid(pairs.flatten(0, 2), nrow),
+        }
