@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from genlab.errors import ConfigError, GenlabError
 
@@ -105,6 +105,8 @@ def check_node(node: DictConfig, path: str) -> None:
             raise ConfigError(f"{full}: unknown key for {target_name}; allowed keys: {allowed}")
         try:
             value = node[key]  # resolves interpolations
+        except MissingMandatoryValue:
+            raise ConfigError(f"{full} is required: set {full}=...") from None
         except OmegaConfBaseException as e:
             raise ConfigError(f"{full}: {e}") from None
         if isinstance(value, DictConfig):
@@ -137,5 +139,25 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
         if isinstance(cause, GenlabError):
             raise cause from None
         if isinstance(cause, ValueError | TypeError):
-            raise ConfigError(f"{group}={choice(group)}: {cause}") from cause
+            raise ConfigError(_name_key(node, group, str(cause))) from cause
         raise
+
+
+def _find_key(node: DictConfig, key: str, path: str) -> str | None:
+    """The full path of the first `key` in a node and its children."""
+    if key in node:
+        return f"{path}.{key}"
+    for name in node:
+        child = node._get_node(name)
+        if isinstance(child, DictConfig):
+            found = _find_key(child, key, f"{path}.{name}")
+            if found:
+                return found
+    return None
+
+
+def _name_key(node: DictConfig, group: str, message: str) -> str:
+    """'lr must be > 0' -> 'optimizer.lr must be > 0 (optimizer=adam)' when `lr` is a config key."""
+    first, _, rest = message.partition(" ")
+    path = _find_key(node, first, group) if rest else None
+    return f"{path} {rest} ({group}={choice(group)})" if path else f"{group}={choice(group)}: {message}"

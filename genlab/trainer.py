@@ -93,7 +93,8 @@ class Trainer:
         """Train, writing grids to `samples/` and checkpoints to `checkpoints/`; return the last
         logged values."""
         model.to(device).train()
-        examples = (normalize(loader.images[: self.num_samples]), None)
+        spread = torch.linspace(0, len(loader.images) - 1, self.num_samples).long()  # all classes
+        examples = (normalize(loader.images[spread.to(device)]), None)
         fixed = model.fixed_inputs(self.num_samples, examples, seed=self.seed)
         per_step = model.batches_per_step(loss)
         total = self.total_steps(loader.batches_per_epoch, per_step)

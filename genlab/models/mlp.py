@@ -25,6 +25,8 @@ def _join(x: Tensor, embed: nn.Embedding | None, labels: Tensor | None) -> Tenso
 
 
 class MLPGenerator(nn.Module):
+    """Noise (and label embedding) through hidden layers, BatchNorm after all but the first."""
+
     def __init__(
         self,
         latent_dim: int,
@@ -33,6 +35,7 @@ class MLPGenerator(nn.Module):
         num_classes: int = 0,
         hidden: Sequence[int] = (256, 512, 1024),
         embed_dim: int = 10,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__()
         if not hidden or min(hidden) < 1:
@@ -41,8 +44,11 @@ class MLPGenerator(nn.Module):
         self.embed = _embedding(num_classes, embed_dim)
         layers: list[nn.Module] = []
         width = latent_dim + (embed_dim if self.embed else 0)
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.LeakyReLU(0.2, inplace=True)]
+        for i, size in enumerate(hidden):
+            layers.append(nn.Linear(width, size))
+            if batch_norm and i > 0:  # as in DCGAN, not on the layer that reads the noise
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
             width = size
         layers += [nn.Linear(width, channels * image_size * image_size), nn.Tanh()]
         self.net = nn.Sequential(*layers)

@@ -1,0 +1,122 @@
+"""Data sets decode to the right tensors; the device loader matches a plain DataLoader."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from genlab.data import DeviceLoader, ImageData, digits, image_folder, mnist, mnist5k
+from genlab.data.datasets import resize
+from genlab.errors import DataUnavailableError
+
+
+def test_mnist5k_is_5000_real_digits_500_per_class():
+    data = mnist5k()
+    assert data.images.shape == (5000, 1, 28, 28) and data.images.dtype == torch.uint8
+    assert data.num_classes == 10
+    assert torch.bincount(data.labels).tolist() == [500] * 10
+    assert data.images.max() == 255 and data.images.float().mean() < 60  # dark background
+
+
+def test_mnist5k_resized_for_dcgan_64():
+    data = mnist5k(image_size=64)
+    assert data.images.shape == (5000, 1, 64, 64) and data.image_size == 64
+
+
+def test_digits_upsampled():
+    data = digits(image_size=32)
+    assert data.images.shape == (1797, 1, 32, 32)
+    assert data.num_classes == 10 and data.images.max() > 200
+
+
+def test_resize_keeps_constant_images_constant():
+    images = torch.full((3, 1, 8, 8), 200, dtype=torch.uint8)
+    out = resize(images, 20)
+    assert out.shape == (3, 1, 20, 20) and out.dtype == torch.uint8
+    assert (out == 200).all()
+
+
+def _write_images(folder, count, size, colour):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", size, colour).save(folder / f"{i}.png")
+
+
+def test_image_folder_with_class_folders(tmp_path):
+    _write_images(tmp_path / "cats", 3, (40, 30), (255, 0, 0))
+    _write_images(tmp_path / "dogs", 2, (20, 20), (0, 0, 255))
+    data = image_folder(str(tmp_path), image_size=16)
+    assert data.images.shape == (5, 3, 16, 16)
+    assert data.labels.tolist() == [0, 0, 0, 1, 1] and data.num_classes == 2
+    assert data.images[0, 0].float().mean() > 250 and data.images[4, 2].float().mean() > 250
+
+
+def test_image_folder_flat_and_grey(tmp_path):
+    _write_images(tmp_path, 4, (10, 10), (255, 255, 255))
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = image_folder(str(tmp_path), image_size=8, channels=1)
+    assert data.images.shape == (4, 1, 8, 8) and data.labels is None and data.num_classes is None
+
+
+def test_image_folder_errors_name_the_folder(tmp_path):
+    with pytest.raises(DataUnavailableError, match="not a folder"):
+        image_folder(str(tmp_path / "missing"))
+    with pytest.raises(DataUnavailableError, match=str(tmp_path)):
+        image_folder(str(tmp_path))
+
+
+def test_torchvision_set_absent_offline_says_where_it_looked(tmp_path):
+    with pytest.raises(DataUnavailableError, match=f"MNIST was not found under {tmp_path}"):
+        mnist(root=str(tmp_path), download=False)
+
+
+def _toy(n=10, labels=True):
+    images = torch.arange(n * 4, dtype=torch.uint8).view(n, 1, 2, 2)
+    return ImageData("toy", images, torch.arange(n) % 3 if labels else None, 3 if labels else None)
+
+
+def test_device_loader_matches_a_dataloader_over_the_same_permutation():
+    data = _toy(10)
+    loader = DeviceLoader(data, batch_size=3, device=torch.device("cpu"), seed=7)
+    for epoch in range(2):
+        order = loader.permutation(epoch).tolist()
+        plain = DataLoader(
+            TensorDataset(data.images, data.labels), batch_size=3, sampler=order, drop_last=True
+        )
+        for images, labels in plain:
+            x, y = next(loader)
+            assert torch.equal(x, images.float() / 127.5 - 1)
+            assert torch.equal(y, labels)
+    assert loader.epoch == 1
+
+
+def test_device_loader_epochs_cover_each_image_once_and_differ():
+    loader = DeviceLoader(_toy(9, labels=False), 3, torch.device("cpu"), seed=0)
+    epochs = [torch.cat([next(loader)[0] for _ in range(3)]) for _ in range(2)]
+    for batch in epochs:
+        assert sorted(batch[:, 0, 0, 0].tolist()) == sorted(epochs[0][:, 0, 0, 0].tolist())
+        assert len(set(batch[:, 0, 0, 0].tolist())) == 9
+    assert not torch.equal(epochs[0], epochs[1])
+    assert next(loader)[1] is None
+
+
+def test_device_loader_state_restores_the_next_batch():
+    a = DeviceLoader(_toy(10), 3, torch.device("cpu"), seed=1)
+    for _ in range(4):
+        next(a)
+    b = DeviceLoader(_toy(10), 3, torch.device("cpu"), seed=1)
+    b.load_state_dict(a.state_dict())
+    for _ in range(5):
+        assert torch.equal(next(a)[0], next(b)[0])
+
+
+def test_device_loader_refuses_batches_larger_than_the_data():
+    with pytest.raises(ValueError, match="larger than the data set"):
+        DeviceLoader(_toy(4), 5, torch.device("cpu"))
+
+
+def test_loader_batches_are_in_minus_one_one():
+    data = ImageData("x", torch.tensor(np.array([0, 255], dtype=np.uint8)).view(2, 1, 1, 1))
+    x, _ = next(DeviceLoader(data, 2, torch.device("cpu")))
+    assert sorted(x.flatten().tolist()) == [-1.0, 1.0]

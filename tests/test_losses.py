@@ -1,0 +1,105 @@
+"""Each loss against values computed by hand on small tensors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from genlab import losses
+
+t = torch.tensor
+
+
+def close(value, expected):
+    assert float(value) == pytest.approx(expected, abs=1e-5)
+
+
+def test_bce_losses():
+    # -log sigmoid(2) - log(1 - sigmoid(-1)) = softplus(-2) + softplus(-1)
+    close(losses.bce_d_loss(t([2.0]), t([-1.0])), 0.126928 + 0.313262)
+    close(losses.bce_d_loss(t([0.0, 0.0]), t([0.0])), 2 * math.log(2))
+    close(losses.bce_g_loss(t([0.0])), math.log(2))
+    close(losses.bce_g_loss(t([1.0])), 0.313262)  # -log sigmoid(1)
+
+
+def test_hinge_losses():
+    # relu(1 - [0.5, 2]) = [0.5, 0] -> 0.25 ; relu(1 + [-0.5, 1]) = [0.5, 2] -> 1.25
+    close(losses.hinge_d_loss(t([0.5, 2.0]), t([-0.5, 1.0])), 1.5)
+    close(losses.hinge_g_loss(t([1.0, 3.0])), -2.0)
+
+
+def test_least_squares_losses():
+    # 0.5 * mean([0, 1]) + 0.5 * mean([0, 1]) = 0.5
+    close(losses.lsgan_d_loss(t([1.0, 0.0]), t([0.0, 1.0])), 0.5)
+    close(losses.lsgan_g_loss(t([0.0, 1.0])), 0.25)
+
+
+def test_wasserstein_losses():
+    close(losses.wasserstein_d_loss(t([1.0, 3.0]), t([0.0, 2.0])), 1.0 - 2.0)
+    close(losses.wasserstein_g_loss(t([0.0, 2.0])), -1.0)
+
+
+class Linear(nn.Module):
+    """D(x) = sum(w * x): its input gradient is w everywhere, so the penalty is (|w| - 1)^2."""
+
+    def __init__(self, w: float) -> None:
+        super().__init__()
+        self.w = w
+
+    def forward(self, x, labels=None):
+        return (self.w * x).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize(("w", "expected"), [(0.5, 0.0), (1.0, 1.0), (0.25, 0.25)])
+def test_gradient_penalty_of_a_linear_critic(w, expected):
+    real, fake = torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)  # 4 pixels: |w| = 2w
+    close(losses.gradient_penalty(Linear(w), real, fake), expected)
+
+
+def test_gaussian_kl():
+    # 0.5 * [(1 + 1 - 0 - 1) + (0 + 2 - ln 2 - 1)]
+    kl = losses.gaussian_kl(t([[1.0, 0.0]]), t([[0.0, math.log(2)]]))
+    close(kl, 0.5 * (1 + 1 - math.log(2)))
+    close(losses.gaussian_kl(torch.zeros(3, 4), torch.zeros(3, 4)).sum(), 0.0)
+
+
+def test_likelihoods():
+    close(losses.bernoulli_nll(t([[0.0, 0.0]]), t([[1.0, 0.5]])), 2 * math.log(2))
+    # 0.5 * ((0.1 - 0) / 0.1)^2 + ln 0.1 + 0.5 ln(2 pi)
+    close(losses.gaussian_nll(t([[0.0]]), t([[0.1]]), 0.1), 0.5 + math.log(0.1) + 0.918939)
+
+
+def test_elbo_weights_only_the_training_loss_by_beta():
+    decoded = torch.zeros(2, 1, 2, 2)  # Bernoulli logits 0: ln 2 per pixel, 4 pixels
+    x = torch.full((2, 1, 2, 2), -1.0)
+    mu, logvar = t([[1.0], [1.0]]), torch.zeros(2, 1)  # KL 0.5 per image
+    terms = losses.ELBO(beta=4.0)(decoded, x, mu, logvar)
+    close(terms["nll"], 4 * math.log(2))
+    close(terms["kl"], 0.5)
+    close(terms["neg_elbo"], 4 * math.log(2) + 0.5)
+    close(terms["loss"], 4 * math.log(2) + 4.0 * 0.5)
+
+
+def test_elbo_mean_image_is_in_data_range():
+    out = torch.linspace(-20, 20, 11)
+    for likelihood in ("bernoulli", "gaussian"):
+        mean = losses.ELBO(likelihood).mean(out)
+        assert mean.min() >= -1 and mean.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"beta": -1}, "beta"), ({"sigma": 0}, "sigma"), ({"likelihood": "poisson"}, "likelihood")],
+)
+def test_elbo_refuses_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        losses.ELBO(**kwargs)
+
+
+def test_wgan_gp_settings():
+    loss = losses.WassersteinGP(gp_weight=5, n_critic=3)
+    assert (loss.gp_weight, loss.n_critic) == (5.0, 3)
+    with pytest.raises(ValueError, match="n_critic"):
+        losses.WassersteinGP(n_critic=0)
+    assert losses.NonSaturating().n_critic == 1 and losses.Hinge().gp_weight == 0

@@ -1,0 +1,89 @@
+"""Network shapes, DCGAN layouts, initialisation, conditioning."""
+
+import pytest
+import torch
+
+from genlab.models import GAN, VAE
+from genlab.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_layout
+from genlab.models.mlp import MLPDiscriminator, MLPGenerator
+
+
+@pytest.mark.parametrize(("size", "layout"), [(16, (4, 2)), (28, (7, 2)), (32, (4, 3)), (64, (4, 4))])
+def test_dcgan_layout(size, layout):
+    assert dcgan_layout(size) == layout
+
+
+@pytest.mark.parametrize("size", [8, 14, 30, 48])
+def test_dcgan_layout_refuses_sizes_it_cannot_make(size):
+    with pytest.raises(ValueError, match=f"image_size={size}"):
+        dcgan_layout(size)
+
+
+@pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (64, 3), (64, 1)])
+def test_dcgan_shapes(size, channels):
+    g = DCGANGenerator(latent_dim=10, channels=channels, image_size=size, features=8)
+    d = DCGANDiscriminator(channels=channels, image_size=size, features=8)
+    images = g(torch.randn(3, 10))
+    assert images.shape == (3, channels, size, size)
+    assert images.abs().max() <= 1
+    assert d(images).shape == (3,)
+
+
+def test_dcgan_init_is_normal_002():
+    g = DCGANGenerator(latent_dim=100, channels=1, image_size=64, features=64)
+    conv = next(m for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d))
+    assert conv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert conv.weight.mean().abs().item() < 1e-3
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "none"])
+def test_dcgan_discriminator_norms(norm):
+    d = DCGANDiscriminator(channels=1, image_size=28, features=8, norm=norm)
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert has_bn == (norm == "batch")
+    assert d(torch.randn(2, 1, 28, 28)).shape == (2,)
+
+
+def test_conditional_mlp_uses_labels():
+    torch.manual_seed(0)
+    g = MLPGenerator(latent_dim=8, channels=1, image_size=8, num_classes=3, hidden=(16,))
+    d = MLPDiscriminator(channels=1, image_size=8, num_classes=3, hidden=(16,))
+    z = torch.randn(2, 8)
+    a, b = g(z, torch.tensor([0, 0])), g(z, torch.tensor([1, 1]))
+    assert a.shape == (2, 1, 8, 8) and not torch.allclose(a, b)
+    assert d(a, torch.tensor([0, 2])).shape == (2,)
+    with pytest.raises(ValueError, match="labels"):
+        g(z)
+
+
+def test_gan_builds_networks_for_the_data_shape():
+    gan = GAN(
+        generator=lambda **kw: MLPGenerator(hidden=(16,), **kw),
+        discriminator=lambda **kw: MLPDiscriminator(hidden=(16,), **kw),
+        latent_dim=4,
+        conditional=True,
+        channels=3,
+        image_size=12,
+        num_classes=5,
+    )
+    assert gan.num_classes == 5
+    assert gan.generator(torch.randn(2, 4), torch.tensor([0, 4])).shape == (2, 3, 12, 12)
+
+
+def test_cgan_without_labels_is_refused():
+    with pytest.raises(ValueError, match="class labels"):
+        GAN(MLPGenerator, MLPDiscriminator, conditional=True, channels=1, image_size=8)
+
+
+@pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (64, 1)])
+def test_vae_shapes(size, channels):
+    vae = VAE(latent_dim=6, features=8, hidden=32, channels=channels, image_size=size)
+    x = torch.rand(4, channels, size, size) * 2 - 1
+    decoded, mu, logvar = vae(x)
+    assert decoded.shape == x.shape
+    assert mu.shape == logvar.shape == (4, 6)
+
+
+def test_vae_refuses_sizes_not_divisible_by_4():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        VAE(channels=1, image_size=30)

@@ -1,0 +1,112 @@
+"""Every model with its default loss trains a few steps on the offline data sets and leaves a
+checkpoint, PNG grids of the right size and TensorBoard scalars (read back)."""
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from genlab.checkpoint import load_checkpoint
+from genlab.commands.train import train
+from genlab.models import GAN, VAE
+from tests.conftest import make_cfg
+
+SIZES = {"mnist5k": 28, "digits": 32}
+FAMILY = {"gan": GAN, "cgan": GAN, "dcgan": GAN, "vae": VAE}
+
+
+def grid_side(count: int, image: int) -> int:
+    """Pixels along one side of a torchvision grid with padding 2."""
+    return count * (image + 2) + 2
+
+
+def scalars(run_dir):
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return acc, {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("dataset", list(SIZES))
+@pytest.mark.parametrize("model", list(FAMILY))
+def test_model_trains_and_leaves_a_run(model, dataset, tmp_path):
+    cfg = make_cfg(f"model={model}", f"dataset={dataset}", "trainer=smoke", "trainer.max_steps=4")
+    values = train(cfg, run_dir=tmp_path)
+    size = SIZES[dataset]
+
+    assert all(math.isfinite(v) for v in values.values())
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 4
+    assert (tmp_path / "checkpoints" / "step_0000004.pt").is_file()
+    net = FAMILY[model]
+    assert any(k.startswith("generator." if net is GAN else "decoder.") for k in state["model"])
+    assert f"_target_: genlab.models.{net.__name__}" in state["config"]
+
+    with Image.open(tmp_path / "samples" / "samples_0000004.png") as grid:
+        if model == "cgan":  # one row per class, 16 // 10 = 1 sample per row
+            assert grid.size == (grid_side(1, size), grid_side(10, size))
+        else:  # 16 samples in a 4 x 4 grid
+            assert grid.size == (grid_side(4, size), grid_side(4, size))
+    if model == "vae":
+        with Image.open(tmp_path / "samples" / "reconstructions_0000004.png") as grid:
+            assert grid.size == (grid_side(4, size), grid_side(8, size))  # real + recon rows
+
+    acc, logged = scalars(tmp_path)
+    key = "loss/neg_elbo" if model == "vae" else "loss/d"
+    assert [e.step for e in logged[key]] == [1, 2, 3, 4]
+    assert logged[key][-1].value == pytest.approx(values[key], rel=1e-6)
+    assert logged["perf/images_per_s"][-1].value > 0
+    lr_key = "lr/vae" if model == "vae" else "lr/d"
+    assert logged[lr_key][-1].value == pytest.approx(2e-4)  # optimizer=adam, the default
+    if model != "vae":
+        assert {"D(x)", "D(G(z))", "loss/g", "lr/g"} <= set(logged)
+    assert "samples" in acc.Tags()["images"]
+
+
+def test_training_learns(tmp_path):
+    """A few hundred VAE steps cut the negative ELBO well below its start."""
+    cfg = make_cfg("model=vae", "dataset=digits", "trainer=smoke", "trainer.max_steps=150",
+                   "trainer.batch_size=64", "trainer.log_every=10", "logger=tensorboard")
+    train(cfg, run_dir=tmp_path)
+    _, logged = scalars(tmp_path)
+    elbo = [e.value for e in logged["loss/neg_elbo"]]
+    assert elbo[-1] < 0.7 * elbo[0]
+
+
+def test_same_seed_same_weights(tmp_path):
+    cfg = make_cfg("model=gan", "trainer=smoke", "logger=none")
+    train(cfg, run_dir=tmp_path / "a")
+    train(cfg, run_dir=tmp_path / "b")
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_epochs_bounds_the_steps(tmp_path):
+    # digits: 1797 images // 600 = 2 batches per epoch; wgan_gp uses 5 batches per step
+    cfg = make_cfg("model=gan", "dataset=digits", "loss=wgan_gp", "trainer=smoke",
+                   "trainer.max_steps=100", "trainer.max_epochs=5", "trainer.batch_size=600",
+                   "logger=none")
+    train(cfg, run_dir=tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("loss", ["hinge", "lsgan", "wgan_gp"])
+def test_other_gan_losses_train(loss, tmp_path):
+    extra = ["model.discriminator.norm=layer"] if loss == "wgan_gp" else []
+    cfg = make_cfg("model=dcgan", f"loss={loss}", "trainer=smoke", "logger=none", *extra)
+    values = train(cfg, run_dir=tmp_path)
+    assert math.isfinite(values["loss/d"]) and math.isfinite(values["loss/g"])
+    if loss == "wgan_gp":
+        assert values["loss/gp"] >= 0
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "rmsprop"])
+def test_optimizers_and_two_learning_rates(optimizer, tmp_path):
+    cfg = make_cfg("model=gan", f"optimizer={optimizer}", "optimizer.lr=0.001",
+                   "optimizer.d_lr=0.004", "trainer=smoke", "logger=tensorboard")
+    train(cfg, run_dir=tmp_path)
+    _, logged = scalars(tmp_path)
+    assert logged["lr/g"][-1].value == pytest.approx(0.001)
+    assert logged["lr/d"][-1].value == pytest.approx(0.004)
