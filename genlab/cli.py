@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"genlab: unknown command '{command}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"genlab: unknown command '{command}'; commands: {', '.join(COMMANDS)}", file=sys.stderr
+        )
         sys.exit(2)
     module = importlib.import_module(f"genlab.commands.{command}")
     sys.argv = [f"genlab {command}", *rest]

@@ -25,7 +25,9 @@ from genlab.errors import ConfigError, GenlabError
 
 # Installed wheels carry the config tree inside the package; a source checkout keeps it at the top.
 _PACKAGED_CONF = Path(__file__).parent / "conf"
-CONF_DIR = (_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parents[1] / "conf").resolve()
+CONF_DIR = (
+    _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parents[1] / "conf"
+).resolve()
 
 
 def choice(group: str) -> str:
@@ -131,7 +133,7 @@ def check_config(cfg: DictConfig, groups: collections.abc.Iterable[str]) -> None
 
 
 def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
-    """Instantiate a config node; a constructor's `ValueError`/`TypeError` becomes a `ConfigError`."""
+    """Instantiate a node; a constructor's `ValueError` or `TypeError` becomes a `ConfigError`."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
@@ -160,4 +162,8 @@ def _name_key(node: DictConfig, group: str, message: str) -> str:
     """'lr must be > 0' -> 'optimizer.lr must be > 0 (optimizer=adam)' when `lr` is a config key."""
     first, _, rest = message.partition(" ")
     path = _find_key(node, first, group) if rest else None
-    return f"{path} {rest} ({group}={choice(group)})" if path else f"{group}={choice(group)}: {message}"
+    return (
+        f"{path} {rest} ({group}={choice(group)})"
+        if path
+        else f"{group}={choice(group)}: {message}"
+    )

@@ -100,7 +100,7 @@ class AdversarialLoss:
         raise NotImplementedError
 
     def score(self, logits: Tensor) -> Tensor:
-        """What is logged as D(x) and D(G(z)): raw critic outputs unless a subclass says otherwise."""
+        """What is logged as D(x) and D(G(z)): raw outputs unless a subclass says otherwise."""
         return logits
 
 
@@ -173,9 +173,7 @@ class ELBO:
             return torch.sigmoid(decoded) * 2 - 1
         return decoded.clamp(-1, 1)
 
-    def __call__(
-        self, decoded: Tensor, x: Tensor, mu: Tensor, logvar: Tensor
-    ) -> dict[str, Tensor]:
+    def __call__(self, decoded: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> dict[str, Tensor]:
         """Batch means: `loss` (to minimise, beta-weighted), `neg_elbo`, `nll` and `kl`."""
         nll, kl = self.nll(decoded, x).mean(), gaussian_kl(mu, logvar).mean()
         return {"loss": nll + self.beta * kl, "neg_elbo": nll + kl, "nll": nll, "kl": kl}

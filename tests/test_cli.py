@@ -64,8 +64,14 @@ def test_user_config_dir_adds_options(tmp_path):
     )
     run_dir = tmp_path / "run"
     result = run_cli(
-        "train", "--config-dir", str(tmp_path), "model=tiny_gan", "trainer=smoke",
-        f"hydra.run.dir={run_dir}", "--cfg", "job",
+        "train",
+        "--config-dir",
+        str(tmp_path),
+        "model=tiny_gan",
+        "trainer=smoke",
+        f"hydra.run.dir={run_dir}",
+        "--cfg",
+        "job",
     )
     assert result.returncode == 0, result.stderr
     assert "latent_dim: 8" in result.stdout and "- 32" in result.stdout
@@ -73,7 +79,11 @@ def test_user_config_dir_adds_options(tmp_path):
 
 def test_multirun_sweeps_models(tmp_path):
     result = run_cli(
-        "train", "-m", "model=gan,vae", "trainer=smoke", "logger=none",
+        "train",
+        "-m",
+        "model=gan,vae",
+        "trainer=smoke",
+        "logger=none",
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
@@ -113,8 +123,12 @@ def test_config_errors_are_one_clear_message(overrides, message, tmp_path):
 
 def test_data_set_missing_offline(tmp_path):
     result = run_cli(
-        "train", "dataset=fashion_mnist", f"dataset.root={tmp_path}", "dataset.download=false",
-        "trainer=smoke", f"hydra.run.dir={tmp_path}/run",
+        "train",
+        "dataset=fashion_mnist",
+        f"dataset.root={tmp_path}",
+        "dataset.download=false",
+        "trainer=smoke",
+        f"hydra.run.dir={tmp_path}/run",
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"FashionMNIST was not found under {tmp_path}" in result.stderr
@@ -126,17 +140,28 @@ def test_cgan_on_unlabelled_images(tmp_path):
     for i in range(4):
         Image.new("L", (28, 28), 255).save(images / f"{i}.png")
     result = run_cli(
-        "train", "model=cgan", "dataset=image_folder", f"dataset.root={images}",
-        "dataset.image_size=28", "dataset.channels=1", "trainer=smoke",
-        "trainer.batch_size=2", f"hydra.run.dir={tmp_path}/run",
+        "train",
+        "model=cgan",
+        "dataset=image_folder",
+        f"dataset.root={images}",
+        "dataset.image_size=28",
+        "dataset.channels=1",
+        "trainer=smoke",
+        "trainer.batch_size=2",
+        f"hydra.run.dir={tmp_path}/run",
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "needs class labels" in result.stderr
 
 
 def test_full_error_env_still_shows_the_traceback(tmp_path):
-    result = run_cli("train", "optimizer.lr=-1", "trainer=smoke", f"hydra.run.dir={tmp_path}",
-                     env={"HYDRA_FULL_ERROR": "1"})
+    result = run_cli(
+        "train",
+        "optimizer.lr=-1",
+        "trainer=smoke",
+        f"hydra.run.dir={tmp_path}",
+        env={"HYDRA_FULL_ERROR": "1"},
+    )
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
@@ -144,7 +169,9 @@ def test_wheel_carries_the_config_tree(tmp_path):
     """A non-editable install finds conf/ inside the package, from any directory."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=600,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     (wheel,) = tmp_path.glob("genlab-*.whl")
     site = tmp_path / "site"
@@ -157,7 +184,10 @@ def test_wheel_carries_the_config_tree(tmp_path):
     code = "import sys, genlab.cli; print(genlab.__file__, file=sys.stderr); genlab.cli.main()"
     result = subprocess.run(
         [sys.executable, "-c", code, "train", "model=vae", "--cfg", "job"],
-        cwd=elsewhere, capture_output=True, text=True, timeout=300,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

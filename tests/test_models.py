@@ -8,7 +8,9 @@ from genlab.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_layout
 from genlab.models.mlp import MLPDiscriminator, MLPGenerator
 
 
-@pytest.mark.parametrize(("size", "layout"), [(16, (4, 2)), (28, (7, 2)), (32, (4, 3)), (64, (4, 4))])
+@pytest.mark.parametrize(
+    ("size", "layout"), [(16, (4, 2)), (28, (7, 2)), (32, (4, 3)), (64, (4, 4))]
+)
 def test_dcgan_layout(size, layout):
     assert dcgan_layout(size) == layout
 

@@ -66,8 +66,15 @@ def test_model_trains_and_leaves_a_run(model, dataset, tmp_path):
 
 def test_training_learns(tmp_path):
     """A few hundred VAE steps cut the negative ELBO well below its start."""
-    cfg = make_cfg("model=vae", "dataset=digits", "trainer=smoke", "trainer.max_steps=150",
-                   "trainer.batch_size=64", "trainer.log_every=10", "logger=tensorboard")
+    cfg = make_cfg(
+        "model=vae",
+        "dataset=digits",
+        "trainer=smoke",
+        "trainer.max_steps=150",
+        "trainer.batch_size=64",
+        "trainer.log_every=10",
+        "logger=tensorboard",
+    )
     train(cfg, run_dir=tmp_path)
     _, logged = scalars(tmp_path)
     elbo = [e.value for e in logged["loss/neg_elbo"]]
@@ -85,9 +92,16 @@ def test_same_seed_same_weights(tmp_path):
 
 def test_max_epochs_bounds_the_steps(tmp_path):
     # digits: 1797 images // 600 = 2 batches per epoch; wgan_gp uses 5 batches per step
-    cfg = make_cfg("model=gan", "dataset=digits", "loss=wgan_gp", "trainer=smoke",
-                   "trainer.max_steps=100", "trainer.max_epochs=5", "trainer.batch_size=600",
-                   "logger=none")
+    cfg = make_cfg(
+        "model=gan",
+        "dataset=digits",
+        "loss=wgan_gp",
+        "trainer=smoke",
+        "trainer.max_steps=100",
+        "trainer.max_epochs=5",
+        "trainer.batch_size=600",
+        "logger=none",
+    )
     train(cfg, run_dir=tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
 
@@ -104,9 +118,51 @@ def test_other_gan_losses_train(loss, tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd", "rmsprop"])
 def test_optimizers_and_two_learning_rates(optimizer, tmp_path):
-    cfg = make_cfg("model=gan", f"optimizer={optimizer}", "optimizer.lr=0.001",
-                   "optimizer.d_lr=0.004", "trainer=smoke", "logger=tensorboard")
+    cfg = make_cfg(
+        "model=gan",
+        f"optimizer={optimizer}",
+        "optimizer.lr=0.001",
+        "optimizer.d_lr=0.004",
+        "trainer=smoke",
+        "logger=tensorboard",
+    )
     train(cfg, run_dir=tmp_path)
     _, logged = scalars(tmp_path)
     assert logged["lr/g"][-1].value == pytest.approx(0.001)
     assert logged["lr/d"][-1].value == pytest.approx(0.004)
+
+
+def test_image_folder_rgb_classes_train_dcgan_and_cgan(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    for cls in ("a", "b", "c"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = torch.randint(0, 256, (40, 48, 3), generator=gen, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(tmp_path / "images" / cls / f"{i}.png")
+    common = [
+        "dataset=image_folder",
+        f"dataset.root={tmp_path / 'images'}",
+        "dataset.image_size=32",
+        "trainer=smoke",
+        "trainer.batch_size=6",
+        "logger=none",
+    ]
+    train(make_cfg("model=dcgan", *common), run_dir=tmp_path / "dcgan")
+    with Image.open(tmp_path / "dcgan" / "samples" / "samples_0000005.png") as grid:
+        assert grid.mode == "RGB" and grid.size == (grid_side(4, 32), grid_side(4, 32))
+    train(make_cfg("model=cgan", *common, "trainer.num_samples=6"), run_dir=tmp_path / "cgan")
+    with Image.open(tmp_path / "cgan" / "samples" / "samples_0000005.png") as grid:
+        assert grid.size == (grid_side(2, 32), grid_side(3, 32))  # 3 classes x 2 samples
+
+
+@pytest.mark.parametrize("preset", ["dcgan_mnist64", "vae_mnist", "wgan_gp_cifar10"])
+def test_experiment_presets_compose_and_check(preset):
+    from genlab.commands.train import GROUPS
+    from genlab.config import check_config
+
+    cfg = make_cfg(f"experiment={preset}")
+    check_config(cfg, GROUPS)
+    assert cfg.model._target_ in ("genlab.models.GAN", "genlab.models.VAE")
+    if preset == "wgan_gp_cifar10":
+        assert cfg.loss._target_ == "genlab.losses.WassersteinGP"
+        assert cfg.model.discriminator.norm == "layer"

@@ -1,4 +1,4 @@
-"""`genlab train [overrides]`: compose the config, build every object, fit, report the run folder."""
+"""`genlab train [overrides]`: check the config, build its objects, fit, name the run folder."""
 
 from __future__ import annotations
 

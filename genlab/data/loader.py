@@ -1,4 +1,4 @@
-"""Batches drawn on the training device from a per-epoch seeded permutation: no per-sample Python."""
+"""Batches drawn on the device from a per-epoch seeded permutation: no per-sample Python."""
 
 from __future__ import annotations
 

@@ -152,4 +152,6 @@ def _square(n: int) -> int:
 
 def to_grid(images: Tensor, nrow: int) -> Tensor:
     """A uint8-ready float grid in [0, 1] from images in [-1, 1]."""
-    return make_grid(images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    return make_grid(
+        images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1)
+    )

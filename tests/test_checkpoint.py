@@ -1,0 +1,64 @@
+"""Checkpoints are written atomically and loaded without running code from the file."""
+
+import os
+
+import pytest
+import torch
+
+from genlab.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+from genlab.errors import GenlabError
+
+
+def test_round_trip_and_copy(tmp_path):
+    state = {"step": 3, "model": {"w": torch.arange(4.0)}, "config": "a: 1"}
+    save_checkpoint(state, tmp_path / "c" / "step.pt")
+    copy_checkpoint(tmp_path / "c" / "step.pt", tmp_path / "c" / "last.pt")
+    loaded = load_checkpoint(tmp_path / "c" / "last.pt")
+    assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["last.pt", "step.pt"]
+
+
+class FailsMidWrite:
+    def __reduce__(self):
+        raise OSError("disk full")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {}, "step": 1}, path)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"model": {"w": torch.ones(1000)}, "step": FailsMidWrite()}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GenlabError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.randn(100)}}, path)
+    path.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
+    with pytest.raises(GenlabError, match=f"checkpoint {path} is truncated or corrupt"):
+        load_checkpoint(path)
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickle_with_a_payload_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "x": Payload()}, path)
+    with pytest.raises(GenlabError, match="was refused"):
+        load_checkpoint(path)
+
+
+def test_foreign_file(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(GenlabError, match="not a genlab checkpoint"):
+        load_checkpoint(path)
