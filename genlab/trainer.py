@@ -13,23 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from genlab.checkpoint import copy_checkpoint, save_checkpoint
 from genlab.data import DeviceLoader
 from genlab.data.loader import normalize
+from genlab.images import save_png
 from genlab.logger import NullLogger
 
 log = logging.getLogger(__name__)
-
-
-def save_png(grid: Tensor, path: Path) -> None:
-    """A (C, H, W) float grid in [0, 1] as an 8-bit PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
 
 
 class Trainer:

@@ -7,6 +7,8 @@ from torch import Tensor
 
 from genlab.data.datasets import ImageData
 
+Batch = tuple[Tensor, Tensor | None]  # images in [-1, 1], labels or None
+
 
 class DeviceLoader:
     """Endless iterator of (images in [-1, 1], labels or None); the last partial batch is dropped.
@@ -34,7 +36,7 @@ class DeviceLoader:
     def __iter__(self) -> DeviceLoader:
         return self
 
-    def __next__(self) -> tuple[Tensor, Tensor | None]:
+    def __next__(self) -> Batch:
         if self.index == self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
             self._order = self.permutation(self.epoch)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from genlab.models.init import dcgan_init
+from genlab.models.common import dcgan_init
 
 
 def dcgan_layout(image_size: int) -> tuple[int, int]:

@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torchvision.utils import make_grid
 
+from genlab.data.loader import Batch
+from genlab.images import square_side, to_grid
 from genlab.losses import AdversarialLoss, gradient_penalty
+from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec
-
-Batch = tuple[Tensor, Tensor | None]
 
 
 class GAN(nn.Module):
@@ -138,20 +138,7 @@ class GAN(nn.Module):
 
     @torch.no_grad()
     def sample_grids(self, fixed: dict, loss: AdversarialLoss) -> dict[str, Tensor]:
-        was_training = self.training
-        self.eval()
-        images = self.generator(fixed["z"], fixed["labels"])
-        self.train(was_training)
-        nrow = len(images) // self.num_classes if self.num_classes else _square(len(images))
+        with eval_mode(self):
+            images = self.generator(fixed["z"], fixed["labels"])
+        nrow = len(images) // self.num_classes if self.num_classes else square_side(len(images))
         return {"samples": to_grid(images, nrow)}
-
-
-def _square(n: int) -> int:
-    return max(1, int(round(n**0.5)))
-
-
-def to_grid(images: Tensor, nrow: int) -> Tensor:
-    """A uint8-ready float grid in [0, 1] from images in [-1, 1]."""
-    return make_grid(
-        images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1)
-    )

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from genlab.data.loader import Batch
+from genlab.images import square_side, to_grid
 from genlab.losses import ELBO
-from genlab.models.gan import Batch, _square, to_grid
+from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec
 
 
@@ -94,23 +96,21 @@ class VAE(nn.Module):
         device = examples[0].device
         gen = torch.Generator(device=device).manual_seed(seed)
         z = torch.randn(num, self.latent_dim, device=device, generator=gen)
-        nrow = _square(num)
+        nrow = square_side(num)
         real = examples[0][: max(nrow, num // nrow * nrow)]  # whole rows of real images
         return {"z": z, "real": real}
 
     @torch.no_grad()
     def sample_grids(self, fixed: dict, loss: ELBO) -> dict[str, Tensor]:
         """Prior samples, and real images (odd rows) above their reconstructions (even rows)."""
-        was_training = self.training
-        self.eval()
-        samples = loss.mean(self.decoder(fixed["z"]))
         real = fixed["real"]
-        recon = loss.mean(self.decoder(self.encode(real)[0]))
-        self.train(was_training)
-        nrow = _square(len(fixed["z"]))
+        with eval_mode(self):
+            samples = loss.mean(self.decoder(fixed["z"]))
+            recon = loss.mean(self.decoder(self.encode(real)[0]))
+        nrow = square_side(len(fixed["z"]))
         rows = (t.view(-1, nrow, *t.shape[1:]) for t in (real, recon))
         pairs = torch.stack(tuple(rows), dim=1)  # (rows, 2, nrow, C, H, W)
         return {
-            "samples": to_grid(samples, _square(len(samples))),
+            "samples": to_grid(samples, square_side(len(samples))),
             "reconstructions": to_grid(pairs.flatten(0, 2), nrow),
         }

@@ -1,0 +1,29 @@
+"""Sample grids: from generated images in [-1, 1] to a grid tensor and a PNG file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid
+
+
+def square_side(n: int) -> int:
+    """Images per row for a near-square grid of n images."""
+    return max(1, round(n**0.5))
+
+
+def to_grid(images: Tensor, nrow: int) -> Tensor:
+    """A (C, H, W) grid in [0, 1], `nrow` images per row, 2 pixels of padding."""
+    return make_grid(
+        images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1)
+    )
+
+
+def save_png(grid: Tensor, path: Path) -> None:
+    """A (C, H, W) float grid in [0, 1] as an 8-bit PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
