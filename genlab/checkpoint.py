@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from genlab.errors import GenlabError
@@ -67,3 +69,61 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise GenlabError(f"{path} is not a genlab checkpoint (no model weights in it)")
     return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, as tensors and plain values (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint `trainer.resume` names: `auto` is this run folder's `last.pt` if it exists;
+    a path is a checkpoint file, or a run folder whose `checkpoints/last.pt` is used."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise GenlabError(f"trainer.resume={resume}: no checkpoint at {path}")
+    return path
+
+
+def prune(folder: Path, keep: int | None) -> None:
+    """Delete all but the `keep` newest `step_*.pt` files (`None` keeps them all), and temporary
+    files that a killed save left behind."""
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    if keep is None:
+        return
+    periodic = sorted(folder.glob("step_*.pt"))
+    for old in periodic[: max(0, len(periodic) - keep)]:
+        old.unlink(missing_ok=True)

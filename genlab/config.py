@@ -167,3 +167,32 @@ def _name_key(node: DictConfig, group: str, message: str) -> str:
         if path
         else f"{group}={choice(group)}: {message}"
     )
+
+
+# What a checkpoint means: resuming with other values here is refused unless forced.
+MEANING = ("model", "loss", "dataset", "optimizer.impl._target_")
+NOT_MEANING = ("dataset.root", "dataset.download")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: node}
+
+
+def meaning_changes(saved: DictConfig, current: DictConfig) -> list[str]:
+    """`key: old -> new` for each key that changes what a checkpoint means."""
+    old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (saved, current))
+    keys = {
+        k
+        for k in old.keys() | new.keys()
+        if any(k == m or k.startswith(m + ".") for m in MEANING) and k not in NOT_MEANING
+    }
+    return [
+        f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}"
+        for k in sorted(keys)
+        if old.get(k, "<absent>") != new.get(k, "<absent>")
+    ]

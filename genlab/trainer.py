@@ -1,4 +1,4 @@
-"""The generic training loop: steps, intervals, progress, sample grids and checkpoints.
+"""The generic training loop: steps, intervals, guards, progress, sample grids and checkpoints.
 
 It knows nothing of model families: each family (GAN, VAE) provides `train_step`,
 `batches_per_step`, `fixed_inputs` and `sample_grids`.
@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from genlab.checkpoint import copy_checkpoint, save_checkpoint
+from genlab.checkpoint import copy_checkpoint, prune, rng_state, save_checkpoint, set_rng_state
 from genlab.data import DeviceLoader
 from genlab.data.loader import normalize
+from genlab.errors import GenlabError
 from genlab.images import save_png
 from genlab.logger import NullLogger
+from genlab.optim import NonFiniteError, Updater
 
 log = logging.getLogger(__name__)
+
+COLLAPSE_WARNING = 0.2  # generated batch diversity below this fraction of the real one
 
 
 class Trainer:
@@ -29,7 +36,9 @@ class Trainer:
 
     A step is one generator update (and the `n_critic` discriminator updates before it), or one
     VAE update. Training stops at `max_steps` or `max_epochs`, whichever comes first. Intervals of
-    0 mean "only at the end".
+    0 mean "only at the end". `resume` is `auto` (this run folder's last checkpoint, if any) or
+    the path of a checkpoint or run folder. `on_nan`: `stop` ends the run at the first NaN or
+    infinite loss or gradient, `skip` leaves that update out and goes on.
     """
 
     def __init__(
@@ -40,8 +49,13 @@ class Trainer:
         log_every: int = 50,
         sample_every: int = 500,
         ckpt_every: int = 1000,
+        keep_last: int | None = 3,
         num_samples: int = 64,
         seed: int = 0,
+        resume: str | None = None,
+        force_resume: bool = False,
+        on_nan: Literal["stop", "skip"] = "stop",
+        grad_clip: float | None = None,
         progress: bool = True,
     ) -> None:
         checks = {
@@ -51,6 +65,7 @@ class Trainer:
             "log_every": (log_every, 1),
             "sample_every": (sample_every, 0),
             "ckpt_every": (ckpt_every, 0),
+            "keep_last": (keep_last, 1),
             "num_samples": (num_samples, 1),
             "seed": (seed, 0),
         }
@@ -59,10 +74,16 @@ class Trainer:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if max_steps is None and max_epochs is None:
             raise ValueError("set max_steps or max_epochs (both are null)")
+        if on_nan not in ("stop", "skip"):
+            raise ValueError(f"on_nan must be 'stop' or 'skip', got {on_nan!r}")
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
         self.max_steps, self.max_epochs = max_steps, max_epochs
         self.batch_size, self.seed, self.num_samples = batch_size, seed, num_samples
         self.log_every, self.sample_every, self.ckpt_every = log_every, sample_every, ckpt_every
-        self.progress = progress
+        self.keep_last, self.resume, self.force_resume = keep_last, resume, force_resume
+        self.on_nan, self.progress = on_nan, progress
+        self.update = Updater(grad_clip)
 
     def total_steps(self, batches_per_epoch: int, batches_per_step: int) -> int:
         limits = [self.max_steps or math.inf]
@@ -80,10 +101,12 @@ class Trainer:
         device: torch.device,
         run_dir: Path,
         logger: NullLogger,
+        state: dict[str, Any] | None = None,
         extra_state: dict[str, Any] | None = None,
+        resume_hint: str = "",
     ) -> dict[str, float]:
-        """Train, writing grids to `samples/` and checkpoints to `checkpoints/`; return the last
-        logged values."""
+        """Train (from `state`, a loaded checkpoint, when given), writing grids to `samples/` and
+        checkpoints to `checkpoints/`; return the last logged values."""
         model.to(device).train()
         spread = torch.linspace(0, len(loader.images) - 1, self.num_samples).long()  # all classes
         examples = (normalize(loader.images[spread.to(device)]), None)
@@ -91,48 +114,143 @@ class Trainer:
         per_step = model.batches_per_step(loss)
         total = self.total_steps(loader.batches_per_epoch, per_step)
         images_per_step = loader.batch_size * per_step
-        log.info("%d steps of %d images", total, images_per_step)
-        values: dict[str, float] = {}
-        bar = tqdm(total=total, disable=not self.progress, unit="step", dynamic_ncols=True)
-        window_start, window_steps = time.perf_counter(), 0
-        for step in range(1, total + 1):
-            metrics = model.train_step(loader, loss, optimizers)
-            window_steps += 1
-            last = step == total
-            if step % self.log_every == 0 or last:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                now = time.perf_counter()
-                values = {k: float(v) for k, v in metrics.items()}
-                values["perf/images_per_s"] = window_steps * images_per_step / (now - window_start)
-                values["epoch"] = loader.epoch + loader.index / loader.batches_per_epoch
-                values.update({f"lr/{k}": o.param_groups[0]["lr"] for k, o in optimizers.items()})
-                logger.log_scalars(values, step)
-                bar.set_postfix(_short(values), refresh=False)
-                window_start, window_steps = now, 0
-            if (self.sample_every and step % self.sample_every == 0) or last:
-                for name, grid in model.sample_grids(fixed, loss).items():
-                    save_png(grid, run_dir / "samples" / f"{name}_{step:07d}.png")
-                    logger.log_image(name, grid, step)
-            if (self.ckpt_every and step % self.ckpt_every == 0) or last:
-                state = {
+        start, skipped = 0, 0
+        if state is not None:
+            start, skipped = _restore(state, model, optimizers, loader)
+            log.info("Resumed at step %d of %d", start, total)
+        ckpt_dir = run_dir / "checkpoints"
+
+        def checkpoint(step: int) -> Path:
+            path = ckpt_dir / f"step_{step:07d}.pt"
+            save_checkpoint(
+                {
                     "step": step,
                     "model": model.state_dict(),
                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                     "loader": loader.state_dict(),
+                    "rng": rng_state(),
+                    "skipped": skipped,
                     **(extra_state or {}),
-                }
-                path = run_dir / "checkpoints" / f"step_{step:07d}.pt"
-                save_checkpoint(state, path)
-                copy_checkpoint(path, run_dir / "checkpoints" / "last.pt")
-            bar.update(1)
+                },
+                path,
+            )
+            copy_checkpoint(path, ckpt_dir / "last.pt")
+            prune(ckpt_dir, self.keep_last)
+            return path
+
+        log.info("%d steps of %d images", total, images_per_step)
+        values: dict[str, float] = {}
+        bar = tqdm(
+            total=total, initial=start, disable=not self.progress, unit="step", dynamic_ncols=True
+        )
+        window_start, window_steps = time.perf_counter(), 0
+        with _stop_requests() as stop:
+            for step in range(start + 1, total + 1):
+                try:
+                    metrics = model.train_step(loader, loss, optimizers, self.update)
+                except NonFiniteError as e:
+                    if self.on_nan == "stop":
+                        last = ckpt_dir / "last.pt"
+                        kept = (
+                            f"the last good checkpoint is {last}"
+                            if last.is_file()
+                            else ("no checkpoint was written before it")
+                        )
+                        raise GenlabError(
+                            f"step {step}: {e}. The run stops; {kept}. "
+                            "Set trainer.on_nan=skip to skip such updates instead."
+                        ) from None
+                    skipped += 1
+                    log.warning("step %d: %s; skipped (%d so far)", step, e, skipped)
+                    logger.log_scalars({"guard/skipped_updates": skipped}, step)
+                    metrics = None
+                window_steps += 1
+                last_step = step == total
+                if metrics is not None and (step % self.log_every == 0 or last_step):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    now = time.perf_counter()
+                    values = {k: float(v) for k, v in metrics.items()}
+                    values["perf/images_per_s"] = (
+                        window_steps * images_per_step / (now - window_start)
+                    )
+                    values["epoch"] = loader.epoch + loader.index / loader.batches_per_epoch
+                    values.update(
+                        {f"lr/{k}": o.param_groups[0]["lr"] for k, o in optimizers.items()}
+                    )
+                    logger.log_scalars(values, step)
+                    bar.set_postfix(_short(values), refresh=False)
+                    window_start, window_steps = now, 0
+                    if values.get("diversity", 1.0) < COLLAPSE_WARNING:
+                        log.warning(
+                            "step %d: generated images are %.2f as diverse as real ones: the "
+                            "generator may be collapsing to a few modes",
+                            step,
+                            values["diversity"],
+                        )
+                if (self.sample_every and step % self.sample_every == 0) or last_step:
+                    for name, grid in model.sample_grids(fixed, loss).items():
+                        save_png(grid, run_dir / "samples" / f"{name}_{step:07d}.png")
+                        logger.log_image(name, grid, step)
+                if (self.ckpt_every and step % self.ckpt_every == 0) or last_step:
+                    checkpoint(step)
+                bar.update(1)
+                if stop and not last_step:
+                    path = checkpoint(step)
+                    bar.close()
+                    logger.close()
+                    name = signal.Signals(stop[0]).name
+                    log.warning(
+                        "%s at step %d: checkpoint saved to %s. Resume with:\n  %s",
+                        name,
+                        step,
+                        path,
+                        resume_hint or "genlab train ... trainer.resume=auto",
+                    )
+                    raise SystemExit(128 + stop[0])
         bar.close()
         logger.close()
         log.info("Finished %d steps: %s", total, _short(values))
         return values
 
 
+def _restore(state, model, optimizers, loader) -> tuple[int, int]:
+    """Load a checkpoint into the run's objects; return (step, skipped updates)."""
+    try:
+        model.load_state_dict(state["model"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise GenlabError(f"the checkpoint does not fit this model: {e}") from None
+    loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    return int(state["step"]), int(state.get("skipped", 0))
+
+
+@contextmanager
+def _stop_requests():
+    """Catch SIGINT and SIGTERM during training: the loop saves, then exits. A second signal
+    stops at once."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def _short(values: dict[str, float]) -> dict[str, str]:
     """Compact progress-bar / log form of the logged values."""
-    keep = {k: v for k, v in values.items() if not k.startswith(("lr/", "epoch"))}
+    keep = {k: v for k, v in values.items() if not k.startswith(("lr/", "epoch", "grad_norm"))}
     return {k.removeprefix("loss/").removeprefix("perf/"): f"{v:.4g}" for k, v in keep.items()}

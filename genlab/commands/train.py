@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.config import CONF_DIR, build, check_config, choice
+from genlab.checkpoint import find_resume, load_checkpoint
+from genlab.config import CONF_DIR, build, check_config, choice, meaning_changes
 from genlab.data import DeviceLoader
 from genlab.errors import ConfigError
 
@@ -34,6 +36,19 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     trainer = build(cfg.trainer, "trainer")
     device = build(cfg.device, "device")
+    resume_from = find_resume(trainer.resume, run_dir)
+    state = load_checkpoint(resume_from) if resume_from else None
+    if state is not None:
+        changes = meaning_changes(OmegaConf.create(state["config"]), cfg)
+        if changes and not trainer.force_resume:
+            raise ConfigError(
+                f"the config differs from the checkpoint {resume_from} in what it means:\n  "
+                + "\n  ".join(changes)
+                + "\nResume with the checkpoint's settings, or set trainer.force_resume=true."
+            )
+        if changes:
+            log.warning("Resuming despite config changes: %s", "; ".join(changes))
+        log.info("Resuming from %s", resume_from)
     seed_everything(trainer.seed)
 
     data = build(cfg.dataset, "dataset")
@@ -74,10 +89,22 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
         device=device,
         run_dir=run_dir,
         logger=logger,
+        state=state,
         extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
+        resume_hint=_resume_command(run_dir),
     )
     log.info("Run folder: %s", run_dir.resolve())
     return values
+
+
+def _resume_command(run_dir: Path) -> str:
+    """The command that continues this run in its own folder."""
+    overrides = []
+    if HydraConfig.initialized():
+        skip = ("hydra.run.dir=", "trainer.resume=")
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)]
+    words = ["genlab", "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _refuse(fn, arg: Any, context: str) -> Any:

@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from genlab.data.loader import Batch
 from genlab.images import square_side, to_grid
 from genlab.losses import AdversarialLoss, gradient_penalty
 from genlab.models.common import eval_mode
-from genlab.optim import OptimizerSpec
+from genlab.optim import OptimizerSpec, Updater
 
 
 class GAN(nn.Module):
@@ -25,6 +26,8 @@ class GAN(nn.Module):
         discriminator: Callable[..., nn.Module],
         latent_dim: int = 100,
         conditional: bool = False,
+        ema_decay: float | None = None,
+        ema_start: int = 0,
         *,
         channels: int,
         image_size: int,
@@ -38,7 +41,11 @@ class GAN(nn.Module):
                 "a class-conditional GAN needs class labels, and this data set has none "
                 "(for image_folder, put the images in one sub-folder per class)"
             )
-        self.latent_dim = latent_dim
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if ema_start < 0:
+            raise ValueError(f"ema_start must be >= 0, got {ema_start}")
+        self.latent_dim, self.ema_start = latent_dim, ema_start
         self.num_classes = num_classes if conditional else 0
         self.generator = generator(
             latent_dim=latent_dim,
@@ -49,6 +56,13 @@ class GAN(nn.Module):
         self.discriminator = discriminator(
             channels=channels, image_size=image_size, num_classes=self.num_classes
         )
+        # Exponential moving average of G (weights and BatchNorm statistics), used for samples.
+        self.generator_ema = None
+        if ema_decay is not None:
+            self.generator_ema = AveragedModel(
+                self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+            ).requires_grad_(False)
+        self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
 
     # --- wiring ---------------------------------------------------------------------------------
 
@@ -85,6 +99,7 @@ class GAN(nn.Module):
         batches: Iterator[Batch],
         loss: AdversarialLoss,
         optimizers: dict[str, torch.optim.Optimizer],
+        update: Updater,
     ) -> dict[str, Tensor]:
         """`n_critic` discriminator updates on fresh batches, then one generator update."""
         G, D = self.generator, self.discriminator
@@ -101,17 +116,18 @@ class GAN(nn.Module):
                 gp = gradient_penalty(D, real, fake, labels)
                 d_loss = d_loss + loss.gp_weight * gp
                 metrics["loss/gp"] = gp.detach()
-            optimizers["d"].zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizers["d"].step()
+            metrics["grad_norm/d"] = update(d_loss, optimizers["d"], "discriminator")
 
         D.requires_grad_(False)  # the generator step needs no discriminator weight gradients
-        fake = G(self.noise(len(real), real.device), labels)
-        g_loss = loss.g_loss(D(fake, labels))
-        optimizers["g"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        optimizers["g"].step()
-        D.requires_grad_(True)
+        try:
+            fake = G(self.noise(len(real), real.device), labels)
+            g_loss = loss.g_loss(D(fake, labels))
+            metrics["grad_norm/g"] = update(g_loss, optimizers["g"], "generator")
+        finally:
+            D.requires_grad_(True)
+        self.generator_updates += 1
+        if self.generator_ema is not None and self.generator_updates > self.ema_start:
+            self.generator_ema.update_parameters(G)
 
         metrics.update(
             {
@@ -119,6 +135,7 @@ class GAN(nn.Module):
                 "loss/g": g_loss.detach(),
                 "D(x)": loss.score(real_out.detach()).mean(),
                 "D(G(z))": loss.score(fake_out.detach()).mean(),
+                "diversity": diversity(fake.detach(), real),
             }
         )
         return metrics
@@ -136,9 +153,21 @@ class GAN(nn.Module):
         gen = torch.Generator(device=device).manual_seed(seed)
         return {"z": self.noise(num, device, gen), "labels": labels}
 
+    def sampler(self) -> nn.Module:
+        """The generator that samples: its EMA once averaging has begun, else itself."""
+        ema = self.generator_ema
+        return ema.module if ema is not None and ema.n_averaged > 0 else self.generator
+
     @torch.no_grad()
     def sample_grids(self, fixed: dict, loss: AdversarialLoss) -> dict[str, Tensor]:
         with eval_mode(self):
-            images = self.generator(fixed["z"], fixed["labels"])
+            images = self.sampler()(fixed["z"], fixed["labels"])
         nrow = len(images) // self.num_classes if self.num_classes else square_side(len(images))
         return {"samples": to_grid(images, nrow)}
+
+
+def diversity(fake: Tensor, real: Tensor) -> Tensor:
+    """Mean pairwise distance within a generated batch over that within a real batch: near 1 for
+    a generator that covers the data, near 0 when it collapses to a few images."""
+    spread = torch.pdist(real.flatten(1).float()).mean().clamp_min(1e-8)
+    return torch.pdist(fake.flatten(1).float()).mean() / spread

@@ -11,7 +11,7 @@ from genlab.data.loader import Batch
 from genlab.images import square_side, to_grid
 from genlab.losses import ELBO
 from genlab.models.common import eval_mode
-from genlab.optim import OptimizerSpec
+from genlab.optim import OptimizerSpec, Updater
 
 
 class VAE(nn.Module):
@@ -80,15 +80,18 @@ class VAE(nn.Module):
     # --- training -------------------------------------------------------------------------------
 
     def train_step(
-        self, batches: Iterator[Batch], loss: ELBO, optimizers: dict[str, torch.optim.Optimizer]
+        self,
+        batches: Iterator[Batch],
+        loss: ELBO,
+        optimizers: dict[str, torch.optim.Optimizer],
+        update: Updater,
     ) -> dict[str, Tensor]:
         x, _ = next(batches)
         decoded, mu, logvar = self(x)
         terms = loss(decoded, x, mu, logvar)
-        optimizers["vae"].zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizers["vae"].step()
-        return {f"loss/{k}": v.detach() for k, v in terms.items()}
+        metrics = {f"loss/{k}": v.detach() for k, v in terms.items()}
+        metrics["grad_norm/vae"] = update(terms["loss"], optimizers["vae"], "vae")
+        return metrics
 
     # --- sampling -------------------------------------------------------------------------------
 

@@ -1,0 +1,255 @@
+"""Runs that survive: exact resume, refused config changes, pruning, NaN guards, EMA, signals."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from genlab.checkpoint import load_checkpoint
+from genlab.commands.train import train
+from genlab.errors import ConfigError, GenlabError
+from tests.conftest import ROOT, make_cfg, run_cli
+
+FAST = ["trainer=smoke", "logger=none", "trainer.sample_every=0", "trainer.ckpt_every=2"]
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+def assert_identical(a, b):
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for name in a["optimizers"]:
+        for pa, pb in zip(
+            a["optimizers"][name]["state"].values(),
+            b["optimizers"][name]["state"].values(),
+            strict=True,
+        ):
+            assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ["model=gan"],
+        ["model=cgan"],
+        ["model=dcgan"],
+        ["model=vae"],
+        ["model=dcgan", "loss=wgan_gp", "model.discriminator.norm=layer"],
+        ["model=gan", "model.ema_decay=0.9", "model.ema_start=1"],
+    ],
+    ids=["gan", "cgan", "dcgan", "vae", "wgan_gp", "gan_ema"],
+)
+def test_half_plus_resume_plus_half_is_bit_identical(setup, tmp_path):
+    train(make_cfg(*setup, *FAST, "trainer.max_steps=6"), run_dir=tmp_path / "whole")
+    train(make_cfg(*setup, *FAST, "trainer.max_steps=3"), run_dir=tmp_path / "split")
+    resumed = make_cfg(*setup, *FAST, "trainer.max_steps=6", "trainer.resume=auto")
+    train(resumed, run_dir=tmp_path / "split")
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "split"))
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
+    train(make_cfg("model=gan", *FAST, "trainer.resume=auto"), run_dir=tmp_path)
+    assert weights(tmp_path)["step"] == 5
+
+
+def test_resume_from_another_run_folder(tmp_path):
+    train(make_cfg("model=vae", *FAST, "trainer.max_steps=3"), run_dir=tmp_path / "a")
+    cfg = make_cfg("model=vae", *FAST, "trainer.max_steps=4", f"trainer.resume={tmp_path / 'a'}")
+    train(cfg, run_dir=tmp_path / "b")
+    assert weights(tmp_path / "b")["step"] == 4
+    assert not (tmp_path / "b" / "checkpoints" / "step_0000002.pt").exists()
+
+
+def test_resume_path_that_does_not_exist(tmp_path):
+    with pytest.raises(GenlabError, match="no checkpoint at"):
+        train(make_cfg("model=gan", *FAST, f"trainer.resume={tmp_path}/x.pt"), run_dir=tmp_path)
+
+
+def test_changed_meaning_is_refused_unless_forced(tmp_path):
+    train(make_cfg("model=gan", *FAST, "trainer.max_steps=2"), run_dir=tmp_path)
+    changed = ["model=gan", "loss=hinge", "dataset.image_size=28", *FAST, "trainer.resume=auto"]
+    with pytest.raises(ConfigError) as error:
+        train(make_cfg(*changed), run_dir=tmp_path)
+    message = str(error.value)
+    assert "loss._target_: genlab.losses.NonSaturating -> genlab.losses.Hinge" in message
+    assert "trainer.force_resume=true" in message
+    assert weights(tmp_path)["step"] == 2  # nothing written
+    train(make_cfg(*changed, "trainer.force_resume=true"), run_dir=tmp_path)
+    assert weights(tmp_path)["step"] == 5
+
+
+def test_a_checkpoint_for_another_model_is_refused_clearly(tmp_path):
+    train(make_cfg("model=gan", *FAST, "trainer.max_steps=2"), run_dir=tmp_path)
+    cfg = make_cfg(
+        "model=gan", "model.latent_dim=7", *FAST, "trainer.resume=auto", "trainer.force_resume=true"
+    )
+    with pytest.raises(GenlabError, match="does not fit this model"):
+        train(cfg, run_dir=tmp_path)
+
+
+def test_keep_last_prunes_periodic_checkpoints(tmp_path):
+    cfg = make_cfg("model=gan", *FAST, "trainer.ckpt_every=1", "trainer.keep_last=2")
+    train(cfg, run_dir=tmp_path)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["last.pt", "step_0000004.pt", "step_0000005.pt"]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = make_cfg("model=gan", *FAST, "loss._target_=tests.helpers.NaNAt", "+loss.steps=[3]")
+    with pytest.raises(GenlabError, match=r"step 3: non-finite generator update \(loss nan") as e:
+        train(cfg, run_dir=tmp_path)
+    assert "last good checkpoint is" in str(e.value) and "trainer.on_nan=skip" in str(e.value)
+    state = weights(tmp_path)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nan_skip_counts_and_goes_on(tmp_path):
+    cfg = make_cfg(
+        "model=gan",
+        *FAST,
+        "loss._target_=tests.helpers.NaNAt",
+        "+loss.steps=[2,4]",
+        "trainer.on_nan=skip",
+    )
+    train(cfg, run_dir=tmp_path)
+    state = weights(tmp_path)
+    assert state["step"] == 5 and state["skipped"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_ema_generator_is_checkpointed_and_samples(tmp_path):
+    cfg = make_cfg("model=dcgan", "model.ema_decay=0.5", *FAST, "trainer.sample_every=5")
+    train(cfg, run_dir=tmp_path)
+    model = weights(tmp_path)["model"]
+    ema = {k: v for k, v in model.items() if k.startswith("generator_ema.module.")}
+    assert ema and int(model["generator_ema.n_averaged"]) == 5
+    first = "net.0.weight"
+    assert not torch.equal(ema[f"generator_ema.module.{first}"], model[f"generator.{first}"])
+
+
+def test_gradient_norms_are_reported(tmp_path):
+    values = train(make_cfg("model=gan", *FAST), run_dir=tmp_path)
+    assert values["grad_norm/d"] > 0 and values["grad_norm/g"] > 0
+    assert 0 < values["diversity"] < 10
+
+
+def _start(run_dir, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genlab",
+            "train",
+            "model=dcgan",
+            "logger=none",
+            "trainer.progress=false",
+            "trainer.sample_every=0",
+            f"hydra.run.dir={run_dir}",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(path, proc, text="", timeout=120):
+    """Until `path` exists (and holds `text`), failing if the process ends first."""
+    deadline = time.time() + timeout
+    while not path.exists() or (text and text not in path.read_text()):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_tells_how_to_resume(signum, tmp_path):
+    proc = _start(tmp_path, "trainer.max_steps=100000", "trainer.ckpt_every=0")
+    _wait_for(tmp_path / "train.log", proc, text="steps of")  # training has begun
+    time.sleep(1)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, out
+    assert "checkpoint saved to" in out and "trainer.resume=auto" in out
+    step = weights(tmp_path)["step"]
+    assert 0 < step < 100000
+    result = run_cli(
+        "train",
+        "model=dcgan",
+        "logger=none",
+        "trainer.sample_every=0",
+        f"trainer.max_steps={step + 2}",
+        f"hydra.run.dir={tmp_path}",
+        "trainer.resume=auto",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Resumed at step {step}" in result.stdout
+    assert weights(tmp_path)["step"] == step + 2
+
+
+def test_sigkill_while_saving_leaves_loadable_checkpoints(tmp_path):
+    """Checkpoints every step, killed at several moments: every file left loads."""
+    for kill in range(3):
+        proc = _start(
+            tmp_path,
+            "trainer.max_steps=100000",
+            "trainer.ckpt_every=1",
+            "model.generator.features=64",
+            "trainer.resume=auto",
+        )
+        _wait_for(tmp_path / "checkpoints" / "last.pt", proc)
+        time.sleep(0.5 + 0.37 * kill)
+        proc.kill()
+        proc.wait()
+        for path in (tmp_path / "checkpoints").glob("*.pt"):
+            load_checkpoint(path)  # raises on a corrupt or truncated file
+    last = weights(tmp_path)["step"]
+    result = run_cli(
+        "train",
+        "model=dcgan",
+        "logger=none",
+        "model.generator.features=64",
+        "trainer.sample_every=0",
+        f"trainer.max_steps={last + 1}",
+        f"hydra.run.dir={tmp_path}",
+        "trainer.resume=auto",
+    )
+    assert result.returncode == 0, result.stderr
+    assert weights(tmp_path)["step"] == last + 1
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "malicious"])
+def test_bad_checkpoint_through_the_cli(kind, tmp_path):
+    path = tmp_path / "bad.pt"
+    if kind == "truncated":
+        path.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    else:
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, ("true",))
+
+        torch.save({"model": {}, "x": Payload()}, path)
+    result = run_cli(
+        "train",
+        "model=gan",
+        "trainer=smoke",
+        f"trainer.resume={path}",
+        f"hydra.run.dir={tmp_path}/run",
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert str(path) in result.stderr
+    assert ("was refused" if kind == "malicious" else "truncated or corrupt") in result.stderr
