@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install train test lint clean
+.PHONY: install train test test-all lint clean
 
 $(BIN)/genlab: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ train: install  ## DCGAN on the embedded MNIST digits; extra overrides: make tra
 	$(BIN)/genlab train $(ARGS)
 
 test: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-all: install  ## also the slow checks (torch.compile with inductor)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install

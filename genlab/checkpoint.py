@@ -71,6 +71,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's (CPU and CUDA) random generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Every random generator's state, as tensors and plain values (loadable with weights_only)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -55,13 +55,24 @@ def wasserstein_g_loss(fake: Tensor) -> Tensor:
 
 
 def gradient_penalty(
-    critic: nn.Module, real: Tensor, fake: Tensor, labels: Tensor | None = None
+    critic: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    labels: Tensor | None = None,
+    loss_scale: float = 1.0,
 ) -> Tensor:
-    """WGAN-GP penalty E[(||grad D(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani et al.)."""
+    """WGAN-GP penalty E[(||grad D(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani et al.).
+
+    Under float16 autocast, pass the loss scale: the critic's output is scaled before the
+    gradient is taken (so small gradients do not underflow) and the gradient unscaled after,
+    as in PyTorch's AMP recipe; the norm is computed in float32.
+    """
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
     mixed = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = critic(mixed, labels)
-    (grad,) = torch.autograd.grad(out.sum(), mixed, create_graph=True)
+    # d(mean)/d(out) = 1/n keeps a scaled gradient within float16's range (max 65504)
+    (grad,) = torch.autograd.grad(out.float().mean() * loss_scale, mixed, create_graph=True)
+    grad = grad.float() * (len(out) / loss_scale)
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
-from typing import Literal
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -33,29 +35,95 @@ class NonFiniteError(RuntimeError):
     """A loss or gradient that is NaN or infinite; the update was not applied."""
 
     def __init__(self, name: str, loss: float, grad_norm: float) -> None:
-        super().__init__(f"non-finite {name} update (loss {loss}, gradient norm {grad_norm})")
+        role = ROLES.get(name, name)
+        super().__init__(f"non-finite {role} update (loss {loss}, gradient norm {grad_norm})")
         self.name, self.loss, self.grad_norm = name, loss, grad_norm
 
 
-class Updater:
-    """Backward pass and optimizer step for one network, with the run's guards.
+ROLES = {"g": "generator", "d": "discriminator"}
+Precision = Literal[32, "32", "bf16", "16-mixed"]
+AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
 
-    The gradient norm is measured before the step; a NaN or infinite loss or gradient raises
-    `NonFiniteError` before any weight changes. `grad_clip` (if set) clips the total norm.
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting, or a ValueError if `device` cannot run it."""
+    dtype = AUTOCAST_DTYPES.get(str(precision), "?")
+    if dtype == "?":
+        raise ValueError(f"precision must be 32, bf16 or 16-mixed, got {precision!r}")
+    if dtype is None:
+        return None
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"precision={precision}: torch has no autocast for {device.type}")
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision=bf16: {torch.cuda.get_device_name(device)} lacks bfloat16")
+    with warnings.catch_warnings(record=True) as caught:  # torch warns, then disables autocast
+        warnings.simplefilter("always")
+        torch.autocast(device.type, dtype=dtype)
+    if caught:
+        raise ValueError(f"precision={precision} on {device.type}: {caught[0].message}")
+    return dtype
+
+
+class Updater:
+    """Backward pass and optimizer step for each network, with the run's precision and guards.
+
+    `precision` is 32 (float32), `bf16` (bfloat16 autocast) or `16-mixed` (float16 autocast with
+    a dynamic loss scale per network, torch's GradScaler). The gradient norm is measured before
+    the step; a NaN or infinite loss or gradient raises `NonFiniteError` before any weight
+    changes. Under `16-mixed` such a step is first taken for a loss-scale overflow: it is
+    skipped and the scale halved (counted in `overflows`), and only a step that is non-finite
+    at a loss scale of 1 or less raises. `grad_clip` (if set) clips the total norm.
     """
 
-    def __init__(self, grad_clip: float | None = None) -> None:
-        self.grad_clip = grad_clip
+    def __init__(
+        self,
+        optimizers: dict[str, Optimizer],
+        device: torch.device,
+        precision: Precision = "32",
+        grad_clip: float | None = None,
+    ) -> None:
+        self.optimizers, self.grad_clip = optimizers, grad_clip
+        self.device_type, self.dtype = device.type, autocast_dtype(precision, device)
+        fp16 = self.dtype is torch.float16
+        self.scalers = {k: torch.amp.GradScaler(device.type, enabled=fp16) for k in optimizers}
+        self.overflows = 0
 
-    def __call__(self, loss: Tensor, optimizer: Optimizer, name: str) -> Tensor:
-        """Apply one update; return the gradient norm (before clipping)."""
+    def autocast(self) -> AbstractContextManager:
+        """The context for forward passes and losses."""
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def loss_scale(self, name: str) -> float:
+        """The factor by which `name`'s loss is scaled before backward (1 unless 16-mixed)."""
+        scaler = self.scalers[name]
+        return scaler.get_scale() if scaler.is_enabled() else 1.0
+
+    def __call__(self, loss: Tensor, name: str) -> Tensor:
+        """Update network `name` (an optimizer key); return the gradient norm before clipping."""
+        optimizer, scaler = self.optimizers[name], self.scalers[name]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = self.grad_clip if self.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if not (torch.isfinite(loss) and torch.isfinite(norm)):
             optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteError(name, float(loss.detach()), float(norm))
-        optimizer.step()
+            scale = self.loss_scale(name)
+            if scale <= 1.0:
+                raise NonFiniteError(name, float(loss.detach()), float(norm))
+            scaler.update(scale * scaler.get_backoff_factor())  # a loss-scale overflow
+            self.overflows += 1
+            return norm.detach()
+        scaler.step(optimizer)
+        scaler.update()
         return norm.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scalers": {k: s.state_dict() for k, s in self.scalers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, scaler_state in state.get("scalers", {}).items():
+            if name in self.scalers and scaler_state:
+                self.scalers[name].load_state_dict(scaler_state)

@@ -18,13 +18,22 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from genlab.checkpoint import copy_checkpoint, prune, rng_state, save_checkpoint, set_rng_state
-from genlab.data import DeviceLoader
+from genlab import distributed
+from genlab.checkpoint import (
+    copy_checkpoint,
+    prune,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from genlab.data import DeviceLoader, ImageData
 from genlab.data.loader import normalize
+from genlab.distributed import Processes
 from genlab.errors import GenlabError
 from genlab.images import save_png
 from genlab.logger import NullLogger
-from genlab.optim import NonFiniteError, Updater
+from genlab.optim import AUTOCAST_DTYPES, NonFiniteError, Precision, Updater
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,10 @@ class Trainer:
     VAE update. Training stops at `max_steps` or `max_epochs`, whichever comes first. Intervals of
     0 mean "only at the end". `resume` is `auto` (this run folder's last checkpoint, if any) or
     the path of a checkpoint or run folder. `on_nan`: `stop` ends the run at the first NaN or
-    infinite loss or gradient, `skip` leaves that update out and goes on.
+    infinite loss or gradient, `skip` leaves that update out and goes on. `precision`: 32,
+    `bf16` or `16-mixed` (see `optim.Updater`); `channels_last` stores images and convolution
+    weights NHWC; `compile` runs the networks through `torch.compile` (true: inductor, or a
+    backend's name). Under torchrun, `batch_size` is per process.
     """
 
     def __init__(
@@ -56,6 +68,9 @@ class Trainer:
         force_resume: bool = False,
         on_nan: Literal["stop", "skip"] = "stop",
         grad_clip: float | None = None,
+        precision: Precision = "32",
+        channels_last: bool = False,
+        compile: bool | str = False,
         progress: bool = True,
     ) -> None:
         checks = {
@@ -82,8 +97,31 @@ class Trainer:
         self.batch_size, self.seed, self.num_samples = batch_size, seed, num_samples
         self.log_every, self.sample_every, self.ckpt_every = log_every, sample_every, ckpt_every
         self.keep_last, self.resume, self.force_resume = keep_last, resume, force_resume
-        self.on_nan, self.progress = on_nan, progress
-        self.update = Updater(grad_clip)
+        if isinstance(compile, str):
+            backends = torch.compiler.list_backends(exclude_tags=())
+            if compile not in backends:
+                raise ValueError(
+                    f"compile must be true, false or a torch.compile backend "
+                    f"({', '.join(torch.compiler.list_backends())}, eager, aot_eager), "
+                    f"got {compile!r}"
+                )
+        if str(precision) not in AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be 32, bf16 or 16-mixed, got {precision!r}")
+        self.on_nan, self.progress, self.grad_clip = on_nan, progress, grad_clip
+        self.precision, self.channels_last = str(precision), channels_last
+        self.compile = "inductor" if compile is True else compile or None
+
+    def loader(self, data: ImageData, device: torch.device, procs: Processes) -> DeviceLoader:
+        """Batches of `batch_size` from this process's shard of `data`, on `device`."""
+        return DeviceLoader(
+            data,
+            self.batch_size,
+            device,
+            self.seed,
+            rank=procs.rank,
+            world=procs.world,
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
+        )
 
     def total_steps(self, batches_per_epoch: int, batches_per_step: int) -> int:
         limits = [self.max_steps or math.inf]
@@ -101,53 +139,73 @@ class Trainer:
         device: torch.device,
         run_dir: Path,
         logger: NullLogger,
+        procs: Processes | None = None,
         state: dict[str, Any] | None = None,
         extra_state: dict[str, Any] | None = None,
         resume_hint: str = "",
     ) -> dict[str, float]:
         """Train (from `state`, a loaded checkpoint, when given), writing grids to `samples/` and
-        checkpoints to `checkpoints/`; return the last logged values."""
+        checkpoints to `checkpoints/` (rank 0 only); return the last logged values."""
+        procs = procs or Processes()
         model.to(device).train()
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        update = Updater(optimizers, device, self.precision, self.grad_clip)
         spread = torch.linspace(0, len(loader.images) - 1, self.num_samples).long()  # all classes
         examples = (normalize(loader.images[spread.to(device)]), None)
         fixed = model.fixed_inputs(self.num_samples, examples, seed=self.seed)
         per_step = model.batches_per_step(loss)
         total = self.total_steps(loader.batches_per_epoch, per_step)
-        images_per_step = loader.batch_size * per_step
+        images_per_step = loader.global_batch * per_step
         start, skipped = 0, 0
+        if procs.distributed:  # every process draws its own noise
+            seed_everything(self.seed + 1_000_003 * procs.rank)
         if state is not None:
-            start, skipped = _restore(state, model, optimizers, loader)
+            start, skipped = _restore(state, model, optimizers, update, loader, procs)
             log.info("Resumed at step %d of %d", start, total)
+        if self.compile:
+            for net in model.compile_targets(loss):
+                net.compile(backend=self.compile)
+        if procs.distributed:
+            model.distribute(distributed.wrapper(device))
         ckpt_dir = run_dir / "checkpoints"
 
         def checkpoint(step: int) -> Path:
             path = ckpt_dir / f"step_{step:07d}.pt"
-            save_checkpoint(
-                {
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "loader": loader.state_dict(),
-                    "rng": rng_state(),
-                    "skipped": skipped,
-                    **(extra_state or {}),
-                },
-                path,
-            )
-            copy_checkpoint(path, ckpt_dir / "last.pt")
-            prune(ckpt_dir, self.keep_last)
+            rngs = distributed.gather(rng_state(), procs)
+            if procs.main:
+                save_checkpoint(
+                    {
+                        "step": step,
+                        "model": model.state_dict(),
+                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "updater": update.state_dict(),
+                        "loader": loader.state_dict(),
+                        "rng": rngs[0],
+                        **({"rng_ranks": rngs} if procs.distributed else {}),
+                        "skipped": skipped,
+                        **(extra_state or {}),
+                    },
+                    path,
+                )
+                copy_checkpoint(path, ckpt_dir / "last.pt")
+                prune(ckpt_dir, self.keep_last)
             return path
 
         log.info("%d steps of %d images", total, images_per_step)
         values: dict[str, float] = {}
         bar = tqdm(
-            total=total, initial=start, disable=not self.progress, unit="step", dynamic_ncols=True
+            total=total,
+            initial=start,
+            disable=not (self.progress and procs.main),
+            unit="step",
+            dynamic_ncols=True,
         )
         window_start, window_steps = time.perf_counter(), 0
         with _stop_requests() as stop:
             for step in range(start + 1, total + 1):
                 try:
-                    metrics = model.train_step(loader, loss, optimizers, self.update)
+                    metrics = model.train_step(loader, loss, update)
                 except NonFiniteError as e:
                     if self.on_nan == "stop":
                         last = ckpt_dir / "last.pt"
@@ -164,9 +222,15 @@ class Trainer:
                     log.warning("step %d: %s; skipped (%d so far)", step, e, skipped)
                     logger.log_scalars({"guard/skipped_updates": skipped}, step)
                     metrics = None
+                except torch._dynamo.exc.BackendCompilerFailed as e:
+                    raise GenlabError(
+                        f"trainer.compile={self.compile}: torch.compile failed on this machine "
+                        f"({str(e).strip().splitlines()[0]}); set trainer.compile=false"
+                    ) from None
                 window_steps += 1
                 last_step = step == total
-                if metrics is not None and (step % self.log_every == 0 or last_step):
+                log_step = step % self.log_every == 0 or last_step
+                if metrics is not None and log_step:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     now = time.perf_counter()
@@ -178,6 +242,9 @@ class Trainer:
                     values.update(
                         {f"lr/{k}": o.param_groups[0]["lr"] for k, o in optimizers.items()}
                     )
+                    if update.dtype is torch.float16:
+                        values.update({f"amp/scale_{k}": update.loss_scale(k) for k in optimizers})
+                        values["amp/overflows"] = update.overflows
                     logger.log_scalars(values, step)
                     bar.set_postfix(_short(values), refresh=False)
                     window_start, window_steps = now, 0
@@ -188,33 +255,41 @@ class Trainer:
                             step,
                             values["diversity"],
                         )
-                if (self.sample_every and step % self.sample_every == 0) or last_step:
+                if procs.main and (
+                    (self.sample_every and step % self.sample_every == 0) or last_step
+                ):
                     for name, grid in model.sample_grids(fixed, loss).items():
                         save_png(grid, run_dir / "samples" / f"{name}_{step:07d}.png")
                         logger.log_image(name, grid, step)
                 if (self.ckpt_every and step % self.ckpt_every == 0) or last_step:
                     checkpoint(step)
                 bar.update(1)
-                if stop and not last_step:
+                # Under torchrun the processes agree on stopping at logging steps only.
+                stopping = (
+                    bool(stop)
+                    if not procs.distributed
+                    else (log_step and distributed.any_rank(bool(stop), procs, device))
+                )
+                if stopping and not last_step:
                     path = checkpoint(step)
                     bar.close()
                     logger.close()
-                    name = signal.Signals(stop[0]).name
-                    log.warning(
+                    signum = stop[0] if stop else signal.SIGTERM
+                    (log.warning if procs.main else log.debug)(
                         "%s at step %d: checkpoint saved to %s. Resume with:\n  %s",
-                        name,
+                        signal.Signals(signum).name,
                         step,
                         path,
                         resume_hint or "genlab train ... trainer.resume=auto",
                     )
-                    raise SystemExit(128 + stop[0])
+                    raise SystemExit(128 + signum)
         bar.close()
         logger.close()
         log.info("Finished %d steps: %s", total, _short(values))
         return values
 
 
-def _restore(state, model, optimizers, loader) -> tuple[int, int]:
+def _restore(state, model, optimizers, update, loader, procs) -> tuple[int, int]:
     """Load a checkpoint into the run's objects; return (step, skipped updates)."""
     try:
         model.load_state_dict(state["model"])
@@ -222,9 +297,16 @@ def _restore(state, model, optimizers, loader) -> tuple[int, int]:
             optimizer.load_state_dict(state["optimizers"][name])
     except (RuntimeError, KeyError, ValueError) as e:
         raise GenlabError(f"the checkpoint does not fit this model: {e}") from None
+    update.load_state_dict(state.get("updater", {}))
     loader.load_state_dict(state["loader"])
-    set_rng_state(state["rng"])
-    return int(state["step"]), int(state.get("skipped", 0))
+    step = int(state["step"])
+    rngs = state.get("rng_ranks", [state["rng"]])
+    if len(rngs) == procs.world:
+        set_rng_state(rngs[procs.rank])
+    else:  # saved by another number of processes: a fresh, distinct stream per process
+        log.info("random states of %d process(es) reseeded for %d", len(rngs), procs.world)
+        seed_everything(step * 1_000_003 + procs.rank)
+    return step, int(state.get("skipped", 0))
 
 
 @contextmanager

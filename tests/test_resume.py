@@ -44,8 +44,10 @@ def assert_identical(a, b):
         ["model=vae"],
         ["model=dcgan", "loss=wgan_gp", "model.discriminator.norm=layer"],
         ["model=gan", "model.ema_decay=0.9", "model.ema_start=1"],
+        ["model=dcgan", "trainer.precision=bf16", "dataset=digits"],
+        ["model=gan", "trainer.precision=16-mixed", "dataset=digits"],
     ],
-    ids=["gan", "cgan", "dcgan", "vae", "wgan_gp", "gan_ema"],
+    ids=["gan", "cgan", "dcgan", "vae", "wgan_gp", "gan_ema", "dcgan_bf16", "gan_fp16"],
 )
 def test_half_plus_resume_plus_half_is_bit_identical(setup, tmp_path):
     train(make_cfg(*setup, *FAST, "trainer.max_steps=6"), run_dir=tmp_path / "whole")

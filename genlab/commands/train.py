@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import logging
-import random
+import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.checkpoint import find_resume, load_checkpoint
+from genlab import distributed
+from genlab.checkpoint import find_resume, load_checkpoint, seed_everything
 from genlab.config import CONF_DIR, build, check_config, choice, meaning_changes
-from genlab.data import DeviceLoader
+from genlab.distributed import Processes
 from genlab.errors import ConfigError
+from genlab.logger import NullLogger
+from genlab.optim import autocast_dtype
 
 log = logging.getLogger(__name__)
 
+HYDRA_FILES = {".hydra", "train.log"}
 GROUPS = ("trainer", "device", "dataset", "model", "loss", "optimizer", "logger")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float]:
@@ -36,6 +33,16 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     trainer = build(cfg.trainer, "trainer")
     device = build(cfg.device, "device")
+    procs, device = _refuse(distributed.start, device, f"device={choice('device')}")
+    try:
+        if procs.distributed:
+            run_dir = _follow_rank0(run_dir, procs)
+        return _train(cfg, trainer, device, procs, run_dir)
+    finally:
+        distributed.stop()
+
+
+def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, float]:
     resume_from = find_resume(trainer.resume, run_dir)
     state = load_checkpoint(resume_from) if resume_from else None
     if state is not None:
@@ -64,10 +71,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     spec = build(cfg.optimizer, "optimizer")
     optimizers = _refuse(model.configure_optimizers, spec, f"optimizer={choice('optimizer')}")
     loader = _refuse(
-        lambda size: DeviceLoader(data, size, device, trainer.seed),
-        trainer.batch_size,
-        f"trainer (dataset={choice('dataset')})",
+        lambda t: t.loader(data, device, procs), trainer, f"trainer (dataset={choice('dataset')})"
     )
+    _refuse(lambda t: autocast_dtype(t.precision, device), trainer, "trainer")
     log.info(
         "%s (%d parameters), loss %s, on %s: %d images %dx%dx%d, device %s",
         choice("model"),
@@ -80,7 +86,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
         data.image_size,
         device,
     )
-    logger = build(cfg.logger, "logger", run_dir=str(run_dir))
+    logger = (
+        build(cfg.logger, "logger", run_dir=str(run_dir))
+        if procs.main
+        else NullLogger(run_dir=run_dir)
+    )
     values = trainer.fit(
         model,
         loss,
@@ -89,6 +99,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
         device=device,
         run_dir=run_dir,
         logger=logger,
+        procs=procs,
         state=state,
         extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
         resume_hint=_resume_command(run_dir),
@@ -97,13 +108,34 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     return values
 
 
+def _follow_rank0(run_dir: Path, procs: Processes) -> Path:
+    """Every process writes into rank 0's run folder; the others log warnings only. A folder
+    Hydra made for this process at another second (holding only its own files) is removed."""
+    root = logging.getLogger()
+    if not procs.main:
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(logging.WARNING)
+    shared = Path(distributed.broadcast(str(run_dir.resolve()), procs))
+    own = run_dir.resolve()
+    if own != shared and own.is_dir() and {p.name for p in own.iterdir()} <= HYDRA_FILES:
+        shutil.rmtree(own, ignore_errors=True)
+    return shared
+
+
 def _resume_command(run_dir: Path) -> str:
-    """The command that continues this run in its own folder."""
+    """The command that continues this run in its own folder (under torchrun if started so)."""
     overrides = []
     if HydraConfig.initialized():
         skip = ("hydra.run.dir=", "trainer.resume=")
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)]
-    words = ["genlab", "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
+    launcher = ["genlab"]
+    world, local = (int(os.environ.get(k, "1")) for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+    if world > 1:
+        nodes = [f"--nnodes={world // local}"] if world > local else []
+        launcher = ["torchrun", *nodes, f"--nproc_per_node={local}", "-m", "genlab"]
+    words = [*launcher, "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -63,6 +63,7 @@ class GAN(nn.Module):
                 self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
             ).requires_grad_(False)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
+        self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
 
     # --- wiring ---------------------------------------------------------------------------------
 
@@ -94,35 +95,45 @@ class GAN(nn.Module):
     def _labels(self, labels: Tensor | None) -> Tensor | None:
         return labels if self.num_classes else None
 
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Train through `wrap`ped networks (DistributedDataParallel). The discriminator step runs
+        the wrapped D; the generator step runs the wrapped G through the plain D, whose weights
+        it does not update, so no gradient sync waits on a network without a backward pass."""
+        self.replicas.update(generator=wrap(self.generator), discriminator=wrap(self.discriminator))
+
+    def compile_targets(self, loss: AdversarialLoss) -> list[nn.Module]:
+        """Networks that `torch.compile` can take (not a critic under the gradient penalty's
+        double backward, which compiled autograd does not support)."""
+        return [self.generator] if loss.gp_weight else [self.generator, self.discriminator]
+
     def train_step(
-        self,
-        batches: Iterator[Batch],
-        loss: AdversarialLoss,
-        optimizers: dict[str, torch.optim.Optimizer],
-        update: Updater,
+        self, batches: Iterator[Batch], loss: AdversarialLoss, update: Updater
     ) -> dict[str, Tensor]:
         """`n_critic` discriminator updates on fresh batches, then one generator update."""
         G, D = self.generator, self.discriminator
+        train_g = self.replicas.get("generator", G)
+        train_d = self.replicas.get("discriminator", D)
         metrics: dict[str, Tensor] = {}
-        D.requires_grad_(True)
         for _ in range(loss.n_critic):
             real, labels = next(batches)
             labels = self._labels(labels)
-            with torch.no_grad():
-                fake = G(self.noise(len(real), real.device), labels)
-            real_out, fake_out = D(real, labels), D(fake, labels)
-            d_loss = loss.d_loss(real_out, fake_out)
-            if loss.gp_weight:
-                gp = gradient_penalty(D, real, fake, labels)
-                d_loss = d_loss + loss.gp_weight * gp
-                metrics["loss/gp"] = gp.detach()
-            metrics["grad_norm/d"] = update(d_loss, optimizers["d"], "discriminator")
+            with update.autocast():
+                with torch.no_grad():
+                    fake = G(self.noise(len(real), real.device), labels)
+                real_out, fake_out = train_d(real, labels), train_d(fake, labels)
+                d_loss = loss.d_loss(real_out, fake_out)
+                if loss.gp_weight:
+                    gp = gradient_penalty(train_d, real, fake, labels, update.loss_scale("d"))
+                    d_loss = d_loss + loss.gp_weight * gp
+                    metrics["loss/gp"] = gp.detach()
+            metrics["grad_norm/d"] = update(d_loss, "d")
 
         D.requires_grad_(False)  # the generator step needs no discriminator weight gradients
         try:
-            fake = G(self.noise(len(real), real.device), labels)
-            g_loss = loss.g_loss(D(fake, labels))
-            metrics["grad_norm/g"] = update(g_loss, optimizers["g"], "generator")
+            with update.autocast():
+                fake = train_g(self.noise(len(real), real.device), labels)
+                g_loss = loss.g_loss(D(fake, labels))
+            metrics["grad_norm/g"] = update(g_loss, "g")
         finally:
             D.requires_grad_(True)
         self.generator_updates += 1
@@ -133,8 +144,8 @@ class GAN(nn.Module):
             {
                 "loss/d": d_loss.detach(),
                 "loss/g": g_loss.detach(),
-                "D(x)": loss.score(real_out.detach()).mean(),
-                "D(G(z))": loss.score(fake_out.detach()).mean(),
+                "D(x)": loss.score(real_out.detach().float()).mean(),
+                "D(G(z))": loss.score(fake_out.detach().float()).mean(),
                 "diversity": diversity(fake.detach(), real),
             }
         )

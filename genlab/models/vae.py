@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ class VAE(nn.Module):
         side, f = image_size // 4, features
         flat = 2 * f * side * side
         self.latent_dim = latent_dim
+        self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, f, 4, 2, 1),
             nn.ReLU(True),
@@ -79,18 +80,22 @@ class VAE(nn.Module):
 
     # --- training -------------------------------------------------------------------------------
 
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Train through a `wrap`ped copy of the whole VAE (DistributedDataParallel)."""
+        self.replicas["vae"] = wrap(self)
+
+    def compile_targets(self, loss: ELBO) -> list[nn.Module]:
+        return [self.encoder, self.decoder]
+
     def train_step(
-        self,
-        batches: Iterator[Batch],
-        loss: ELBO,
-        optimizers: dict[str, torch.optim.Optimizer],
-        update: Updater,
+        self, batches: Iterator[Batch], loss: ELBO, update: Updater
     ) -> dict[str, Tensor]:
         x, _ = next(batches)
-        decoded, mu, logvar = self(x)
-        terms = loss(decoded, x, mu, logvar)
+        with update.autocast():
+            decoded, mu, logvar = self.replicas.get("vae", self)(x)
+            terms = loss(decoded.float(), x, mu.float(), logvar.float())
         metrics = {f"loss/{k}": v.detach() for k, v in terms.items()}
-        metrics["grad_norm/vae"] = update(terms["loss"], optimizers["vae"], "vae")
+        metrics["grad_norm/vae"] = update(terms["loss"], "vae")
         return metrics
 
     # --- sampling -------------------------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""Multi-process training on CPU with gloo: sharded data, DDP steps, rank-0 files, resume."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from genlab.checkpoint import load_checkpoint
+from genlab.config import build
+from genlab.data import DeviceLoader
+from genlab.distributed import wrapper
+from genlab.optim import Updater
+from tests.conftest import ROOT, make_cfg, run_cli
+from tests.test_data import _toy
+
+CPU = torch.device("cpu")
+
+
+def test_each_process_draws_its_own_shard_of_the_epoch():
+    data = _toy(11)  # 11 images, 2 processes: 5 each, one left out
+    shards = [DeviceLoader(data, 5, CPU, seed=3, rank=r, world=2) for r in range(2)]
+    order = shards[0].permutation(0)
+    seen = [next(loader)[0][:, 0, 0, 0] for loader in shards]
+    firsts = (data.images[order[:10], 0, 0, 0].float() / 127.5 - 1).tolist()
+    assert sorted(torch.cat(seen).tolist()) == sorted(firsts)  # disjoint, cover the epoch
+    assert seen[0].tolist() == firsts[0::2] and seen[1].tolist() == firsts[1::2]
+
+
+def test_loader_position_carries_over_to_another_number_of_processes():
+    two = DeviceLoader(_toy(40), 4, CPU, rank=0, world=2)  # 8 images per step
+    for _ in range(3):
+        next(two)
+    one = DeviceLoader(_toy(40), 4, CPU)
+    one.load_state_dict(two.state_dict())
+    assert (one.epoch, one.index) == (0, 6)  # 24 images into the epoch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_steps(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = make_cfg("model=dcgan", "dataset=digits")
+        data = build(cfg.dataset, "dataset")
+        torch.manual_seed(0)
+        model = build(cfg.model, "model", channels=1, image_size=32, num_classes=10)
+        update = Updater(model.configure_optimizers(build(cfg.optimizer, "optimizer")), CPU)
+        loader = DeviceLoader(data, 8, CPU, seed=0, rank=rank, world=world)
+        torch.manual_seed(rank)  # each process draws its own noise
+        model.distribute(wrapper(CPU))
+        for _ in range(2):
+            model.train_step(loader, build(cfg.loss, "loss"), update)
+        torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_steps_keep_the_processes_in_sync_with_batchnorm(tmp_path):
+    """DCGAN (BatchNorm in G and D) under DDP: weights equal on both ranks after each update,
+    BatchNorm statistics each rank's own (no in-place buffer broadcast during the G step)."""
+    mp.start_processes(_ddp_steps, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    init = make_cfg("model=dcgan", "dataset=digits")
+    torch.manual_seed(0)
+    start = build(init.model, "model", channels=1, image_size=32, num_classes=10).state_dict()
+    weights = [k for k in a if k.endswith("weight")]
+    stats = [k for k in a if k.endswith("running_mean")]
+    assert weights and stats
+    for key in weights:
+        assert torch.equal(a[key], b[key]), key
+    assert any(not torch.equal(a[k], start[k]) for k in weights)  # they did train
+    assert any(not torch.equal(a[k], b[k]) for k in stats)
+
+
+def test_torchrun_two_processes_then_resume_in_one(tmp_path):
+    run = tmp_path / "run"
+    common = ["trainer=smoke", "dataset=digits", "model=dcgan", "trainer.ckpt_every=2"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + ["-m", "genlab", "train", *common, "trainer.max_steps=4", f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and len(state["rng_ranks"]) == 2
+    assert state["loader"]["images_per_batch"] == 2 * 16
+    assert len(list((run / "tb").glob("events.*"))) == 1  # rank 0 alone writes
+    log = (run / "train.log").read_text()
+    assert log.count("Finished 4 steps") == 1 and "rank 0 of 2" in log
+
+    one = run_cli(
+        "train",
+        *common,
+        "trainer.max_steps=6",
+        f"trainer.resume={run}",
+        f"hydra.run.dir={tmp_path / 'one'}",
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "Resumed at step 4 of 6" in one.stderr + one.stdout
+    assert load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["step"] == 6
