@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from genlab import distributed
@@ -134,6 +135,7 @@ class Trainer:
         model: Any,
         loss: Any,
         optimizers: dict[str, torch.optim.Optimizer],
+        schedulers: dict[str, LRScheduler],
         loader: DeviceLoader,
         *,
         device: torch.device,
@@ -161,7 +163,7 @@ class Trainer:
         if procs.distributed:  # every process draws its own noise
             seed_everything(self.seed + 1_000_003 * procs.rank)
         if state is not None:
-            start, skipped = _restore(state, model, optimizers, update, loader, procs)
+            start, skipped = _restore(state, model, optimizers, schedulers, update, loader, procs)
             log.info("Resumed at step %d of %d", start, total)
         if self.compile:
             for net in model.compile_targets(loss):
@@ -179,6 +181,7 @@ class Trainer:
                         "step": step,
                         "model": model.state_dict(),
                         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                         "updater": update.state_dict(),
                         "loader": loader.state_dict(),
                         "rng": rngs[0],
@@ -227,6 +230,8 @@ class Trainer:
                         f"trainer.compile={self.compile}: torch.compile failed on this machine "
                         f"({str(e).strip().splitlines()[0]}); set trainer.compile=false"
                     ) from None
+                for scheduler in schedulers.values():
+                    scheduler.step()
                 window_steps += 1
                 last_step = step == total
                 log_step = step % self.log_every == 0 or last_step
@@ -289,12 +294,14 @@ class Trainer:
         return values
 
 
-def _restore(state, model, optimizers, update, loader, procs) -> tuple[int, int]:
+def _restore(state, model, optimizers, schedulers, update, loader, procs) -> tuple[int, int]:
     """Load a checkpoint into the run's objects; return (step, skipped updates)."""
     try:
         model.load_state_dict(state["model"])
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
+        for name, scheduler in schedulers.items():
+            scheduler.load_state_dict(state.get("schedulers", {}).get(name, scheduler.state_dict()))
     except (RuntimeError, KeyError, ValueError) as e:
         raise GenlabError(f"the checkpoint does not fit this model: {e}") from None
     update.load_state_dict(state.get("updater", {}))

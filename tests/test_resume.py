@@ -43,11 +43,17 @@ def assert_identical(a, b):
         ["model=dcgan"],
         ["model=vae"],
         ["model=dcgan", "loss=wgan_gp", "model.discriminator.norm=layer"],
-        ["model=gan", "model.ema_decay=0.9", "model.ema_start=1"],
+        [
+            "model=gan",
+            "model.ema_decay=0.9",
+            "model.ema_start=1",
+            "scheduler=cosine",
+            "scheduler.T_max=6",
+        ],
         ["model=dcgan", "trainer.precision=bf16", "dataset=digits"],
         ["model=gan", "trainer.precision=16-mixed", "dataset=digits"],
     ],
-    ids=["gan", "cgan", "dcgan", "vae", "wgan_gp", "gan_ema", "dcgan_bf16", "gan_fp16"],
+    ids=["gan", "cgan", "dcgan", "vae", "wgan_gp", "gan_ema_cosine", "dcgan_bf16", "gan_fp16"],
 )
 def test_half_plus_resume_plus_half_is_bit_identical(setup, tmp_path):
     train(make_cfg(*setup, *FAST, "trainer.max_steps=6"), run_dir=tmp_path / "whole")
@@ -255,3 +261,11 @@ def test_bad_checkpoint_through_the_cli(kind, tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert str(path) in result.stderr
     assert ("was refused" if kind == "malicious" else "truncated or corrupt") in result.stderr
+
+
+def test_linear_schedule_decays_to_zero_over_the_run(tmp_path):
+    train(make_cfg("model=vae", *FAST, "trainer.max_steps=4", "scheduler=linear"), run_dir=tmp_path)
+    state = weights(tmp_path)
+    assert state["schedulers"]["vae"]["last_epoch"] == 4
+    assert state["optimizers"]["vae"]["param_groups"][0]["lr"] == 0.0
+    assert state["optimizers"]["vae"]["param_groups"][0]["initial_lr"] == 2e-4

@@ -24,7 +24,7 @@ from genlab.optim import autocast_dtype
 log = logging.getLogger(__name__)
 
 HYDRA_FILES = {".hydra", "train.log"}
-GROUPS = ("trainer", "device", "dataset", "model", "loss", "optimizer", "logger")
+GROUPS = ("trainer", "device", "dataset", "model", "loss", "optimizer", "scheduler", "logger")
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float]:
@@ -70,6 +70,10 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
     _refuse(model.check_loss, loss, f"loss={choice('loss')} does not fit model={choice('model')}")
     spec = build(cfg.optimizer, "optimizer")
     optimizers = _refuse(model.configure_optimizers, spec, f"optimizer={choice('optimizer')}")
+    schedule = build(cfg.scheduler, "scheduler")
+    schedulers = {
+        k: _refuse(schedule, o, f"scheduler={choice('scheduler')}") for k, o in optimizers.items()
+    }
     loader = _refuse(
         lambda t: t.loader(data, device, procs), trainer, f"trainer (dataset={choice('dataset')})"
     )
@@ -95,6 +99,7 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
         model,
         loss,
         optimizers,
+        schedulers,
         loader,
         device=device,
         run_dir=run_dir,
