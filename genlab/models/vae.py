@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from genlab.data.loader import Batch
 from genlab.images import square_side, to_grid
 from genlab.losses import ELBO
+from genlab.metrics.likelihood import vae_metrics
 from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec, Updater
 
@@ -33,7 +34,7 @@ class VAE(nn.Module):
             raise ValueError(f"the VAE needs an image size divisible by 4, got {image_size}")
         side, f = image_size // 4, features
         flat = 2 * f * side * side
-        self.latent_dim = latent_dim
+        self.latent_dim, self.num_classes = latent_dim, 0
         self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, f, 4, 2, 1),
@@ -107,6 +108,26 @@ class VAE(nn.Module):
         nrow = square_side(num)
         real = examples[0][: max(nrow, num // nrow * nrow)]  # whole rows of real images
         return {"z": z, "real": real}
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, loss: ELBO, generator: torch.Generator, labels: Tensor | None = None
+    ) -> Tensor:
+        """`n` images in [-1, 1]: the decoder's mean for z drawn from the prior."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, device=device, generator=generator)
+        with eval_mode(self):
+            return self.decode_latents(z, loss, labels)
+
+    def decode_latents(self, z: Tensor, loss: ELBO, labels: Tensor | None = None) -> Tensor:
+        """The decoder's mean images for given latents."""
+        return loss.mean(self.decoder(z))
+
+    def likelihood_metrics(
+        self, loss: ELBO, images: Tensor, k: int, seed: int = 0
+    ) -> dict[str, float]:
+        """Negative ELBO, importance-sampled NLL and reconstruction quality on `images`."""
+        return vae_metrics(self, loss, images, k=k, seed=seed)
 
     @torch.no_grad()
     def sample_grids(self, fixed: dict, loss: ELBO) -> dict[str, Tensor]:

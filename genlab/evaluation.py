@@ -1,0 +1,298 @@
+"""The `evaluator` config group: metrics of a trained model, with their protocol beside them.
+
+GANs and VAEs alike get the Fréchet distance, KID and precision/recall between generated and real
+images in a feature space: the data set's own classifier (offline) or FID's Inception-v3. With
+labelled data, the classifier also scores class-conditional samples (accuracy per class) or the
+class coverage of unconditional ones. VAEs add likelihood metrics on the held-out split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from genlab.config import build
+from genlab.data import ImageData
+from genlab.data.datasets import Split
+from genlab.data.loader import normalize
+from genlab.metrics.classifier import Classifier, classifier_for
+from genlab.metrics.distances import (
+    feature_stats,
+    frechet_distance,
+    kernel_distance,
+    precision_recall,
+)
+
+log = logging.getLogger(__name__)
+
+COVERED = 0.2  # a class is covered when it gets at least this fraction of its uniform share
+
+
+@dataclass
+class Features:
+    """A feature extractor for uint8 images, and what identifies it."""
+
+    name: str
+    sha256: str
+    resize: str
+    extract: Any  # uint8 (N, C, H, W) -> (N, D)
+    classifier: Classifier | None = None
+    record: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.sha256[:12]}"
+
+
+@dataclass
+class Report:
+    metrics: dict[str, float]
+    protocol: dict[str, Any]
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] floats -> uint8 as a saved PNG would hold them."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class Evaluator:
+    """Metric settings. `features`: `classifier` (trained on the data set once and cached) or
+    `inception` (FID's weights, from `inception_weights` or downloaded into `cache_dir`).
+    `num_samples` generated images are compared with every image of the real `split`. The cheap
+    evaluation during training uses `cheap_samples` and skips KID, precision/recall and the
+    importance-sampled NLL."""
+
+    def __init__(
+        self,
+        features: Literal["classifier", "inception"] = "classifier",
+        num_samples: int = 5000,
+        cheap_samples: int = 1000,
+        split: Split = "test",
+        batch_size: int = 500,
+        seed: int = 0,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+        pr_k: int = 3,
+        nll_samples: int = 100,
+        classifier_steps: int | None = None,
+        inception_weights: str | None = None,
+        cache_dir: str = "~/.cache/genlab",
+    ) -> None:
+        if features not in ("classifier", "inception"):
+            raise ValueError(f"features must be 'classifier' or 'inception', got {features!r}")
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        for name, value, low in (
+            ("num_samples", num_samples, 2),
+            ("cheap_samples", cheap_samples, 2),
+            ("batch_size", batch_size, 1),
+            ("kid_subsets", kid_subsets, 1),
+            ("kid_subset_size", kid_subset_size, 2),
+            ("pr_k", pr_k, 1),
+            ("nll_samples", nll_samples, 1),
+            ("classifier_steps", classifier_steps or 1, 1),
+        ):
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        self.features_name, self.split, self.seed = features, split, seed
+        self.num_samples, self.cheap_samples, self.batch_size = (
+            num_samples,
+            cheap_samples,
+            batch_size,
+        )
+        self.kid_subsets, self.kid_subset_size, self.pr_k = kid_subsets, kid_subset_size, pr_k
+        self.nll_samples, self.classifier_steps = nll_samples, classifier_steps
+        self.inception_weights, self.cache_dir = inception_weights, Path(cache_dir).expanduser()
+        self._features: Features | None = None
+        self._real: dict[str, Tensor] = {}
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def load_real(self, dataset: DictConfig) -> tuple[ImageData, ImageData]:
+        """The training split (for the classifier) and the evaluation split of the run's data."""
+        train = build(dataset, "dataset", split="train")
+        real = train if self.split == "train" else build(dataset, "dataset", split=self.split)
+        return train, real
+
+    def feature_extractor(
+        self, train: ImageData, real: ImageData, device: torch.device
+    ) -> Features:
+        if self._features is not None:
+            return self._features
+        classifier, record = None, {}
+        if train.labels is not None:
+            classifier, record = classifier_for(
+                train, real, self.cache_dir, device, self.classifier_steps
+            )
+        if self.features_name == "inception":
+            from genlab.metrics.inception import RESIZE, InceptionFeatures, inception_weights
+
+            path, digest = inception_weights(self.inception_weights, self.cache_dir)
+            net = InceptionFeatures(path).to(device)
+            self._features = Features("inception-v3-fid", digest, RESIZE, net, classifier, record)
+        else:
+            if classifier is None:
+                from genlab.errors import GenlabError
+
+                raise GenlabError(
+                    f"evaluator.features=classifier needs a labelled data set, and {train.name} "
+                    "has no labels: use evaluator.features=inception (or one folder per class)"
+                )
+            size = f"none (the data set's {train.image_size}x{train.image_size})"
+            self._features = Features(
+                f"classifier-{record['shape'][1]}px",
+                record["sha256"],
+                size,
+                lambda x: classifier.features(normalize(x)),
+                classifier,
+                record,
+            )
+        return self._features
+
+    @torch.no_grad()
+    def _extract(self, features: Features, images: Tensor, device: torch.device) -> Tensor:
+        return torch.cat(
+            [features.extract(b.to(device)).double().cpu() for b in images.split(self.batch_size)]
+        )
+
+    def real_features(
+        self, features: Features, real: ImageData, device: torch.device
+    ) -> dict[str, Tensor]:
+        """Features, mean and covariance of the real split, cached on disk under the extractor's
+        name and hash, the data set and the split."""
+        key = f"{features.key}-{real.name}-{real.channels}x{real.image_size}px-{real.split}"
+        if key in self._real:
+            return self._real[key]
+        path = self.cache_dir / "reference" / f"{key}.pt"
+        stats = None
+        if path.is_file():
+            stats = torch.load(path, weights_only=True)
+            if stats.get("num_real") != len(real):
+                stats = None
+        if stats is None:
+            f = self._extract(features, real.images, device)
+            mu, sigma = feature_stats(f)
+            stats = {"features": f, "mu": mu, "sigma": sigma, "num_real": len(real)}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(stats, path)
+        self._real[key] = stats
+        return stats
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self, model: Any, loss: Any, n: int, device: torch.device
+    ) -> tuple[Tensor, Tensor | None]:
+        """`n` generated images as uint8 (class-balanced labels for a conditional model)."""
+        gen = torch.Generator(device=device).manual_seed(self.seed)
+        classes = getattr(model, "num_classes", 0)
+        labels = torch.arange(n, device=device) % classes if classes else None
+        chunks = []
+        for start in range(0, n, self.batch_size):
+            part = None if labels is None else labels[start : start + self.batch_size]
+            count = min(self.batch_size, n - start)
+            chunks.append(to_uint8(model.generate(count, loss, gen, part)).cpu())
+        return torch.cat(chunks), None if labels is None else labels.cpu()
+
+    def __call__(
+        self, model: Any, loss: Any, dataset: DictConfig, device: torch.device, cheap: bool = False
+    ) -> Report:
+        train, real = self.load_real(dataset)
+        features = self.feature_extractor(train, real, device)
+        ref = self.real_features(features, real, device)
+        n = self.cheap_samples if cheap else self.num_samples
+        fake, labels = self.generate(model, loss, n, device)
+        f = self._extract(features, fake, device)
+        metrics = {"fd": frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"])}
+        if not cheap:
+            kid, kid_std = kernel_distance(
+                ref["features"], f, self.kid_subsets, self.kid_subset_size, self.seed
+            )
+            m = min(len(f), len(ref["features"]))  # equal sets: the k-NN radii are comparable
+            pick = torch.randperm(
+                len(ref["features"]), generator=torch.Generator().manual_seed(self.seed)
+            )
+            precision, recall = precision_recall(ref["features"][pick[:m]], f[:m], self.pr_k)
+            metrics.update(kid=kid, kid_std=kid_std, precision=precision, recall=recall)
+        if features.classifier is not None:
+            metrics.update(self.class_metrics(features.classifier, fake, labels, device))
+        vae_metrics = getattr(model, "likelihood_metrics", None)
+        if vae_metrics is not None:
+            images = normalize(real.images.to(device))
+            metrics.update(vae_metrics(loss, images, 0 if cheap else self.nll_samples, self.seed))
+        protocol = {
+            "features": features.name,
+            "features_sha256": features.sha256,
+            "feature_dim": int(f.shape[1]),
+            "resize": features.resize,
+            "dataset": real.name,
+            "real_split": real.split,
+            "num_real": len(real),
+            "num_generated": n,
+            "seed": self.seed,
+            "covariance_dtype": "float64",
+        }
+        if not cheap:
+            protocol.update(
+                kid_subsets=self.kid_subsets,
+                kid_subset_size=min(self.kid_subset_size, len(real), n),
+                pr_k=self.pr_k,
+                pr_samples=min(n, len(real)),
+            )
+        if features.record:
+            protocol["classifier_accuracy"] = features.record["accuracy"]
+            protocol["classifier_split"] = features.record.get("test_split", "test")
+        if vae_metrics is not None:
+            protocol.update(
+                binarised=False,
+                likelihood=f"{loss.likelihood} on grey levels in [0, 1]"
+                if loss.likelihood == "bernoulli"
+                else f"gaussian, sigma {loss.sigma} on [-1, 1]",
+                nll_samples=0 if cheap else self.nll_samples,
+            )
+        return Report(metrics, protocol)
+
+    @torch.no_grad()
+    def class_metrics(
+        self, classifier: Classifier, fake: Tensor, labels: Tensor | None, device: torch.device
+    ) -> dict[str, float]:
+        """Conditional: the classifier's accuracy on the requested classes (overall and per
+        class). Unconditional: how many classes the samples cover, and KL(classes || uniform)."""
+        predicted = torch.cat(
+            [
+                classifier(normalize(b.to(device))).argmax(1).cpu()
+                for b in fake.split(self.batch_size)
+            ]
+        )
+        k = classifier.shape[2]
+        if labels is not None:
+            hits = (predicted == labels).double()
+            per_class = {f"class_accuracy/{c}": float(hits[labels == c].mean()) for c in range(k)}
+            return {"class_accuracy": float(hits.mean()), **per_class}
+        share = torch.bincount(predicted, minlength=k).double() / len(predicted)
+        covered = int((share >= COVERED / k).sum())
+        nonzero = share[share > 0]
+        kl = float((nonzero * (nonzero * k).log()).sum())
+        if covered < k:
+            log.warning(
+                "generated images cover %d of %d classes (%s): the generator may have collapsed",
+                covered,
+                k,
+                ", ".join(f"{c}: {100 * s:.0f}%" for c, s in enumerate(share.tolist())),
+            )
+        return {"classes_covered": covered, "class_kl": kl}
+
+
+def format_table(report: Report) -> str:
+    """Metrics, then protocol, as aligned `name  value` lines."""
+    rows = [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in report.metrics.items()]
+    rows += [("", "")] + [(k, str(v)) for k, v in report.protocol.items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" if k else "" for k, v in rows)

@@ -1,0 +1,1 @@
+"""Image-generation metrics: feature distances, the data-set classifier, VAE likelihoods."""

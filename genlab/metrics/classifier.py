@@ -1,0 +1,178 @@
+"""A small classifier trained on a data set itself: offline features for Fréchet distance, KID
+and precision/recall on MNIST-like data, and labels for cGAN accuracy and class coverage.
+
+Trained once per data set (name, channels, image size) and cached as safetensors with a JSON
+record (accuracy on the held-out split, sha256 of the weights) under `cache_dir/classifiers/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from genlab.data import ImageData
+from genlab.data.loader import normalize
+from genlab.errors import GenlabError
+
+log = logging.getLogger(__name__)
+
+
+class Classifier(nn.Module):
+    """LeNet-style: two 5x5 conv blocks (BatchNorm, ReLU, max-pool), a `features`-wide
+    penultimate layer and a linear head. Cheap enough to train on a CPU in a minute."""
+
+    def __init__(
+        self, channels: int, image_size: int, num_classes: int, width: int = 16, features: int = 128
+    ) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 5, padding=2, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 5, padding=2, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(2 * width * 16, features),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(features, num_classes))
+        self.shape = (channels, image_size, num_classes, width, features)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate activations for images in [-1, 1]."""
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+def _jitter(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Random shifts (up to 10%), rotations (up to 10 degrees) and scalings (0.9-1.1), batched."""
+    n = len(x)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+    scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * 0.1
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x + 1, grid, align_corners=False) - 1  # pad with the background (-1)
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, data: ImageData, device: torch.device, batch: int = 500) -> float:
+    model.eval()
+    correct = 0
+    for images, labels in zip(data.images.split(batch), data.labels.split(batch), strict=True):
+        logits = model(normalize(images.to(device)))
+        correct += int((logits.argmax(1).cpu() == labels).sum())
+    return correct / len(data)
+
+
+def default_steps(data: ImageData, batch_size: int = 64) -> int:
+    """1,000 steps, or 3 epochs on larger sets (MNIST: 2,812)."""
+    return max(1000, 3 * len(data) // batch_size)
+
+
+def train_classifier(
+    train: ImageData,
+    test: ImageData,
+    device: torch.device,
+    steps: int | None = None,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> tuple[Classifier, float]:
+    """Adam with a one-cycle schedule and label smoothing on randomly shifted, rotated and scaled
+    batches; returns the model and its accuracy on `test`."""
+    if train.labels is None or train.num_classes is None:
+        raise GenlabError(
+            f"the classifier features need a labelled data set, and {train.name} has no labels "
+            "(use evaluator.features=inception, or one sub-folder per class)"
+        )
+    steps = steps or default_steps(train, batch_size)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = Classifier(train.channels, train.image_size, train.num_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    images, labels = train.images.to(device), train.labels.to(device)
+    for _ in range(steps):
+        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
+        x = _jitter(normalize(images[idx.to(device)]), gen)
+        loss = F.cross_entropy(model.train()(x), labels[idx.to(device)], label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval(), accuracy(model, test, device)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(data: ImageData) -> str:
+    return f"{data.name}-{data.channels}x{data.image_size}px"
+
+
+def save_classifier(model: Classifier, record: dict, folder: Path, key: str) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{key}.safetensors"
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(weights))
+    record = {**record, "shape": list(model.shape), "sha256": sha256(weights)}
+    (folder / f"{key}.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def load_classifier(folder: Path, key: str, device: torch.device) -> tuple[Classifier, dict] | None:
+    """The cached classifier and its record, or None when absent; a file whose hash differs from
+    its record is refused."""
+    weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
+    if not (weights.is_file() and meta.is_file()):
+        return None
+    record = json.loads(meta.read_text())
+    if sha256(weights) != record.get("sha256"):
+        raise GenlabError(
+            f"classifier {weights} does not match the sha256 in {meta}: delete both to retrain"
+        )
+    model = Classifier(*record["shape"])
+    model.load_state_dict(load_file(str(weights)))
+    return model.to(device).eval(), record
+
+
+def classifier_for(
+    train: ImageData,
+    test: ImageData,
+    cache_dir: str | Path,
+    device: torch.device,
+    steps: int | None = None,
+) -> tuple[Classifier, dict]:
+    """The cached classifier of this data set, trained first if there is none."""
+    folder, key = Path(cache_dir).expanduser() / "classifiers", cache_key(train)
+    cached = load_classifier(folder, key, device)
+    if cached is not None:
+        return cached
+    steps = steps or default_steps(train)
+    log.info("Training the %s classifier once (%d steps); it is cached in %s", key, steps, folder)
+    model, acc = train_classifier(train, test, device, steps=steps)
+    log.info("%s classifier: %.2f%% accuracy on the %s split", key, 100 * acc, test.split)
+    record = {"dataset": train.name, "test_split": test.split, "accuracy": acc, "steps": steps}
+    return model, save_classifier(model, record, folder, key)

@@ -1,0 +1,1 @@
+"""genlab tests (a package, so `tests.*` never resolves to another distribution's `tests`)."""

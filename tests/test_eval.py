@@ -1,0 +1,146 @@
+"""`genlab eval` and `genlab sample` on tiny trained runs; the data-set classifier."""
+
+import json
+import logging
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from genlab.commands.train import train
+from genlab.data import digits, mnist5k
+from genlab.errors import DataUnavailableError, GenlabError
+from genlab.evaluation import Evaluator
+from genlab.metrics.classifier import train_classifier
+from genlab.metrics.inception import inception_weights
+from tests.conftest import make_cfg, run_cli
+from tests.test_train import scalars
+
+CPU = torch.device("cpu")
+SMALL = [
+    "evaluator.num_samples=200",
+    "evaluator.kid_subsets=10",
+    "evaluator.kid_subset_size=100",
+    "evaluator.nll_samples=4",
+    "evaluator.classifier_steps=200",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny trained runs on digits: a cGAN and a VAE."""
+    root = tmp_path_factory.mktemp("runs")
+    for model in ("cgan", "vae"):
+        cfg = make_cfg(f"model={model}", "dataset=digits", "trainer=smoke", "trainer.max_steps=20")
+        train(cfg, run_dir=root / model)
+    return root
+
+
+def test_classifier_reaches_its_bar_on_digits():
+    model, acc = train_classifier(digits(), digits(split="test"), CPU, steps=200)
+    assert acc >= 0.97
+    assert model.features(torch.zeros(2, 1, 32, 32)).shape == (2, 128)
+
+
+@pytest.mark.slow
+def test_classifier_reaches_its_bar_on_mnist5k():
+    _, acc = train_classifier(mnist5k(), mnist5k(split="test"), CPU)
+    assert acc >= 0.97
+
+
+def test_eval_writes_metrics_with_their_protocol(runs):
+    result = run_cli("eval", f"run={runs / 'cgan'}", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "class_accuracy" in result.stdout and "features_sha256" in result.stdout
+    (out,) = (runs / "cgan" / "eval").glob("classifier-32px_step*.json")
+    record = json.loads(out.read_text())
+    metrics, protocol = record["metrics"], record["protocol"]
+    assert record["step"] == 20
+    assert metrics["fd"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert {f"class_accuracy/{c}" for c in range(10)} <= metrics.keys()
+    assert protocol["num_generated"] == 200 and protocol["num_real"] == 179
+    assert protocol["real_split"] == "test" and protocol["covariance_dtype"] == "float64"
+    assert protocol["classifier_accuracy"] >= 0.97 and len(protocol["features_sha256"]) == 64
+    _, logged = scalars(runs / "cgan")
+    assert "eval/fd" in logged
+
+
+def test_vae_eval_reports_likelihoods(runs):
+    evaluator = Evaluator(num_samples=100, kid_subset_size=50, nll_samples=8, classifier_steps=200)
+    from genlab.commands.eval import load_run
+
+    model, loss, cfg, _ = load_run(str(runs / "vae"), CPU)
+    report = evaluator(model, loss, cfg.dataset, CPU)
+    m = report.metrics
+    assert m["nll_is"] <= m["neg_elbo"] * 1.01  # importance sampling tightens the bound
+    assert m["neg_elbo_bits_per_dim"] == pytest.approx(
+        m["neg_elbo"] / (32 * 32 * 0.6931471805599453)
+    )
+    assert 0 < m["ssim"] <= 1 and m["psnr"] > 0 and m["recon_mse"] > 0
+    assert report.protocol["binarised"] is False and report.protocol["nll_samples"] == 8
+
+
+class Collapsed(nn.Module):
+    """A stand-in classifier that calls every image a 3."""
+
+    shape = (1, 32, 10, 16, 128)
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((len(x),), 3), 10).float()
+
+
+def test_class_coverage_reports_a_collapse(caplog):
+    fake = torch.zeros(50, 1, 32, 32, dtype=torch.uint8)
+    with caplog.at_level(logging.WARNING):
+        out = Evaluator().class_metrics(Collapsed(), fake, None, CPU)
+    assert out["classes_covered"] == 1
+    assert out["class_kl"] == pytest.approx(torch.log(torch.tensor(10.0)).item())
+    assert "cover 1 of 10 classes" in caplog.text
+
+
+def test_inception_weights_are_checked(tmp_path):
+    fake = tmp_path / "weights.pth"
+    fake.write_bytes(b"not the weights")
+    with pytest.raises(GenlabError, match="is not torch-fidelity's FID Inception weights"):
+        inception_weights(fake, tmp_path)
+    with pytest.raises(DataUnavailableError, match="does not exist"):
+        inception_weights(tmp_path / "missing.pth", tmp_path)
+
+
+def test_sample_is_reproducible_and_sized(runs, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.png"
+        result = run_cli("sample", f"run={runs / 'cgan'}", "sampler.num=20", f"out={out}")
+        assert result.returncode == 0, result.stderr
+        outs.append(out)
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    with Image.open(outs[0]) as im:  # cgan: 10 rows (classes) of 2, 32 px + 2 px padding
+        assert im.size == (2 + 2 * 34, 2 + 10 * 34)
+
+
+def test_sample_modes_and_ensembles(runs, tmp_path):
+    from genlab.commands.sample import sample
+
+    vae = runs / "vae"
+
+    def size(*overrides):
+        cfg = make_cfg(f"run={vae}", "device=cpu", *overrides, config_name="sample")
+        with Image.open(sample(cfg)) as im:
+            return im.size
+
+    reconstruct = size("sampler.mode=reconstruct", "sampler.num=16", f"out={tmp_path / 'r.png'}")
+    assert reconstruct == (2 + 4 * 34, 2 + 8 * 34)  # 4 pairs of rows of 4
+    interpolate = size("sampler.mode=interpolate", "sampler.num=16", f"out={tmp_path / 'i.png'}")
+    assert interpolate == (2 + 8 * 34, 2 + 2 * 34)  # 2 rows of 8 steps
+    ensemble = size(f"runs=[{vae},{vae}]", "sampler.num=4", f"out={tmp_path / 'e.png'}")
+    assert ensemble == (3 * (2 + 2 * 34) + 2 * 6, 2 + 2 * 34)  # three 2x2 grids, 6 px bars
+
+
+def test_sample_refuses_what_does_not_fit(runs):
+    result = run_cli("sample", f"run={runs / 'cgan'}", "sampler.mode=reconstruct")
+    assert result.returncode == 1
+    assert "sampler: mode=reconstruct needs a VAE" in result.stderr
+    result = run_cli("eval", "run=/nonexistent/run")
+    assert result.returncode == 1 and "no checkpoint at /nonexistent/run" in result.stderr
