@@ -108,7 +108,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def find_resume(resume: str | None, run_dir: Path) -> Path | None:
+def find_resume(resume: str | None, run_dir: Path, key: str = "trainer.resume") -> Path | None:
     """The checkpoint `trainer.resume` names: `auto` is this run folder's `last.pt` if it exists;
     a path is a checkpoint file, or a run folder whose `checkpoints/last.pt` is used."""
     if resume is None:
@@ -120,7 +120,7 @@ def find_resume(resume: str | None, run_dir: Path) -> Path | None:
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
-        raise GenlabError(f"trainer.resume={resume}: no checkpoint at {path}")
+        raise GenlabError(f"{key}={resume}: no checkpoint at {path}")
     return path
 
 

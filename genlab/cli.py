@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "train": "Train a model: genlab train model=dcgan dataset=mnist5k trainer.max_steps=2000",
     "sample": "Sample grids from trained models: genlab sample run=PATH sampler.num=64",
+    "export": "The generator as safetensors + config: genlab export run=PATH",
     "eval": "Metrics of a trained model: genlab eval run=outputs/dcgan_mnist5k/<date>_<time>",
 }
 

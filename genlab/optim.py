@@ -102,6 +102,8 @@ class Updater:
     def __call__(self, loss: Tensor, name: str) -> Tensor:
         """Update network `name` (an optimizer key); return the gradient norm before clipping."""
         optimizer, scaler = self.optimizers[name], self.scalers[name]
+        if not loss.requires_grad:  # the whole network is frozen (model.freeze)
+            return torch.zeros((), device=loss.device)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

@@ -11,6 +11,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -237,8 +238,10 @@ class Trainer:
                         f"trainer.compile={self.compile}: torch.compile failed on this machine "
                         f"({str(e).strip().splitlines()[0]}); set trainer.compile=false"
                     ) from None
-                for scheduler in schedulers.values():
-                    scheduler.step()
+                with warnings.catch_warnings():  # a frozen or skipped network did not step
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                    for scheduler in schedulers.values():
+                        scheduler.step()
                 window_steps += 1
                 last_step = step == total
                 log_step = step % self.log_every == 0 or last_step

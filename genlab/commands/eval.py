@@ -26,9 +26,7 @@ def run_folder(checkpoint: Path) -> Path:
 
 def load_run(run: str, device) -> tuple[Any, Any, DictConfig, dict]:
     """The model (weights loaded, on `device`), loss, run config and checkpoint of a run."""
-    path = find_resume(str(run), Path(run))
-    if path is None:
-        raise GenlabError(f"run={run}: no checkpoint found")
+    path = find_resume(str(run), Path(run), key="run")
     state = load_checkpoint(path)
     if "config" not in state:
         raise GenlabError(f"{path} holds no run config; it was not written by genlab train")

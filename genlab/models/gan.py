@@ -6,7 +6,7 @@ networks arrive as partially built callables and receive the data set's shape he
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from genlab.data.loader import Batch
 from genlab.images import square_side, to_grid
 from genlab.losses import AdversarialLoss, gradient_penalty
+from genlab.models import finetune
 from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec, Updater
 
@@ -28,6 +29,8 @@ class GAN(nn.Module):
         conditional: bool = False,
         ema_decay: float | None = None,
         ema_start: int = 0,
+        init_from: str | None = None,
+        freeze: Sequence[str] = (),
         *,
         channels: int,
         image_size: int,
@@ -56,6 +59,10 @@ class GAN(nn.Module):
         self.discriminator = discriminator(
             channels=channels, image_size=image_size, num_classes=self.num_classes
         )
+        self.shape = {"channels": channels, "image_size": image_size}
+        if init_from:
+            finetune.init_from(self, init_from)
+        finetune.freeze(self, freeze)
         # Exponential moving average of G (weights and BatchNorm statistics), used for samples.
         self.generator_ema = None
         if ema_decay is not None:
@@ -128,6 +135,7 @@ class GAN(nn.Module):
                     metrics["loss/gp"] = gp.detach()
             metrics["grad_norm/d"] = update(d_loss, "d")
 
+        trainable = [p.requires_grad for p in D.parameters()]  # frozen parts stay frozen
         D.requires_grad_(False)  # the generator step needs no discriminator weight gradients
         try:
             with update.autocast():
@@ -135,7 +143,8 @@ class GAN(nn.Module):
                 g_loss = loss.g_loss(D(fake, labels))
             metrics["grad_norm/g"] = update(g_loss, "g")
         finally:
-            D.requires_grad_(True)
+            for p, flag in zip(D.parameters(), trainable, strict=True):
+                p.requires_grad_(flag)
         self.generator_updates += 1
         if self.generator_ema is not None and self.generator_updates > self.ema_start:
             self.generator_ema.update_parameters(G)

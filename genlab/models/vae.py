@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,7 @@ from genlab.data.loader import Batch
 from genlab.images import square_side, to_grid
 from genlab.losses import ELBO
 from genlab.metrics.likelihood import vae_metrics
+from genlab.models import finetune
 from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec, Updater
 
@@ -21,6 +22,8 @@ class VAE(nn.Module):
         latent_dim: int = 16,
         features: int = 32,
         hidden: int = 256,
+        init_from: str | None = None,
+        freeze: Sequence[str] = (),
         *,
         channels: int,
         image_size: int,
@@ -56,6 +59,10 @@ class VAE(nn.Module):
             nn.ReLU(True),
             nn.ConvTranspose2d(f, channels, 4, 2, 1),
         )
+        self.shape = {"channels": channels, "image_size": image_size}
+        if init_from:
+            finetune.init_from(self, init_from)
+        finetune.freeze(self, freeze)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
