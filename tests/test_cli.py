@@ -99,7 +99,7 @@ ERRORS = [
     (["optimizer.lr=abc"], "optimizer.lr: expected float, got 'abc'"),
     (["trainer.batch_size=0"], "trainer.batch_size must be >= 1, got 0"),
     (["trainer.batch_size=1.5"], "trainer.batch_size: expected int, got 1.5"),
-    (["trainer.batch_size=6000"], "batch_size=6000 is larger than the data set (5000 images)"),
+    (["trainer.batch_size=6000"], "batch_size=6000 is larger than the data set (4500 images)"),
     (["dataset.image_size=30"], "DCGAN cannot work at image_size=30"),
     (["model=vae", "loss=hinge"], "loss=hinge does not fit model=vae"),
     (["model=gan", "loss=elbo"], "loss=elbo does not fit model=gan"),

@@ -144,3 +144,25 @@ def test_sample_refuses_what_does_not_fit(runs):
     assert "sampler: mode=reconstruct needs a VAE" in result.stderr
     result = run_cli("eval", "run=/nonexistent/run")
     assert result.returncode == 1 and "no checkpoint at /nonexistent/run" in result.stderr
+
+
+def test_inception_features_load_safely_and_give_2048_dims(tmp_path, monkeypatch):
+    """With stand-in random weights (the real ones need internet): loaded with weights_only,
+    accepted only with the expected hash prefix, 2048 features for grey 28 px images."""
+    pytest.importorskip("torch_fidelity")
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
+    from genlab.metrics import inception
+    from genlab.metrics.classifier import sha256
+
+    with monkeypatch.context() as m:  # build an untrained network to get its state dict
+        m.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None)
+        state = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+    weights = tmp_path / "weights.pth"
+    torch.save(state, weights)
+    monkeypatch.setattr(inception, "SHA256_PREFIX", sha256(weights)[:8])
+    path, digest = inception.inception_weights(weights, tmp_path)
+    features = inception.InceptionFeatures(path)
+    out = features(torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8))
+    assert out.shape == (2, 2048) and torch.isfinite(out).all()

@@ -55,16 +55,22 @@ class InceptionFeatures(nn.Module):
     def __init__(self, weights: Path) -> None:
         super().__init__()
         try:
-            import torch_fidelity  # noqa: F401
+            import torch_fidelity.feature_extractor_inceptionv3 as fidelity
         except ImportError:
             raise GenlabError(
                 "evaluator.features=inception needs torch-fidelity: pip install 'genlab[inception]'"
             ) from None
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        self.net = NoTrainInceptionV3(
-            "inception-v3-compat", ["2048"], str(weights), antialias=False
-        )
+        # torch-fidelity unpickles a weights path with weights_only=False; load the tensors
+        # safely here and hand them over through its download hook instead.
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        original = fidelity.load_state_dict_from_url
+        fidelity.load_state_dict_from_url = lambda *args, **kwargs: state
+        try:
+            self.net = NoTrainInceptionV3("inception-v3-compat", ["2048"], None, antialias=False)
+        finally:
+            fidelity.load_state_dict_from_url = original
 
     def forward(self, images: Tensor) -> Tensor:
         if images.shape[1] == 1:
