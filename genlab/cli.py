@@ -10,6 +10,7 @@ COMMANDS = {
     "sample": "Sample grids from trained models: genlab sample run=PATH sampler.num=64",
     "export": "The generator as safetensors + config: genlab export run=PATH",
     "eval": "Metrics of a trained model: genlab eval run=outputs/dcgan_mnist5k/<date>_<time>",
+    "report": "Rank the runs of a sweep: genlab report outputs/multirun/<date>_<time>",
 }
 
 USAGE = """usage: genlab <command> [Hydra overrides and flags]

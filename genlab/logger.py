@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -11,7 +12,7 @@ from torch import Tensor
 class NullLogger:
     """Logs nothing (`logger=none`)."""
 
-    def __init__(self, *, run_dir: str | Path) -> None:
+    def __init__(self, *, run_dir: str | Path, name: str | None = None) -> None:
         self.run_dir = Path(run_dir)
 
     def log_scalars(self, values: Mapping[str, float], step: int) -> None:
@@ -20,20 +21,32 @@ class NullLogger:
     def log_image(self, tag: str, image: Tensor, step: int) -> None:
         pass
 
+    def log_hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class TensorBoardLogger(NullLogger):
-    """TensorBoard event files under `<run_dir>/<subdir>`: `tensorboard --logdir outputs`."""
+    """TensorBoard event files under `<run_dir>/<subdir>` (or `<run_dir>/<subdir>/<name>`: in a
+    sweep, the name shows the job's overrides): `tensorboard --logdir outputs`."""
 
-    def __init__(self, subdir: str = "tb", flush_secs: int = 30, *, run_dir: str | Path) -> None:
+    def __init__(
+        self,
+        subdir: str = "tb",
+        flush_secs: int = 30,
+        *,
+        run_dir: str | Path,
+        name: str | None = None,
+    ) -> None:
         super().__init__(run_dir=run_dir)
         if flush_secs < 1:
             raise ValueError(f"flush_secs must be >= 1, got {flush_secs}")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.run_dir / subdir), flush_secs=flush_secs)
+        folder = self.run_dir / subdir / name if name else self.run_dir / subdir
+        self.writer = SummaryWriter(str(folder), flush_secs=flush_secs)
 
     def log_scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
@@ -41,6 +54,18 @@ class TensorBoardLogger(NullLogger):
 
     def log_image(self, tag: str, image: Tensor, step: int) -> None:
         self.writer.add_image(tag, image, step)  # (C, H, W) floats in [0, 1]
+
+    def log_hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """This run's hyperparameters and final metrics for TensorBoard's HParams dashboard (in
+        the run's own event file, so a sweep folder compares its runs). The metrics are scalar
+        tags the run already logged."""
+        from torch.utils.tensorboard.summary import hparams
+
+        simple = {
+            k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()
+        }
+        for summary in hparams(simple, dict(metrics)):
+            self.writer.file_writer.add_summary(summary)
 
     def close(self) -> None:
         self.writer.close()

@@ -154,8 +154,9 @@ class Trainer:
         evaluate: Callable[[], dict[str, float]] | None = None,
     ) -> dict[str, float]:
         """Train (from `state`, a loaded checkpoint, when given), writing grids to `samples/` and
-        checkpoints to `checkpoints/` (rank 0 only); return the last logged values and the last
-        evaluation's metrics (`eval/...`). `evaluate` runs the cheap metrics at `eval_every`."""
+        checkpoints to `checkpoints/` (rank 0 only); return the last logged values, the last
+        evaluation's metrics (`eval/...`) and the `step`. The caller closes `logger`. `evaluate`
+        runs the cheap metrics at `eval_every`."""
         procs = procs or Processes()
         model.to(device).train()
         if self.channels_last:
@@ -309,9 +310,8 @@ class Trainer:
                     )
                     raise SystemExit(128 + signum)
         bar.close()
-        logger.close()
         log.info("Finished %d steps: %s", total, _short(values))
-        return values
+        return {**values, "step": total}
 
 
 def _restore(state, model, optimizers, schedulers, update, loader, procs) -> tuple[int, int]:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import shlex
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import distributed
+from genlab import record as record_lib
 from genlab.checkpoint import find_resume, load_checkpoint, seed_everything
 from genlab.config import CONF_DIR, build, check_config, choice, meaning_changes
 from genlab.distributed import Processes
@@ -41,6 +46,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     """Check the whole config, build the objects it names and train; return the final values."""
     check_config(cfg, GROUPS)
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+    _check_objective(cfg)
     trainer = build(cfg.trainer, "trainer")
     device = build(cfg.device, "device")
     procs, device = _refuse(distributed.start, device, f"device={choice('device')}")
@@ -102,25 +108,34 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
     )
     evaluator = build(cfg.evaluator, "evaluator")
     logger = (
-        build(cfg.logger, "logger", run_dir=str(run_dir))
+        build(cfg.logger, "logger", run_dir=str(run_dir), name=_sweep_name())
         if procs.main
         else NullLogger(run_dir=run_dir)
     )
-    values = trainer.fit(
-        model,
-        loss,
-        optimizers,
-        schedulers,
-        loader,
-        device=device,
-        run_dir=run_dir,
-        logger=logger,
-        procs=procs,
-        state=state,
-        extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
-        resume_hint=_resume_command(run_dir),
-        evaluate=lambda: evaluator(model, loss, cfg.dataset, device, cheap=True).metrics,
-    )
+    try:
+        values = trainer.fit(
+            model,
+            loss,
+            optimizers,
+            schedulers,
+            loader,
+            device=device,
+            run_dir=run_dir,
+            logger=logger,
+            procs=procs,
+            state=state,
+            extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
+            resume_hint=_resume_command(run_dir),
+            evaluate=lambda: evaluator(model, loss, cfg.dataset, device, cheap=True).metrics,
+        )
+        hparams = {g: choice(g) for g in GROUPS if g not in ("trainer", "device", "logger")}
+        if HydraConfig.initialized():
+            hparams.update(record_lib.parse_overrides(list(HydraConfig.get().overrides.task)))
+        hparams.update(seed=trainer.seed, batch_size=trainer.batch_size, lr=spec.lr)
+        final = {k: v for k, v in values.items() if k.startswith(("loss/", "eval/"))}
+        logger.log_hparams(hparams, final)
+    finally:
+        logger.close()
     log.info("Run folder: %s", run_dir.resolve())
     return values
 
@@ -139,6 +154,30 @@ def _follow_rank0(run_dir: Path, procs: Processes) -> Path:
     if own != shared and own.is_dir() and {p.name for p in own.iterdir()} <= HYDRA_FILES:
         shutil.rmtree(own, ignore_errors=True)
     return shared
+
+
+def _sweep_name(limit: int = 150) -> str | None:
+    """In a multirun, the job's overrides as one folder name (the TensorBoard run name)."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return None
+    task = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra")]
+    name = ",".join(task).replace("/", "_") or "defaults"
+    if len(name) > limit:
+        name = f"{name[: limit - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _check_objective(cfg: DictConfig) -> None:
+    metric, direction = cfg.get("optimized_metric"), cfg.get("optimized_direction", "minimize")
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"optimized_direction must be minimize or maximize, got {direction!r}")
+    if metric is not None and not isinstance(metric, str):
+        raise ConfigError(f"optimized_metric must be a logged name such as eval/fd, got {metric!r}")
+    if metric and metric.startswith("eval/") and cfg.trainer.eval_every is None:
+        raise ConfigError(
+            f"optimized_metric={metric} needs an evaluation: set trainer.eval_every=0 (at the "
+            "end) or N, or optimize a training value such as loss/neg_elbo"
+        )
 
 
 def _resume_command(run_dir: Path) -> str:
@@ -163,6 +202,56 @@ def _refuse(fn, arg: Any, context: str) -> Any:
         raise ConfigError(f"{context}: {e}") from e
 
 
+def run_and_record(cfg: DictConfig, run_dir: str | Path | None = None) -> float | None:
+    """Train, write `run.json`, and return the objective (`optimized_metric`) for a sweeper.
+
+    In a multirun, a failing job is recorded as failed with its reason and returns NaN (a failed
+    trial for Optuna), so the sweep goes on; a single run raises as usual.
+    """
+    hydra_on = HydraConfig.initialized()
+    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+    overrides = list(HydraConfig.get().overrides.task) if hydra_on else []
+    choices = dict(HydraConfig.get().runtime.choices) if hydra_on else {}
+    objective = {"name": cfg.get("optimized_metric"), "direction": cfg.get("optimized_direction")}
+    record: dict[str, Any] = {
+        "overrides": overrides,
+        "params": record_lib.parse_overrides(overrides),
+        "choices": {g: choices.get(g) for g in GROUPS if g in choices},
+        "seed": cfg.trainer.seed,
+        "objective": objective,
+        "versions": record_lib.versions(),
+        "git_commit": record_lib.git_commit(),
+    }
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    start = time.perf_counter()
+    try:
+        values = train(cfg, run_dir)
+    except Exception as e:
+        if main_rank:
+            reason = str(e).strip() or type(e).__name__
+            record.update(status="failed", reason=reason, wall_time_s=time.perf_counter() - start)
+            record_lib.write_record(run_dir, record)
+        if not (hydra_on and HydraConfig.get().mode == RunMode.MULTIRUN):
+            raise
+        log.error("The run failed and the sweep goes on: %s", e)
+        return math.nan
+    value = values.get(objective["name"]) if objective["name"] else None
+    objective["value"] = value
+    if main_rank:
+        record.update(
+            status="finished",
+            metrics=values,
+            steps=int(values.get("step", 0)),
+            wall_time_s=time.perf_counter() - start,
+            images_per_s=values.get("perf/images_per_s"),
+            peak_memory=record_lib.peak_memory_mb(None),
+        )
+        record_lib.write_record(run_dir, record)
+    if objective["name"] and value is None:
+        log.warning("optimized_metric=%s was not produced by this run", objective["name"])
+    return value
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> dict[str, float]:
-    return train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    return run_and_record(cfg)

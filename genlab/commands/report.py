@@ -1,0 +1,204 @@
+"""`genlab report SWEEP_DIR`: rank the runs of a sweep (or any folder of runs) by their objective.
+
+Reads every `run.json` below the folder and writes, into it, `report.csv`, `report.md`,
+`report.png` (the objective against each swept parameter) and `best.png` (the best runs' latest
+sample grids side by side). Runs that differ only in `trainer.seed` are grouped as mean ± std;
+failed runs are listed with their reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from genlab.record import read_records
+
+SEED_KEYS = ("trainer.seed",)
+
+
+def groups(records: list[dict], metric: str) -> list[dict[str, Any]]:
+    """Finished runs grouped by their parameters other than the seed, with the metric's mean,
+    standard deviation (over seeds; 0 for one run) and count."""
+    by_key: dict[tuple, list[dict]] = {}
+    for r in records:
+        params = {k: v for k, v in r.get("params", {}).items() if k not in SEED_KEYS}
+        by_key.setdefault(tuple(sorted(params.items(), key=lambda kv: kv[0])), []).append(r)
+    out = []
+    for key, runs in by_key.items():
+        values = [
+            float(r["metrics"][metric])
+            for r in runs
+            if isinstance(r.get("metrics", {}).get(metric), int | float)
+            and math.isfinite(r["metrics"][metric])
+        ]
+        out.append(
+            {
+                "params": dict(key),
+                "mean": statistics.fmean(values) if values else math.nan,
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "n": len(values),
+                "runs": runs,
+            }
+        )
+    return out
+
+
+def rank(rows: list[dict], direction: str) -> list[dict]:
+    """Best first; rows without a value last."""
+    sign = 1 if direction == "minimize" else -1
+    return sorted(rows, key=lambda g: (math.isnan(g["mean"]), sign * g["mean"] if g["n"] else 0))
+
+
+def _fmt(g: dict) -> str:
+    if not g["n"]:
+        return "-"
+    return f"{g['mean']:.4g} ± {g['std']:.2g}" if g["n"] > 1 else f"{g['mean']:.4g}"
+
+
+def table(rows: list[dict], swept: list[str], metric: str) -> list[list[str]]:
+    header = ["rank", *swept, metric, "seeds", "steps", "images/s", "run"]
+    body = []
+    for i, g in enumerate(rows, 1):
+        first = g["runs"][0]
+        body.append(
+            [
+                str(i),
+                *(str(g["params"].get(k, "")) for k in swept),
+                _fmt(g),
+                str(g["n"]),
+                str(first.get("steps", "")),
+                f"{first['images_per_s']:.0f}" if first.get("images_per_s") else "",
+                Path(first["run_dir"]).name,
+            ]
+        )
+    return [header, *body]
+
+
+def _text(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def _markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+def plot(finished: list[dict], swept: list[str], metric: str, path: Path) -> None:
+    """The objective of every run against each swept parameter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(swept)), figsize=(4 * max(1, len(swept)), 3.2))
+    axes = [axes] if not hasattr(axes, "__len__") else list(axes)
+    for ax, key in zip(axes, swept or ["run"], strict=False):
+        points = [
+            (r.get("params", {}).get(key, r["run_dir"]), r["metrics"].get(metric))
+            for r in finished
+            if isinstance(r.get("metrics", {}).get(metric), int | float)
+        ]
+        xs = [p[0] for p in points]
+        if not all(isinstance(x, int | float) for x in xs):
+            labels = sorted({str(x) for x in xs})
+            xs = [labels.index(str(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        elif xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        ax.scatter(xs, [p[1] for p in points])
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def best_grids(rows: list[dict], swept: list[str], path: Path, k: int = 3) -> bool:
+    """The latest sample grid of the best `k` groups' first runs, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    picks = []
+    for g in rows[:k]:
+        grids = sorted((Path(g["runs"][0]["run_dir"]) / "samples").glob("samples_*.png"))
+        if grids and g["n"]:
+            picks.append((g, grids[-1]))
+    if not picks:
+        return False
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.6))
+    axes = [axes] if len(picks) == 1 else list(axes)
+    for i, (ax, (g, grid)) in enumerate(zip(axes, picks, strict=True), 1):
+        with Image.open(grid) as im:
+            ax.imshow(im.convert("RGB"))
+        title = ", ".join(f"{key}={g['params'].get(key)}" for key in swept)
+        ax.set_title(f"#{i} {_fmt(g)}\n{title}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def report(folder: Path, metric: str | None = None, direction: str | None = None) -> str:
+    records = read_records(folder)
+    if not records:
+        raise SystemExit(f"genlab report: no run.json under {folder}")
+    finished = [r for r in records if r.get("status") == "finished"]
+    failed = [r for r in records if r.get("status") != "finished"]
+    objective = next((r["objective"] for r in records if r.get("objective", {}).get("name")), {})
+    metric = metric or objective.get("name") or "eval/fd"
+    direction = direction or objective.get("direction") or "minimize"
+    keys = sorted({k for r in records for k in r.get("params", {}) if k not in SEED_KEYS})
+    varied = [k for k in keys if len({str(r.get("params", {}).get(k)) for r in records}) > 1]
+    swept = varied or keys  # the parameters that differ between runs
+    rows = rank(groups(finished, metric), direction)
+    lines = table(rows, swept, metric)
+    with open(folder / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*swept, f"{metric} mean", f"{metric} std", "seeds", "run_dirs"])
+        for g in rows:
+            dirs = ";".join(r["run_dir"] for r in g["runs"])
+            writer.writerow(
+                [*(g["params"].get(k, "") for k in swept), g["mean"], g["std"], g["n"], dirs]
+            )
+    failures = [f"{Path(r['run_dir']).name}: {r.get('reason', r.get('status'))}" for r in failed]
+    md = f"# Sweep report: {folder}\n\nRanked by `{metric}` ({direction}).\n\n{_markdown(lines)}\n"
+    if failures:
+        md += "\n## Failed runs\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
+    (folder / "report.md").write_text(md)
+    plot(finished, swept, metric, folder / "report.png")
+    has_best = best_grids(rows, swept, folder / "best.png")
+    text = f"{len(finished)} finished, {len(failed)} failed; ranked by {metric} ({direction})\n"
+    text += _text(lines)
+    if failures:
+        text += "\n\nFailed:\n" + "\n".join(f"  {f}" for f in failures)
+    written = ["report.csv", "report.md", "report.png"] + (["best.png"] if has_best else [])
+    return text + f"\n\nWritten to {folder}: {', '.join(written)}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="genlab report", description="Rank the runs under a folder by their objective."
+    )
+    parser.add_argument(
+        "folder", type=Path, help="a sweep folder (outputs/multirun/...) or any folder of runs"
+    )
+    parser.add_argument(
+        "--metric",
+        help="rank by this logged name (default: the runs' optimized_metric, else eval/fd)",
+    )
+    parser.add_argument("--direction", choices=["minimize", "maximize"])
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder")
+    print(report(args.folder, args.metric, args.direction))

@@ -1,0 +1,118 @@
+"""Sweeps: run records, failed trials, `genlab report`, HParams, Optuna and launcher presets."""
+
+import csv
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from genlab.commands.report import report
+from genlab.config import CONF_DIR
+from tests.conftest import run_cli
+
+TINY = ["model=gan", "dataset=digits", "trainer=smoke", "trainer.sample_every=5"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """lr in {1e-4, 2e-4, -1 (fails)} x seed in {0, 1}, ranked by the logged lr (known answer)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    result = run_cli(
+        "train",
+        "-m",
+        *TINY,
+        "optimizer.lr=2e-4,1e-4,-1",
+        "trainer.seed=0,1",
+        "optimized_metric=lr/g",
+        f"hydra.sweep.dir={folder}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_every_job_writes_a_record(sweep):
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run.json"))]
+    assert len(records) == 6
+    finished = [r for r in records if r["status"] == "finished"]
+    assert len(finished) == 4
+    r = finished[0]
+    assert (
+        r["objective"]["name"] == "lr/g" and r["objective"]["value"] == r["params"]["optimizer.lr"]
+    )
+    assert r["steps"] == 5 and r["wall_time_s"] > 0 and r["images_per_s"] > 0
+    assert r["peak_memory"]["host_mb"] > 0 and r["versions"]["torch"]
+    assert r["choices"]["model"] == "gan" and "trainer.seed" in r["params"]
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 2 and all("optimizer.lr must be > 0" in r["reason"] for r in failed)
+
+
+def test_report_ranks_groups_seeds_and_lists_failures(sweep):
+    text = report(sweep)
+    lines = text.splitlines()
+    assert lines[0] == "4 finished, 2 failed; ranked by lr/g (minimize)"
+    assert lines[2].split()[:4] == ["1", "0.0001", "0.0001", "±"]  # best: lr 1e-4, 2 seeds
+    assert lines[3].split()[:2] == ["2", "0.0002"]
+    assert "optimizer.lr must be > 0, got -1" in text
+    rows = list(csv.DictReader((sweep / "report.csv").read_text().splitlines()))
+    assert [float(r["optimizer.lr"]) for r in rows] == [1e-4, 2e-4]
+    assert [r["seeds"] for r in rows] == ["2", "2"] and float(rows[0]["lr/g std"]) == 0
+    assert "## Failed runs" in (sweep / "report.md").read_text()
+    for png in ("report.png", "best.png"):
+        assert (sweep / png).stat().st_size > 1000
+
+
+def test_tensorboard_run_names_and_hparams(sweep):
+    (events,) = [p for p in sweep.glob("*/tb/*") if "optimizer.lr=0.0001" in p.name][:1]
+    assert "trainer.seed=" in events.name  # the run name shows the job's overrides
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(1e-4)
+    assert start.hparams["model"].string_value == "gan"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert "loss/d" in {m.name.tag for m in experiment.experiment.metric_infos}
+
+
+def test_optuna_sweep_finishes_and_reports_its_best(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = run_cli(
+        "train",
+        "hparams_search=vae_optuna",
+        "dataset=digits",
+        "trainer=smoke",
+        "logger=none",
+        "trainer.eval_every=null",
+        "optimized_metric=loss/neg_elbo",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best parameters" in result.stdout + result.stderr
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "model.latent_dim" in best and "best_value" in best
+    assert len(list(tmp_path.glob("*/run.json"))) == 3
+
+
+def test_a_bad_objective_is_refused_before_training(tmp_path):
+    result = run_cli("train", *TINY, "optimized_metric=eval/fd", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    assert "optimized_metric=eval/fd needs an evaluation" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [("slurm", "SlurmLauncher"), ("joblib", "JoblibLauncher"), ("basic", "BasicLauncher")],
+)
+def test_launcher_presets_compose(launcher, target):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
