@@ -18,8 +18,9 @@ USAGE = """usage: genlab <command> [Hydra overrides and flags]
 commands:
 {commands}
 
-Every command is a Hydra app: `genlab train --help` lists its config groups and options,
-`genlab train --cfg job` prints the composed config, `genlab train -m a=1,2` sweeps.
+train, sample, eval and export are Hydra apps: `genlab train --help` lists the config groups
+and options, `genlab train --cfg job` prints the composed config, `genlab train -m a=1,2` sweeps.
+`genlab report --help` explains the report.
 """
 
 
