@@ -1,14 +1,18 @@
 """The real command line: help, config printing, a run folder, user config dirs, multirun and
 one clear error (no traceback, non-zero exit) for each kind of bad input."""
 
+import re
 import subprocess
 import sys
 import zipfile
 
 import pytest
+from hydra.errors import HydraException
 from PIL import Image
 
-from tests.conftest import ROOT, run_cli
+from genlab.commands.train import train
+from genlab.errors import GenlabError
+from tests.conftest import ROOT, make_cfg, run_cli
 
 
 def test_genlab_help_lists_commands():
@@ -94,15 +98,15 @@ def test_multirun_sweeps_models(tmp_path):
 
 ERRORS = [
     (["model=foo"], "Could not find 'model/foo'"),
-    (["trainer.max_stepz=5"], "Key 'max_stepz' is not in struct"),
+    (["trainer.max_stepz=5"], "Could not override 'trainer.max_stepz'"),
     (["optimizer.lr=-1"], "optimizer.lr must be > 0, got -1"),
     (["optimizer.lr=abc"], "optimizer.lr: expected float, got 'abc'"),
     (["trainer.batch_size=0"], "trainer.batch_size must be >= 1, got 0"),
     (["trainer.batch_size=1.5"], "trainer.batch_size: expected int, got 1.5"),
     (["trainer.batch_size=6000"], "batch_size=6000 is larger than the data set (4500 images)"),
     (["dataset.image_size=30"], "DCGAN cannot work at image_size=30"),
-    (["model=vae", "loss=hinge"], "loss=hinge does not fit model=vae"),
-    (["model=gan", "loss=elbo"], "loss=elbo does not fit model=gan"),
+    (["model=vae", "loss=hinge"], "VAE models take the ELBO loss: loss=elbo"),
+    (["model=gan", "loss=elbo"], "GAN models take an adversarial loss"),
     (["loss=wgan_gp"], "set model.discriminator.norm=layer"),
     (["model.discriminator.norm=bn"], "expected one of 'batch', 'layer', 'none', got 'bn'"),
     (["model.latent_dim=0"], "model.latent_dim must be >= 1"),
@@ -110,9 +114,26 @@ ERRORS = [
     (["dataset=image_folder"], "dataset.root is required"),
     (["+model.generator.colour=red"], "model.generator.colour: unknown key"),
 ]
+# Through the real CLI (a process each): Hydra's composition errors and one of genlab's.
+CLI_ERRORS = [
+    (["model=foo"], "Could not find 'model/foo'"),
+    (["trainer.max_stepz=5"], "Could not override 'trainer.max_stepz'"),
+    (["model=vae", "loss=hinge"], "loss=hinge does not fit model=vae"),
+]
 
 
 @pytest.mark.parametrize(("overrides", "message"), ERRORS, ids=[" ".join(o) for o, _ in ERRORS])
+def test_config_errors_name_the_key(overrides, message, tmp_path):
+    with pytest.raises(Exception, match=re.escape(message)) as caught:
+        train(make_cfg(*overrides, "trainer=smoke"), run_dir=tmp_path / "run")
+    if not isinstance(caught.value, HydraException):
+        assert isinstance(caught.value, GenlabError)  # one message, no traceback at the CLI
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"), CLI_ERRORS, ids=[" ".join(o) for o, _ in CLI_ERRORS]
+)
 def test_config_errors_are_one_clear_message(overrides, message, tmp_path):
     result = run_cli("train", *overrides, "trainer=smoke", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode != 0
