@@ -43,13 +43,10 @@ def versions() -> dict[str, str]:
     }
 
 
-def peak_memory_mb(device: torch.device | None) -> dict[str, float]:
-    """Peak resident memory of this process, and the device's peak allocation on CUDA."""
+def peak_host_memory_mb() -> float:
+    """Peak resident memory of this process (the device's peak is in the run's metrics)."""
     scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # ru_maxrss: KiB (Linux), B (macOS)
-    peak = {"host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale}
-    if device is not None and device.type == "cuda":
-        peak["cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

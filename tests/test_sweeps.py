@@ -116,3 +116,16 @@ def test_launcher_presets_compose(launcher, target):
     assert cfg.hydra.launcher._target_.endswith(target)
     if launcher == "slurm":
         assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
+
+
+@pytest.mark.parametrize(
+    ("preset", "metric", "model"),
+    [("dcgan_optuna", "eval/fd", "dcgan"), ("vae_optuna", "eval/neg_elbo", "vae")],
+)
+def test_search_presets_set_their_objective(preset, metric, model):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [f"hparams_search={preset}"], return_hydra_config=True)
+    assert cfg.optimized_metric == metric and cfg.trainer.eval_every == 0
+    assert cfg.hydra.sweeper.direction == "minimize"
+    assert cfg.hydra.runtime.choices.model == model

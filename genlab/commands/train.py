@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -128,6 +129,8 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
             resume_hint=_resume_command(run_dir),
             evaluate=lambda: evaluator(model, loss, cfg.dataset, device, cheap=True).metrics,
         )
+        if device.type == "cuda":
+            values["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         hparams = {g: choice(g) for g in GROUPS if g not in ("trainer", "device", "logger")}
         if HydraConfig.initialized():
             hparams.update(record_lib.parse_overrides(list(HydraConfig.get().overrides.task)))
@@ -244,7 +247,10 @@ def run_and_record(cfg: DictConfig, run_dir: str | Path | None = None) -> float 
             steps=int(values.get("step", 0)),
             wall_time_s=time.perf_counter() - start,
             images_per_s=values.get("perf/images_per_s"),
-            peak_memory=record_lib.peak_memory_mb(None),
+            peak_memory={
+                "host_mb": record_lib.peak_host_memory_mb(),
+                "cuda_mb": values.get("perf/peak_cuda_mb"),
+            },
         )
         record_lib.write_record(run_dir, record)
     if objective["name"] and value is None:
