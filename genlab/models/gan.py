@@ -116,18 +116,24 @@ class GAN(nn.Module):
     def train_step(
         self, batches: Iterator[Batch], loss: AdversarialLoss, update: Updater
     ) -> dict[str, Tensor]:
-        """`n_critic` discriminator updates on fresh batches, then one generator update."""
+        """`n_critic` discriminator updates on fresh batches, then one generator update through
+        the last critic step's fakes (one generator forward pass per step, as in the PyTorch
+        DCGAN example)."""
         G, D = self.generator, self.discriminator
         train_g = self.replicas.get("generator", G)
         train_d = self.replicas.get("discriminator", D)
         metrics: dict[str, Tensor] = {}
-        for _ in range(loss.n_critic):
+        for i in range(loss.n_critic):
             real, labels = next(batches)
             labels = self._labels(labels)
             with update.autocast():
-                with torch.no_grad():
-                    fake = G(self.noise(len(real), real.device), labels)
-                real_out, fake_out = train_d(real, labels), train_d(fake, labels)
+                z = self.noise(len(real), real.device)
+                if i == loss.n_critic - 1:
+                    fake = train_g(z, labels)  # its graph is kept for the generator update
+                else:
+                    with torch.no_grad():
+                        fake = G(z, labels)
+                real_out, fake_out = train_d(real, labels), train_d(fake.detach(), labels)
                 d_loss = loss.d_loss(real_out, fake_out)
                 if loss.gp_weight:
                     gp = gradient_penalty(train_d, real, fake, labels, update.loss_scale("d"))
@@ -139,7 +145,6 @@ class GAN(nn.Module):
         D.requires_grad_(False)  # the generator step needs no discriminator weight gradients
         try:
             with update.autocast():
-                fake = train_g(self.noise(len(real), real.device), labels)
                 g_loss = loss.g_loss(D(fake, labels))
             metrics["grad_norm/g"] = update(g_loss, "g")
         finally:
