@@ -118,7 +118,13 @@ class Trainer:
         self.precision, self.channels_last = str(precision), channels_last
         self.compile = "inductor" if compile is True else compile or None
 
-    def loader(self, data: ImageData, device: torch.device, procs: Processes) -> DeviceLoader:
+    def loader(
+        self,
+        data: ImageData,
+        device: torch.device,
+        procs: Processes,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> DeviceLoader:
         """Batches of `batch_size` from this process's shard of `data`, on `device`."""
         return DeviceLoader(
             data,
@@ -128,6 +134,7 @@ class Trainer:
             rank=procs.rank,
             world=procs.world,
             memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
+            augment=augment,
         )
 
     def total_steps(self, batches_per_epoch: int, batches_per_step: int) -> int:

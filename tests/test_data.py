@@ -126,3 +126,22 @@ def test_loader_batches_are_in_minus_one_one():
     data = ImageData("x", torch.tensor(np.array([0, 255], dtype=np.uint8)).view(2, 1, 1, 1))
     x, _ = next(DeviceLoader(data, 2, torch.device("cpu")))
     assert sorted(x.flatten().tolist()) == [-1.0, 1.0]
+
+
+def test_decoded_sets_are_cached_as_uint8_tensors(tmp_path):
+    from genlab.data.datasets import cached
+
+    calls = []
+
+    def make():
+        calls.append(1)
+        return _toy(6)
+
+    first = cached(tmp_path, "toy-train-2px", make)
+    again = cached(tmp_path, "toy-train-2px", make)
+    assert len(calls) == 1 and (tmp_path / "toy-train-2px.pt").is_file()
+    assert torch.equal(first.images, again.images) and again.images.dtype == torch.uint8
+    assert torch.equal(first.labels, again.labels) and again.num_classes == 3
+    (tmp_path / "toy-train-2px.pt").write_bytes(b"truncated")  # a broken cache is rebuilt
+    assert torch.equal(cached(tmp_path, "toy-train-2px", make).images, first.images)
+    assert len(calls) == 2

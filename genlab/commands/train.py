@@ -38,6 +38,7 @@ GROUPS = (
     "loss",
     "optimizer",
     "scheduler",
+    "augment",
     "logger",
     "evaluator",
 )
@@ -91,8 +92,13 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
     schedulers = {
         k: _refuse(schedule, o, f"scheduler={choice('scheduler')}") for k, o in optimizers.items()
     }
+    augment = build(cfg.augment, "augment")
+    if augment.policy:
+        _refuse(model.set_augment, augment, f"augment={choice('augment')}")
     loader = _refuse(
-        lambda t: t.loader(data, device, procs), trainer, f"trainer (dataset={choice('dataset')})"
+        lambda t: t.loader(data, device, procs, augment.data if augment.augments_data else None),
+        trainer,
+        f"trainer (dataset={choice('dataset')})",
     )
     _refuse(lambda t: autocast_dtype(t.precision, device), trainer, "trainer")
     log.info(

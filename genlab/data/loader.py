@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -15,7 +17,8 @@ class DeviceLoader:
 
     The order depends only on (seed, epoch), so `state_dict()` is a few integers. With `world`
     processes, each epoch's permutation is cut into `world` equal shards and process `rank`
-    draws batches of `batch_size` from its own. `memory_format` is that of the batches.
+    draws batches of `batch_size` from its own. `memory_format` is that of the batches;
+    `augment` (if given) transforms each batch on the device.
     """
 
     def __init__(
@@ -28,6 +31,7 @@ class DeviceLoader:
         rank: int = 0,
         world: int = 1,
         memory_format: torch.memory_format = torch.contiguous_format,
+        augment: Callable[[Tensor], Tensor] | None = None,
     ):
         shard = len(data) // world
         if batch_size > shard:
@@ -38,6 +42,7 @@ class DeviceLoader:
         self.images = data.images.to(device, memory_format=memory_format)
         self.labels = None if data.labels is None else data.labels.to(device)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.augment = augment
         self.batches_per_epoch = shard // batch_size
         self.epoch, self.index = 0, 0
         self._order = self.shard(0)
@@ -63,6 +68,8 @@ class DeviceLoader:
         idx = self._order[start : start + self.batch_size]
         self.index += 1
         images = normalize(self.images[idx])
+        if self.augment is not None:
+            images = self.augment(images)
         return images, None if self.labels is None else self.labels[idx]
 
     def state_dict(self) -> dict[str, int]:

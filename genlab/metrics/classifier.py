@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from genlab.augment import affine_jitter
 from genlab.data import ImageData
 from genlab.data.loader import normalize
 from genlab.errors import GenlabError
@@ -56,20 +56,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
-
-
-def _jitter(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random shifts (up to 10%), rotations (up to 10 degrees) and scalings (0.9-1.1), batched."""
-    n = len(x)
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
-    scale = 1 + (torch.rand(n, generator=gen) * 2 - 1) * 0.1
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.2
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    return F.grid_sample(x + 1, grid, align_corners=False) - 1  # pad with the background (-1)
 
 
 @torch.no_grad()
@@ -112,7 +98,7 @@ def train_classifier(
     images, labels = train.images.to(device), train.labels.to(device)
     for _ in range(steps):
         idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
-        x = _jitter(normalize(images[idx.to(device)]), gen)
+        x = affine_jitter(normalize(images[idx.to(device)]), translate=0.1, rotate=10, scale=0.1)
         loss = F.cross_entropy(model.train()(x), labels[idx.to(device)], label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -71,6 +71,7 @@ class GAN(nn.Module):
             ).requires_grad_(False)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
+        self.d_input: Callable[[Tensor], Tensor] = _identity  # DiffAugment, see `set_augment`
 
     # --- wiring ---------------------------------------------------------------------------------
 
@@ -108,6 +109,10 @@ class GAN(nn.Module):
         it does not update, so no gradient sync waits on a network without a backward pass."""
         self.replicas.update(generator=wrap(self.generator), discriminator=wrap(self.discriminator))
 
+    def set_augment(self, augment) -> None:
+        """Apply `augment.discriminator_input` (DiffAugment) to every image D sees."""
+        self.d_input = augment.discriminator_input
+
     def compile_targets(self, loss: AdversarialLoss) -> list[nn.Module]:
         """Networks that `torch.compile` can take (not a critic under the gradient penalty's
         double backward, which compiled autograd does not support)."""
@@ -133,7 +138,8 @@ class GAN(nn.Module):
                 else:
                     with torch.no_grad():
                         fake = G(z, labels)
-                real_out, fake_out = train_d(real, labels), train_d(fake.detach(), labels)
+                real_out = train_d(self.d_input(real), labels)
+                fake_out = train_d(self.d_input(fake.detach()), labels)
                 d_loss = loss.d_loss(real_out, fake_out)
                 if loss.gp_weight:
                     gp = gradient_penalty(train_d, real, fake, labels, update.loss_scale("d"))
@@ -145,7 +151,7 @@ class GAN(nn.Module):
         D.requires_grad_(False)  # the generator step needs no discriminator weight gradients
         try:
             with update.autocast():
-                g_loss = loss.g_loss(D(fake, labels))
+                g_loss = loss.g_loss(D(self.d_input(fake), labels))
             metrics["grad_norm/g"] = update(g_loss, "g")
         finally:
             for p, flag in zip(D.parameters(), trainable, strict=True):
@@ -160,7 +166,7 @@ class GAN(nn.Module):
                 "loss/g": g_loss.detach(),
                 "D(x)": loss.score(real_out.detach().float()).mean(),
                 "D(G(z))": loss.score(fake_out.detach().float()).mean(),
-                "diversity": diversity(fake.detach(), real),
+                "diversity": diversity(fake[:16].detach(), real[:16]),
             }
         )
         return metrics
@@ -209,3 +215,7 @@ def diversity(fake: Tensor, real: Tensor) -> Tensor:
     a generator that covers the data, near 0 when it collapses to a few images."""
     spread = torch.pdist(real.flatten(1).float()).mean().clamp_min(1e-8)
     return torch.pdist(fake.flatten(1).float()).mean() / spread
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x

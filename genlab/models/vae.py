@@ -92,6 +92,12 @@ class VAE(nn.Module):
         """Train through a `wrap`ped copy of the whole VAE (DistributedDataParallel)."""
         self.replicas["vae"] = wrap(self)
 
+    def set_augment(self, augment) -> None:
+        raise ValueError(
+            "DiffAugment (augment.diff) is for GANs; the VAE takes data augmentation "
+            "(augment=basic)"
+        )
+
     def compile_targets(self, loss: ELBO) -> list[nn.Module]:
         return [self.encoder, self.decoder]
 

@@ -1,0 +1,276 @@
+"""Benchmark genlab's trainer against a bare PyTorch loop and a DataLoader + torchvision loop.
+
+    python scripts/benchmark.py                  # gan, cgan, dcgan, vae on mnist5k; dcgan at 64 px
+    python scripts/benchmark.py --device cuda --steps 500 --out benchmark.md
+    python scripts/benchmark.py --root ~/data          # also full MNIST, if ~/data holds it
+
+Three loops train the identical model (built from genlab's config), optimizer and batch size:
+
+- genlab: `Trainer.fit` with its default logging, sample and checkpoint intervals, guards, EMA
+  off. Only the fit is timed, not the setup.
+- bare: the floor, a plain loop over the same device-resident uint8 images with random indices,
+  the same losses, and no logging or guards.
+- dataloader: how reference scripts load data, a `DataLoader` (2 workers, shuffling) over PIL
+  images with torchvision's `ToTensor` and `Normalize` (and `Resize` at 64 px), then the bare step.
+
+Each measurement runs in its own process, so its peak memory (resident set, or CUDA allocation) is
+its own. The ratios come from one run on one machine. Compare them, not absolute times, across
+machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+CASES = {  # name: (model, dataset, image size, batch size)
+    "gan": ("gan", "mnist5k", 28, 64),
+    "cgan": ("cgan", "mnist5k", 28, 64),
+    "dcgan": ("dcgan", "mnist5k", 28, 64),
+    "vae": ("vae", "mnist5k", 28, 64),
+    "dcgan64": ("dcgan", "mnist5k", 64, 64),
+}
+
+
+def _build(model_name: str, dataset: str, size: int, batch: int, device: str, root: str | None):
+    from hydra import compose, initialize_config_dir
+
+    from genlab.config import CONF_DIR, build
+
+    overrides = [
+        f"model={model_name}",
+        f"dataset={dataset}",
+        f"dataset.image_size={size}",
+        f"trainer.batch_size={batch}",
+        f"device={device}",
+        "trainer.eval_every=null",
+        "trainer.progress=false",
+    ]
+    if root:
+        overrides.append(f"dataset.root={root}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    return cfg, build(cfg.dataset, "dataset")
+
+
+class PILImages:
+    """A map-style data set of PIL images through torchvision transforms, as reference scripts
+    read MNIST."""
+
+    def __init__(self, images, labels, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[i, 0].numpy(), mode="L")
+        return self.transform(image), int(self.labels[i]) if self.labels is not None else 0
+
+
+def _bare_step(model, loss, opts, real, labels):
+    """One update as a reference script writes it (the same losses as genlab's)."""
+    import torch
+
+    if hasattr(model, "encode"):
+        decoded, mu, logvar = model(real)
+        terms = loss(decoded, real, mu, logvar)
+        opts["vae"].zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opts["vae"].step()
+        return
+    labels = labels if model.num_classes else None
+    fake = model.generator(torch.randn(len(real), model.latent_dim, device=real.device), labels)
+    d_loss = loss.d_loss(
+        model.discriminator(real, labels), model.discriminator(fake.detach(), labels)
+    )
+    opts["d"].zero_grad(set_to_none=True)
+    d_loss.backward()
+    opts["d"].step()
+    g_loss = loss.g_loss(model.discriminator(fake, labels))
+    opts["g"].zero_grad(set_to_none=True)
+    g_loss.backward()
+    opts["g"].step()
+
+
+def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queue) -> None:
+    import resource
+
+    import torch
+
+    from genlab.config import build
+    from genlab.data.loader import normalize
+
+    model_name, dataset, size, batch = case
+    cfg, data = _build(model_name, dataset, size, batch, device_name, root)
+    device = build(cfg.device, "device")
+    torch.manual_seed(0)
+    shape = {
+        "channels": data.channels,
+        "image_size": data.image_size,
+        "num_classes": data.num_classes,
+    }
+    model = build(cfg.model, "model", **shape).to(device).train()
+    loss = build(cfg.loss, "loss")
+    opts = model.configure_optimizers(build(cfg.optimizer, "optimizer"))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if variant == "genlab":
+        from genlab.commands.train import train
+
+        cfg.trainer.max_steps = steps
+        timing = {}
+        from genlab import trainer as trainer_module
+
+        fit = trainer_module.Trainer.fit
+
+        def timed_fit(self, *args, **kwargs):
+            start = time.perf_counter()
+            out = fit(self, *args, **kwargs)
+            sync()
+            timing["s"] = time.perf_counter() - start
+            return out
+
+        trainer_module.Trainer.fit = timed_fit
+        with tempfile.TemporaryDirectory() as run_dir:
+            train(cfg, run_dir=run_dir)
+        seconds = timing["s"]
+    elif variant == "bare":
+        images = data.images.to(device)
+        labels_all = data.labels.to(device) if data.labels is not None else None
+        gen = torch.Generator().manual_seed(0)
+        order = torch.randint(len(images), (steps, batch), generator=gen).to(device)
+        start = time.perf_counter()
+        for idx in order:
+            real = normalize(images[idx])
+            _bare_step(model, loss, opts, real, None if labels_all is None else labels_all[idx])
+        sync()
+        seconds = time.perf_counter() - start
+    else:  # dataloader + torchvision transforms
+        from torch.utils.data import DataLoader
+        from torchvision import transforms
+
+        _, raw = _build(model_name, dataset, 28, batch, device_name, root)  # decoded at 28 px
+        steps_tf = [transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]
+        if raw.image_size != size:
+            steps_tf.insert(0, transforms.Resize(size))
+        tf = transforms.Compose(steps_tf)
+
+        loader = DataLoader(
+            PILImages(raw.images, raw.labels, tf),
+            batch_size=batch,
+            shuffle=True,
+            num_workers=2,
+            drop_last=True,
+        )
+        done, start = 0, time.perf_counter()
+        while done < steps:
+            for real, labels in loader:
+                real, labels = real.to(device), labels.to(device)
+                _bare_step(model, loss, opts, real, labels)
+                done += 1
+                if done == steps:
+                    break
+        sync()
+        seconds = time.perf_counter() - start
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    queue.put(
+        {"ms": 1000 * seconds / steps, "images_per_s": steps * batch / seconds, "peak_mb": peak}
+    )
+
+
+def measure(variant: str, case: tuple, steps: int, device: str, root: str | None = None) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(variant, case, steps, device, root, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="gan,cgan,dcgan,vae,dcgan64")
+    parser.add_argument(
+        "--steps", type=int, default=300, help="steps per measurement (dcgan64: a fifth)"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--root", help="a folder holding torchvision's MNIST: also benchmark full MNIST"
+    )
+    parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
+    args = parser.parse_args()
+
+    import torch
+
+    cases = {k: CASES[k] for k in args.models.split(",")}
+    if args.root:
+        cases.update({f"{k}-mnist": (m, "mnist", s, b) for k, (m, _, s, b) in list(cases.items())})
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {mp.cpu_count()} CPU cores, "
+        f"device {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
+        + f"; torch {torch.__version__}; {args.steps} steps per measurement "
+        f"(dcgan64: {args.steps // 5}).",
+        "",
+        "| model | genlab ms/step | bare ms/step | genlab / bare | DataLoader ms/step "
+        "| genlab images/s | DataLoader images/s | genlab speed-up vs DataLoader "
+        "| peak MB genlab / bare / DataLoader |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for name, case in cases.items():
+        steps = args.steps // 5 if case[2] >= 64 else args.steps
+        r = {
+            v: measure(v, case, steps, args.device, args.root)
+            for v in ("genlab", "bare", "dataloader")
+        }
+        row = (
+            f"| {name} | {r['genlab']['ms']:.2f} | {r['bare']['ms']:.2f} "
+            f"| {r['genlab']['ms'] / r['bare']['ms']:.3f} | {r['dataloader']['ms']:.2f} "
+            f"| {r['genlab']['images_per_s']:.0f} | {r['dataloader']['images_per_s']:.0f} "
+            f"| {r['dataloader']['ms'] / r['genlab']['ms']:.2f}x "
+            f"| {r['genlab']['peak_mb']:.0f} / {r['bare']['peak_mb']:.0f} "
+            f"/ {r['dataloader']['peak_mb']:.0f} |"
+        )
+        lines.append(row)
+        print(row, flush=True)
+    if args.scaling:
+        scale = [
+            "",
+            "genlab DCGAN step time by batch and image size:",
+            "",
+            "| image size | batch | ms/step | images/s |",
+            "|---|---|---|---|",
+        ]
+        print("\n".join(scale), flush=True)
+        for size, batch in ((28, 32), (28, 64), (28, 128), (32, 64), (64, 64)):
+            steps = args.steps // 5 if size >= 64 else args.steps // 2
+            r = measure("genlab", ("dcgan", "mnist5k", size, batch), steps, args.device, args.root)
+            row = f"| {size} | {batch} | {r['ms']:.2f} | {r['images_per_s']:.0f} |"
+            scale.append(row)
+            print(row, flush=True)
+        lines += scale
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
