@@ -41,13 +41,27 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
-    """Atomically replace `dst` with a copy of `src` (used for `last.pt`)."""
+    """Atomically make `dst` hold `src`'s bytes (used for `last.pt`): a hard link renamed into
+    place (no second write), or a copy where the file system has no hard links."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
-    def write(f) -> None:
-        with open(src, "rb") as s:
-            shutil.copyfileobj(s, f)
+        def write(f) -> None:
+            with open(src, "rb") as s:
+                shutil.copyfileobj(s, f)
 
-    _replace_atomically(dst, write)
+        _replace_atomically(dst, write)
+        return
+    os.replace(tmp, dst)
+    dir_fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -62,3 +62,14 @@ def test_foreign_file(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(GenlabError, match="not a genlab checkpoint"):
         load_checkpoint(path)
+
+
+def test_last_is_a_hard_link_that_survives_pruning(tmp_path):
+    """`last.pt` costs no second write, and deleting the step file leaves it intact."""
+    step = tmp_path / "step_0000001.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}}, step)
+    copy_checkpoint(step, tmp_path / "last.pt")
+    assert os.stat(step).st_ino == os.stat(tmp_path / "last.pt").st_ino
+    step.unlink()
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(3))
+    assert not list(tmp_path.glob(".*.tmp"))
