@@ -145,6 +145,17 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
         raise
 
 
+def build_model(node: DictConfig, data: Any) -> Any:
+    """The model a `model` node names, shaped for a data set (channels, image size, classes)."""
+    return build(
+        node,
+        "model",
+        channels=data.channels,
+        image_size=data.image_size,
+        num_classes=data.num_classes,
+    )
+
+
 def _find_key(node: DictConfig, key: str, path: str) -> str | None:
     """The full path of the first `key` in a node and its children."""
     if key in node:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from genlab.config import build
@@ -111,14 +111,19 @@ class Evaluator:
         self.inception_weights, self.cache_dir = inception_weights, Path(cache_dir).expanduser()
         self._features: Features | None = None
         self._real: dict[str, Tensor] = {}
+        self._data: dict[str, tuple[ImageData, ImageData]] = {}
 
     # --- inputs -------------------------------------------------------------------------------
 
     def load_real(self, dataset: DictConfig) -> tuple[ImageData, ImageData]:
-        """The training split (for the classifier) and the evaluation split of the run's data."""
-        train = build(dataset, "dataset", split="train")
-        real = train if self.split == "train" else build(dataset, "dataset", split=self.split)
-        return train, real
+        """The training split (for the classifier) and the evaluation split of the run's data,
+        loaded once per data set config (evaluation during training calls this repeatedly)."""
+        key = OmegaConf.to_yaml(dataset, resolve=True)
+        if key not in self._data:
+            train = build(dataset, "dataset", split="train")
+            real = train if self.split == "train" else build(dataset, "dataset", split=self.split)
+            self._data[key] = (train, real)
+        return self._data[key]
 
     def feature_extractor(
         self, train: ImageData, real: ImageData, device: torch.device

@@ -45,11 +45,16 @@ Precision = Literal[32, "32", "bf16", "16-mixed"]
 AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
 
 
+def precision_dtype(precision: Precision) -> torch.dtype | None:
+    """The autocast dtype of a precision setting (None for float32), or a ValueError."""
+    if str(precision) not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision must be 32, bf16 or 16-mixed, got {precision!r}")
+    return AUTOCAST_DTYPES[str(precision)]
+
+
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a precision setting, or a ValueError if `device` cannot run it."""
-    dtype = AUTOCAST_DTYPES.get(str(precision), "?")
-    if dtype == "?":
-        raise ValueError(f"precision must be 32, bf16 or 16-mixed, got {precision!r}")
+    dtype = precision_dtype(precision)
     if dtype is None:
         return None
     if not torch.amp.is_autocast_available(device.type):

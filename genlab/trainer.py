@@ -36,7 +36,7 @@ from genlab.distributed import Processes
 from genlab.errors import GenlabError
 from genlab.images import save_png
 from genlab.logger import NullLogger
-from genlab.optim import AUTOCAST_DTYPES, NonFiniteError, Precision, Updater
+from genlab.optim import NonFiniteError, Precision, Updater, precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,9 @@ class Trainer:
     0 mean "only at the end"; `eval_every=null` never evaluates. `resume` is `auto` (this run
     folder's last checkpoint, if any) or the path of a checkpoint or run folder. `on_nan`: `stop`
     ends the run at the first NaN or infinite loss or gradient, `skip` leaves that update out and
-    goes on. `precision`: 32,
-    `bf16` or `16-mixed` (see `optim.Updater`); `channels_last` stores images and convolution
-    weights NHWC; `compile` runs the networks through `torch.compile` (true: inductor, or a
-    backend's name). Under torchrun, `batch_size` is per process.
+    goes on. `precision`: 32, `bf16` or `16-mixed` (see `optim.Updater`); `channels_last` stores
+    images and convolution weights NHWC; `compile` runs the networks through `torch.compile`
+    (true: inductor, or a backend's name). Under torchrun, `batch_size` is per process.
     """
 
     def __init__(
@@ -112,8 +111,7 @@ class Trainer:
                     f"({', '.join(torch.compiler.list_backends())}, eager, aot_eager), "
                     f"got {compile!r}"
                 )
-        if str(precision) not in AUTOCAST_DTYPES:
-            raise ValueError(f"precision must be 32, bf16 or 16-mixed, got {precision!r}")
+        precision_dtype(precision)  # a ValueError for an unknown setting, before any work
         self.on_nan, self.progress, self.grad_clip = on_nan, progress, grad_clip
         self.precision, self.channels_last = str(precision), channels_last
         self.compile = "inductor" if compile is True else compile or None
@@ -221,7 +219,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_start, window_steps = time.perf_counter(), 0
-        with _stop_requests() as stop:
+        with _stop_requests() as stop, warnings.catch_warnings():
+            # a frozen network, or a skipped update, steps its scheduler without its optimizer
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             for step in range(start + 1, total + 1):
                 try:
                     metrics = model.train_step(loader, loss, update)
@@ -246,10 +246,8 @@ class Trainer:
                         f"trainer.compile={self.compile}: torch.compile failed on this machine "
                         f"({str(e).strip().splitlines()[0]}); set trainer.compile=false"
                     ) from None
-                with warnings.catch_warnings():  # a frozen or skipped network did not step
-                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-                    for scheduler in schedulers.values():
-                        scheduler.step()
+                for scheduler in schedulers.values():
+                    scheduler.step()
                 window_steps += 1
                 last_step = step == total
                 log_step = step % self.log_every == 0 or last_step
@@ -306,7 +304,6 @@ class Trainer:
                 if stopping and not last_step:
                     path = checkpoint(step)
                     bar.close()
-                    logger.close()
                     signum = stop[0] if stop else signal.SIGTERM
                     (log.warning if procs.main else log.debug)(
                         "%s at step %d: checkpoint saved to %s. Resume with:\n  %s",

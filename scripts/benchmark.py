@@ -104,19 +104,14 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
 
     import torch
 
-    from genlab.config import build
+    from genlab.config import build, build_model
     from genlab.data.loader import normalize
 
     model_name, dataset, size, batch = case
     cfg, data = _build(model_name, dataset, size, batch, device_name, root)
     device = build(cfg.device, "device")
     torch.manual_seed(0)
-    shape = {
-        "channels": data.channels,
-        "image_size": data.image_size,
-        "num_classes": data.num_classes,
-    }
-    model = build(cfg.model, "model", **shape).to(device).train()
+    model = build_model(cfg.model, data).to(device).train()
     loss = build(cfg.loss, "loss")
     opts = model.configure_optimizers(build(cfg.optimizer, "optimizer"))
 

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.checkpoint import find_resume, load_checkpoint
-from genlab.config import CONF_DIR, build, check_config
+from genlab.config import CONF_DIR, build, build_model, check_config
 from genlab.errors import GenlabError
 from genlab.evaluation import Report, format_table
 
@@ -32,13 +32,7 @@ def load_run(run: str, device) -> tuple[Any, Any, DictConfig, dict]:
         raise GenlabError(f"{path} holds no run config; it was not written by genlab train")
     cfg = OmegaConf.create(state["config"])
     data = build(cfg.dataset, "dataset")
-    model = build(
-        cfg.model,
-        "model",
-        channels=data.channels,
-        image_size=data.image_size,
-        num_classes=data.num_classes,
-    )
+    model = build_model(cfg.model, data)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from genlab import distributed
 from genlab import record as record_lib
 from genlab.checkpoint import find_resume, load_checkpoint, seed_everything
-from genlab.config import CONF_DIR, build, check_config, choice, meaning_changes
+from genlab.config import CONF_DIR, build, build_model, check_config, choice, meaning_changes
 from genlab.distributed import Processes
 from genlab.errors import ConfigError
 from genlab.logger import NullLogger
@@ -77,13 +77,7 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
     seed_everything(trainer.seed)
 
     data = build(cfg.dataset, "dataset")
-    model = build(
-        cfg.model,
-        "model",
-        channels=data.channels,
-        image_size=data.image_size,
-        num_classes=data.num_classes,
-    )
+    model = build_model(cfg.model, data)
     loss = build(cfg.loss, "loss")
     _refuse(model.check_loss, loss, f"loss={choice('loss')} does not fit model={choice('model')}")
     spec = build(cfg.optimizer, "optimizer")
