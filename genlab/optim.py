@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import inspect
 import warnings
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -15,20 +15,28 @@ from torch.optim import Optimizer
 
 class OptimizerSpec:
     """Builds the optimizer of each network: `lr` for the generator (or the VAE), `d_lr` for the
-    discriminator (defaults to `lr`; set it for two time-scale updates)."""
+    discriminator (defaults to `lr`; set it for two time-scale updates). `fused` picks torch's
+    fused implementation (one kernel per step, and updates the guard can skip without a host
+    sync) for optimizers that have one, unless `impl` sets `fused` or `foreach` itself."""
 
     def __init__(
-        self, impl: Callable[..., Optimizer], lr: float, d_lr: float | None = None
+        self,
+        impl: Callable[..., Optimizer],
+        lr: float,
+        d_lr: float | None = None,
+        fused: bool = True,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if d_lr is not None and d_lr <= 0:
             raise ValueError(f"d_lr must be > 0 (or null to use lr), got {d_lr}")
         self.impl, self.lr, self.d_lr = impl, float(lr), d_lr
+        chosen = set(getattr(impl, "keywords", {})) & {"fused", "foreach"}
+        self.fused = fused and not chosen and "fused" in inspect.signature(impl).parameters
 
     def __call__(self, params: Iterable[Tensor], role: Literal["g", "d"] = "g") -> Optimizer:
         lr = self.d_lr if role == "d" and self.d_lr is not None else self.lr
-        return self.impl(params, lr=lr)
+        return self.impl(params, lr=lr, **({"fused": True} if self.fused else {}))
 
 
 class NonFiniteError(RuntimeError):
@@ -69,15 +77,29 @@ def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | 
     return dtype
 
 
+def total_norm(grads: list[Tensor]) -> Tensor:
+    """The L2 norm of all `grads` together, in float32 (`get_total_norm` without its per-call
+    grouping by device and dtype: the gradients of one optimizer share a device)."""
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+
+
 class Updater:
     """Backward pass and optimizer step for each network, with the run's precision and guards.
 
     `precision` is 32 (float32), `bf16` (bfloat16 autocast) or `16-mixed` (float16 autocast with
     a dynamic loss scale per network, torch's GradScaler). The gradient norm is measured before
-    the step; a NaN or infinite loss or gradient raises `NonFiniteError` before any weight
-    changes. Under `16-mixed` such a step is first taken for a loss-scale overflow: it is
-    skipped and the scale halved (counted in `overflows`), and only a step that is non-finite
-    at a loss scale of 1 or less raises. `grad_clip` (if set) clips the total norm.
+    the step, and `grad_clip` (if set) clips it. A NaN or infinite loss or gradient never
+    reaches the weights:
+
+    - with a fused optimizer (`OptimizerSpec.fused`, the default for Adam, AdamW and SGD) and
+      32 or bf16, the optimizer's own kernel skips the update on the device, with no host sync;
+      `collect()` returns how many were skipped since its last call;
+    - otherwise the check syncs and raises `NonFiniteError` before the step. Under `16-mixed`
+      such a step is first taken for a loss-scale overflow: it is skipped and the scale halved
+      (counted in `overflows`), and only a step that is non-finite at a loss scale of 1 or less
+      raises.
     """
 
     def __init__(
@@ -92,6 +114,12 @@ class Updater:
         fp16 = self.dtype is torch.float16
         self.scalers = {k: torch.amp.GradScaler(device.type, enabled=fp16) for k in optimizers}
         self.overflows = 0
+        # GradScaler's protocol: such an optimizer skips its step where `found_inf` is 1.
+        self.on_device = {
+            k: not fp16 and getattr(o, "_step_supports_amp_scaling", False)
+            for k, o in optimizers.items()
+        }
+        self.skipped = {k: torch.zeros((), device=device) for k in optimizers}
 
     def autocast(self) -> AbstractContextManager:
         """The context for forward passes and losses."""
@@ -113,8 +141,19 @@ class Updater:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        max_norm = self.grad_clip if self.grad_clip is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = total_norm([p.grad for p in params])
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        if self.on_device[name]:
+            # 1.0 where the loss or the norm is NaN or infinite (x * 0 is then NaN), else 0.0
+            found_inf = (loss.detach() + norm).mul_(0.0).nan_to_num_(nan=1.0)
+            optimizer.found_inf, optimizer.grad_scale = found_inf, None
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf, optimizer.grad_scale
+            self.skipped[name] += found_inf
+            return norm
         if not (torch.isfinite(loss) and torch.isfinite(norm)):
             optimizer.zero_grad(set_to_none=True)
             scale = self.loss_scale(name)
@@ -122,10 +161,18 @@ class Updater:
                 raise NonFiniteError(name, float(loss.detach()), float(norm))
             scaler.update(scale * scaler.get_backoff_factor())  # a loss-scale overflow
             self.overflows += 1
-            return norm.detach()
+            return norm
         scaler.step(optimizer)
         scaler.update()
-        return norm.detach()
+        return norm
+
+    def collect(self) -> dict[str, int]:
+        """Updates skipped on the device since the last call, per network with any (a host
+        sync: call it at logging steps)."""
+        counts = torch.stack(list(self.skipped.values())).tolist()
+        for count in self.skipped.values():
+            count.zero_()
+        return {k: int(n) for k, n in zip(self.skipped, counts, strict=True) if n}
 
     def state_dict(self) -> dict[str, Any]:
         return {"scalers": {k: s.state_dict() for k, s in self.scalers.items()}}

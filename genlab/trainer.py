@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -36,7 +37,7 @@ from genlab.distributed import Processes
 from genlab.errors import GenlabError
 from genlab.images import save_png
 from genlab.logger import NullLogger
-from genlab.optim import NonFiniteError, Precision, Updater, precision_dtype
+from genlab.optim import ROLES, NonFiniteError, Precision, Updater, precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class Trainer:
     ends the run at the first NaN or infinite loss or gradient, `skip` leaves that update out and
     goes on. `precision`: 32, `bf16` or `16-mixed` (see `optim.Updater`); `channels_last` stores
     images and convolution weights NHWC; `compile` runs the networks through `torch.compile`
-    (true: inductor, or a backend's name). Under torchrun, `batch_size` is per process.
+    (true: inductor, or a backend's name). `deterministic` selects deterministic kernels (torch
+    warns about any op that has none), which exact resume on CUDA needs; otherwise cuDNN
+    benchmarks its convolution algorithms. Under torchrun, `batch_size` is per process.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Trainer:
         precision: Precision = "32",
         channels_last: bool = False,
         compile: bool | str = False,
+        deterministic: bool = False,
         progress: bool = True,
     ) -> None:
         checks = {
@@ -115,6 +119,7 @@ class Trainer:
         self.on_nan, self.progress, self.grad_clip = on_nan, progress, grad_clip
         self.precision, self.channels_last = str(precision), channels_last
         self.compile = "inductor" if compile is True else compile or None
+        self.deterministic = deterministic
 
     def loader(
         self,
@@ -163,6 +168,7 @@ class Trainer:
         evaluation's metrics (`eval/...`) and the `step`. The caller closes `logger`. `evaluate`
         runs the cheap metrics at `eval_every`."""
         procs = procs or Processes()
+        set_determinism(self.deterministic, device)
         model.to(device).train()
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -186,7 +192,30 @@ class Trainer:
             model.distribute(distributed.wrapper(device))
         ckpt_dir = run_dir / "checkpoints"
 
+        guarded_since = start + 1
+
+        def guard(step: int) -> None:
+            """Act on the updates the optimizers skipped on the device since the last check."""
+            nonlocal skipped, guarded_since
+            counts, window = update.collect(), (guarded_since, step)
+            guarded_since = step + 1
+            if not counts:
+                return
+            what = ", ".join(
+                f"{n} non-finite {ROLES.get(k, k)} update{'s' * (n > 1)}" for k, n in counts.items()
+            )
+            where = f"step {step}" if window[0] == step else f"steps {window[0]}-{step}"
+            if self.on_nan == "stop":
+                raise GenlabError(
+                    f"{where}: {what} (skipped: the weights are untouched). The run stops; "
+                    f"{_last_good(ckpt_dir)}. Set trainer.on_nan=skip to go on past such updates."
+                )
+            skipped += sum(counts.values())
+            log.warning("%s: %s; skipped (%d so far)", where, what, skipped)
+            logger.log_scalars({"guard/skipped_updates": skipped}, step)
+
         def checkpoint(step: int) -> Path:
+            guard(step)
             path = ckpt_dir / f"step_{step:07d}.pt"
             rngs = distributed.gather(rng_state(), procs)
             if procs.main:
@@ -223,18 +252,14 @@ class Trainer:
             # a frozen network, or a skipped update, steps its scheduler without its optimizer
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             for step in range(start + 1, total + 1):
+                last_step = step == total
+                log_step = step % self.log_every == 0 or last_step
                 try:
-                    metrics = model.train_step(loader, loss, update)
+                    metrics = model.train_step(loader, loss, update, metrics=log_step)
                 except NonFiniteError as e:
                     if self.on_nan == "stop":
-                        last = ckpt_dir / "last.pt"
-                        kept = (
-                            f"the last good checkpoint is {last}"
-                            if last.is_file()
-                            else ("no checkpoint was written before it")
-                        )
                         raise GenlabError(
-                            f"step {step}: {e}. The run stops; {kept}. "
+                            f"step {step}: {e}. The run stops; {_last_good(ckpt_dir)}. "
                             "Set trainer.on_nan=skip to skip such updates instead."
                         ) from None
                     skipped += 1
@@ -249,8 +274,8 @@ class Trainer:
                 for scheduler in schedulers.values():
                     scheduler.step()
                 window_steps += 1
-                last_step = step == total
-                log_step = step % self.log_every == 0 or last_step
+                if log_step:
+                    guard(step)
                 if metrics is not None and log_step:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
@@ -316,6 +341,19 @@ class Trainer:
         bar.close()
         log.info("Finished %d steps: %s", total, _short(values))
         return {**values, "step": total}
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels (for bit-identical runs on CUDA), or cuDNN's fastest algorithms."""
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at startup
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def _last_good(ckpt_dir: Path) -> str:
+    last = ckpt_dir / "last.pt"
+    return f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
 
 
 def _restore(state, model, optimizers, schedulers, update, loader, procs) -> tuple[int, int]:

@@ -112,7 +112,7 @@ def test_keep_last_prunes_periodic_checkpoints(tmp_path):
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     cfg = make_cfg("model=gan", *FAST, "loss._target_=tests.helpers.NaNAt", "+loss.steps=[3]")
-    with pytest.raises(GenlabError, match=r"step 3: non-finite generator update \(loss nan") as e:
+    with pytest.raises(GenlabError, match="step 3: 1 non-finite generator update") as e:
         train(cfg, run_dir=tmp_path)
     assert "last good checkpoint is" in str(e.value) and "trainer.on_nan=skip" in str(e.value)
     state = weights(tmp_path)

@@ -72,6 +72,7 @@ class GAN(nn.Module):
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
         self.d_input: Callable[[Tensor], Tensor] = _identity  # DiffAugment, see `set_augment`
+        self._d_params: list[nn.Parameter] = []  # D's parameters, listed at the first step
 
     # --- wiring ---------------------------------------------------------------------------------
 
@@ -119,15 +120,16 @@ class GAN(nn.Module):
         return [self.generator] if loss.gp_weight else [self.generator, self.discriminator]
 
     def train_step(
-        self, batches: Iterator[Batch], loss: AdversarialLoss, update: Updater
+        self, batches: Iterator[Batch], loss: AdversarialLoss, update: Updater, metrics: bool = True
     ) -> dict[str, Tensor]:
         """`n_critic` discriminator updates on fresh batches, then one generator update through
         the last critic step's fakes (one generator forward pass per step, as in the PyTorch
-        DCGAN example)."""
+        DCGAN example). The losses and gradient norms are returned as tensors (no host sync);
+        `metrics` adds the scores and diversity, which cost a few kernels."""
         G, D = self.generator, self.discriminator
         train_g = self.replicas.get("generator", G)
         train_d = self.replicas.get("discriminator", D)
-        metrics: dict[str, Tensor] = {}
+        values: dict[str, Tensor] = {}
         for i in range(loss.n_critic):
             real, labels = next(batches)
             labels = self._labels(labels)
@@ -144,32 +146,35 @@ class GAN(nn.Module):
                 if loss.gp_weight:
                     gp = gradient_penalty(train_d, real, fake, labels, update.loss_scale("d"))
                     d_loss = d_loss + loss.gp_weight * gp
-                    metrics["loss/gp"] = gp.detach()
-            metrics["grad_norm/d"] = update(d_loss, "d")
+                    values["loss/gp"] = gp.detach()
+            values["grad_norm/d"] = update(d_loss, "d")
 
-        trainable = [p.requires_grad for p in D.parameters()]  # frozen parts stay frozen
-        D.requires_grad_(False)  # the generator step needs no discriminator weight gradients
+        # The generator step needs no discriminator weight gradients; frozen parts stay frozen.
+        d_params = self._d_params = self._d_params or list(D.parameters())
+        trainable = [p.requires_grad for p in d_params]
+        for p in d_params:
+            p.requires_grad_(False)
         try:
             with update.autocast():
                 g_loss = loss.g_loss(D(self.d_input(fake), labels))
-            metrics["grad_norm/g"] = update(g_loss, "g")
+            values["grad_norm/g"] = update(g_loss, "g")
         finally:
-            for p, flag in zip(D.parameters(), trainable, strict=True):
+            for p, flag in zip(d_params, trainable, strict=True):
                 p.requires_grad_(flag)
         self.generator_updates += 1
         if self.generator_ema is not None and self.generator_updates > self.ema_start:
             self.generator_ema.update_parameters(G)
 
-        metrics.update(
-            {
-                "loss/d": d_loss.detach(),
-                "loss/g": g_loss.detach(),
-                "D(x)": loss.score(real_out.detach().float()).mean(),
-                "D(G(z))": loss.score(fake_out.detach().float()).mean(),
-                "diversity": diversity(fake[:16].detach(), real[:16]),
-            }
-        )
-        return metrics
+        values.update({"loss/d": d_loss.detach(), "loss/g": g_loss.detach()})
+        if metrics:
+            values.update(
+                {
+                    "D(x)": loss.score(real_out.detach().float()).mean(),
+                    "D(G(z))": loss.score(fake_out.detach().float()).mean(),
+                    "diversity": diversity(fake[:16].detach(), real[:16]),
+                }
+            )
+        return values
 
     # --- sampling -------------------------------------------------------------------------------
 

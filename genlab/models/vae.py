@@ -102,15 +102,17 @@ class VAE(nn.Module):
         return [self.encoder, self.decoder]
 
     def train_step(
-        self, batches: Iterator[Batch], loss: ELBO, update: Updater
+        self, batches: Iterator[Batch], loss: ELBO, update: Updater, metrics: bool = True
     ) -> dict[str, Tensor]:
+        """One update on a fresh batch; the loss terms and gradient norm as tensors (all cheap,
+        so `metrics` changes nothing)."""
         x, _ = next(batches)
         with update.autocast():
             decoded, mu, logvar = self.replicas.get("vae", self)(x)
             terms = loss(decoded.float(), x, mu.float(), logvar.float())
-        metrics = {f"loss/{k}": v.detach() for k, v in terms.items()}
-        metrics["grad_norm/vae"] = update(terms["loss"], "vae")
-        return metrics
+        values = {f"loss/{k}": v.detach() for k, v in terms.items()}
+        values["grad_norm/vae"] = update(terms["loss"], "vae")
+        return values
 
     # --- sampling -------------------------------------------------------------------------------
 
