@@ -31,7 +31,7 @@ from genlab.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from genlab.data import DeviceLoader, ImageData
+from genlab.data import DeviceLoader, ImageData, ImageFiles, StreamLoader
 from genlab.data.loader import normalize
 from genlab.distributed import Processes
 from genlab.errors import GenlabError
@@ -56,7 +56,8 @@ class Trainer:
     images and convolution weights NHWC; `compile` runs the networks through `torch.compile`
     (true: inductor, or a backend's name). `deterministic` selects deterministic kernels (torch
     warns about any op that has none), which exact resume on CUDA needs; otherwise cuDNN
-    benchmarks its convolution algorithms. Under torchrun, `batch_size` is per process.
+    benchmarks its convolution algorithms. `num_workers` DataLoader processes read data sets that
+    stream from disk (`image_folder` with `stream`). Under torchrun, `batch_size` is per process.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Trainer:
         channels_last: bool = False,
         compile: bool | str = False,
         deterministic: bool = False,
+        num_workers: int = 4,
         progress: bool = True,
     ) -> None:
         checks = {
@@ -92,6 +94,7 @@ class Trainer:
             "keep_last": (keep_last, 1),
             "num_samples": (num_samples, 1),
             "seed": (seed, 0),
+            "num_workers": (num_workers, 0),
         }
         for name, (value, low) in checks.items():
             if value is not None and value < low:
@@ -119,17 +122,19 @@ class Trainer:
         self.on_nan, self.progress, self.grad_clip = on_nan, progress, grad_clip
         self.precision, self.channels_last = str(precision), channels_last
         self.compile = "inductor" if compile is True else compile or None
-        self.deterministic = deterministic
+        self.deterministic, self.num_workers = deterministic, num_workers
 
     def loader(
         self,
-        data: ImageData,
+        data: ImageData | ImageFiles,
         device: torch.device,
         procs: Processes,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> DeviceLoader:
-        """Batches of `batch_size` from this process's shard of `data`, on `device`."""
-        return DeviceLoader(
+        """Batches of `batch_size` from this process's shard of `data`, on `device` (read by
+        `num_workers` DataLoader processes when `data` streams from disk)."""
+        kwargs = {"num_workers": self.num_workers} if isinstance(data, ImageFiles) else {}
+        return (StreamLoader if kwargs else DeviceLoader)(
             data,
             self.batch_size,
             device,
@@ -138,6 +143,7 @@ class Trainer:
             world=procs.world,
             memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
             augment=augment,
+            **kwargs,
         )
 
     def total_steps(self, batches_per_epoch: int, batches_per_step: int) -> int:
@@ -173,8 +179,7 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         update = Updater(optimizers, device, self.precision, self.grad_clip)
-        spread = torch.linspace(0, len(loader.images) - 1, self.num_samples).long()  # all classes
-        examples = (normalize(loader.images[spread.to(device)]), None)
+        examples = (normalize(loader.examples(self.num_samples)), None)
         fixed = model.fixed_inputs(self.num_samples, examples, seed=self.seed)
         per_step = model.batches_per_step(loss)
         total = self.total_steps(loader.batches_per_epoch, per_step)

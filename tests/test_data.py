@@ -6,7 +6,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from genlab.data import DeviceLoader, ImageData, digits, image_folder, mnist, mnist5k
+from genlab.data import (
+    DeviceLoader,
+    ImageData,
+    ImageFiles,
+    StreamLoader,
+    digits,
+    image_folder,
+    mnist,
+    mnist5k,
+)
 from genlab.data.datasets import resize
 from genlab.errors import DataUnavailableError
 
@@ -145,3 +154,42 @@ def test_decoded_sets_are_cached_as_uint8_tensors(tmp_path):
     (tmp_path / "toy-train-2px.pt").write_bytes(b"truncated")  # a broken cache is rebuilt
     assert torch.equal(cached(tmp_path, "toy-train-2px", make).images, first.images)
     assert len(calls) == 2
+
+
+def _random_folder(root, classes=("a", "b"), per_class=10, size=(20, 24)):
+    gen = torch.Generator().manual_seed(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (*size, 3), generator=gen, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_streamed_folder_gives_the_in_memory_batches_and_resumes_exactly(tmp_path):
+    """DataLoader workers reading files yield the same batches (values and labels) in the same
+    seeded order as the device-resident loader, across epochs and after a resume mid-epoch."""
+    root = str(_random_folder(tmp_path))
+    held = image_folder(root, image_size=12, stream=False)
+    files = image_folder(root, image_size=12, stream=True)
+    assert isinstance(files, ImageFiles) and isinstance(held, ImageData)
+    assert len(files) == len(held) == 18 and files.num_classes == 2
+    device = torch.device("cpu")
+    memory = DeviceLoader(held, 4, device, seed=3)
+    stream = StreamLoader(files, 4, device, seed=3, num_workers=2)
+    for _ in range(10):  # 4 batches per epoch: crosses two epoch boundaries
+        (a, la), (b, lb) = next(memory), next(stream)
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    assert torch.equal(memory.examples(5), stream.examples(5))
+    resumed = StreamLoader(files, 4, device, seed=3, num_workers=1)
+    resumed.load_state_dict(stream.state_dict())
+    for _ in range(3):
+        assert torch.equal(next(resumed)[0], next(memory)[0])
+
+
+def test_image_folder_streams_above_its_memory_limit(tmp_path):
+    root = str(_random_folder(tmp_path, per_class=3))
+    assert isinstance(image_folder(root, image_size=8), ImageData)
+    assert isinstance(image_folder(root, image_size=8, memory_mb=0), ImageFiles)
+    with pytest.raises(ValueError, match="stream must be true, false or auto"):
+        image_folder(root, stream="sometimes")

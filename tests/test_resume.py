@@ -269,3 +269,26 @@ def test_linear_schedule_decays_to_zero_over_the_run(tmp_path):
     assert state["schedulers"]["vae"]["last_epoch"] == 4
     assert state["optimizers"]["vae"]["param_groups"][0]["lr"] == 0.0
     assert state["optimizers"]["vae"]["param_groups"][0]["initial_lr"] == 2e-4
+
+
+def test_streamed_image_folder_resumes_bit_identically(tmp_path):
+    """Batches read by DataLoader workers: the position is the batches taken, not prefetched."""
+    from tests.test_data import _random_folder
+
+    root = _random_folder(tmp_path / "images", per_class=12, size=(16, 16))
+    common = [
+        "model=dcgan",
+        "dataset=image_folder",
+        f"dataset.root={root}",
+        "dataset.image_size=16",
+        "dataset.stream=true",
+        "trainer.num_workers=2",
+        "trainer.batch_size=8",  # 21 training images: 2 batches per epoch
+        *FAST,
+    ]
+    train(make_cfg(*common, "trainer.max_steps=5"), run_dir=tmp_path / "whole")
+    train(make_cfg(*common, "trainer.max_steps=3"), run_dir=tmp_path / "split")
+    train(
+        make_cfg(*common, "trainer.max_steps=5", "trainer.resume=auto"), run_dir=tmp_path / "split"
+    )
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "split"))

@@ -2,6 +2,7 @@
 
 from genlab.data.datasets import (
     ImageData,
+    ImageFiles,
     cifar10,
     digits,
     fashion_mnist,
@@ -9,10 +10,12 @@ from genlab.data.datasets import (
     mnist,
     mnist5k,
 )
-from genlab.data.loader import DeviceLoader
+from genlab.data.loader import DeviceLoader, StreamLoader
 
 __all__ = [
     "DeviceLoader",
+    "ImageFiles",
+    "StreamLoader",
     "ImageData",
     "cifar10",
     "digits",

@@ -225,17 +225,76 @@ def cifar10(
     return _cached_under(root, f"cifar10-{split}-{image_size}px", make)
 
 
-def image_folder(
-    root: str, image_size: int = 64, channels: Literal[1, 3] = 3, split: Split = "train"
-) -> ImageData:
-    """Every image under `root`, center-cropped to a square and resized; one class per sub-folder
-    when `root` has sub-folders, otherwise unlabelled."""
+class ImageFiles:
+    """A folder's images, decoded when read (`read`), for sets too large to hold in memory:
+    `StreamLoader` reads training batches with DataLoader workers. `images` decodes them all,
+    for the evaluator's real split."""
+
+    def __init__(
+        self,
+        name: str,
+        files: list[Path],
+        labels: Tensor | None,
+        num_classes: int | None,
+        image_size: int,
+        channels: int,
+        split: str,
+    ) -> None:
+        self.name, self.files, self.labels, self.num_classes = name, files, labels, num_classes
+        self.image_size, self.channels, self.split = image_size, channels, split
+        self._images: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, i: int) -> Tensor:
+        """Image `i` as uint8 (C, H, W)."""
+        return load_image(self.files[i], self.image_size, self.channels)
+
+    @property
+    def images(self) -> Tensor:
+        if self._images is None:
+            self._images = torch.stack([self.read(i) for i in range(len(self))])
+        return self._images
+
+
+def load_image(path: Path, image_size: int, channels: int) -> Tensor:
+    """An image file center-cropped to a square, resized (bicubic), as uint8 (C, H, W)."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            side = min(im.size)
+            left, top = (im.width - side) // 2, (im.height - side) // 2
+            im = im.crop((left, top, left + side, top + side))
+            im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            array = np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, channels)
+    except OSError as e:
+        raise DataUnavailableError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def image_folder(
+    root: str,
+    image_size: int = 64,
+    channels: Literal[1, 3] = 3,
+    split: Split = "train",
+    stream: bool | Literal["auto"] = "auto",
+    memory_mb: float = 4096,
+) -> ImageData | ImageFiles:
+    """Every image under `root`, center-cropped to a square and resized; one class per sub-folder
+    when `root` has sub-folders, otherwise unlabelled. The split is decoded into memory, unless
+    `stream` is true, or `auto` and its decoded size exceeds `memory_mb`: then it is read in
+    batches by DataLoader workers during training (`ImageFiles`)."""
     _check_size(image_size)
     _check_split(split)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if stream not in (True, False, "auto"):
+        raise ValueError(f"stream must be true, false or auto, got {stream!r}")
+    if memory_mb < 0:
+        raise ValueError(f"memory_mb must be >= 0, got {memory_mb}")
     path = Path(root).expanduser().resolve()
     if not path.is_dir():
         raise DataUnavailableError(f"dataset.root={path} is not a folder of images")
@@ -252,22 +311,11 @@ def image_folder(
             f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"
         )
     labels = torch.tensor([label for _, label in files]) if classes else None
-    keep = held_out(labels, len(files), split).tolist()
-    mode = "L" if channels == 1 else "RGB"
-    images = []
-    for f, _ in (files[i] for i in keep):
-        try:
-            with Image.open(f) as im:
-                im = im.convert(mode)
-                side = min(im.size)
-                left, top = (im.width - side) // 2, (im.height - side) // 2
-                im = im.crop((left, top, left + side, top + side))
-                im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
-                array = np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, channels)
-        except OSError as e:
-            raise DataUnavailableError(f"cannot read image {f}: {e}") from None
-        images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-    stacked = torch.stack(images)
-    if labels is None:
-        return ImageData(path.name, stacked, split=split)
-    return ImageData(path.name, stacked, labels[keep], len(classes), split)
+    keep = held_out(labels, len(files), split)
+    paths = [files[i][0] for i in keep.tolist()]
+    labels = None if labels is None else labels[keep]
+    data = ImageFiles(path.name, paths, labels, len(classes) or None, image_size, channels, split)
+    size_mb = len(paths) * channels * image_size**2 / 2**20
+    if stream is True or (stream == "auto" and size_mb > memory_mb):
+        return data
+    return ImageData(data.name, data.images, labels, data.num_classes, split)
