@@ -211,10 +211,7 @@ class Trainer:
             )
             where = f"step {step}" if window[0] == step else f"steps {window[0]}-{step}"
             if self.on_nan == "stop":
-                raise GenlabError(
-                    f"{where}: {what} (skipped: the weights are untouched). The run stops; "
-                    f"{_last_good(ckpt_dir)}. Set trainer.on_nan=skip to go on past such updates."
-                )
+                raise _nan_stop(f"{where}: {what} (skipped: the weights are untouched)", ckpt_dir)
             skipped += sum(counts.values())
             log.warning("%s: %s; skipped (%d so far)", where, what, skipped)
             logger.log_scalars({"guard/skipped_updates": skipped}, step)
@@ -263,10 +260,7 @@ class Trainer:
                     metrics = model.train_step(loader, loss, update, metrics=log_step)
                 except NonFiniteError as e:
                     if self.on_nan == "stop":
-                        raise GenlabError(
-                            f"step {step}: {e}. The run stops; {_last_good(ckpt_dir)}. "
-                            "Set trainer.on_nan=skip to skip such updates instead."
-                        ) from None
+                        raise _nan_stop(f"step {step}: {e}", ckpt_dir) from None
                     skipped += 1
                     log.warning("step %d: %s; skipped (%d so far)", step, e, skipped)
                     logger.log_scalars({"guard/skipped_updates": skipped}, step)
@@ -356,9 +350,13 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
 
-def _last_good(ckpt_dir: Path) -> str:
+def _nan_stop(what: str, ckpt_dir: Path) -> GenlabError:
+    """The error that ends a run at a non-finite update (`trainer.on_nan=stop`)."""
     last = ckpt_dir / "last.pt"
-    return f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
+    kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
+    return GenlabError(
+        f"{what}. The run stops; {kept}. Set trainer.on_nan=skip to skip such updates instead."
+    )
 
 
 def _restore(state, model, optimizers, schedulers, update, loader, procs) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from genlab.commands.train import train
 from genlab.optim import OptimizerSpec, Updater
 from tests.conftest import make_cfg
 from tests.test_eval import SMALL
-from tests.test_resume import FAST, assert_identical, weights
+from tests.test_resume import FAST, assert_resume_is_bit_identical
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS call
@@ -37,12 +37,7 @@ CUDA = ["device=cuda", "trainer.deterministic=true"]
     ids=["gan", "cgan", "dcgan", "vae", "wgan_gp", "dcgan_bf16_nhwc", "gan_fp16", "dcgan_diffaug"],
 )
 def test_cuda_resume_is_bit_identical(setup, tmp_path):
-    common = [*setup, *FAST, *CUDA, "dataset=digits"]
-    train(make_cfg(*common, "trainer.max_steps=6"), run_dir=tmp_path / "whole")
-    train(make_cfg(*common, "trainer.max_steps=3"), run_dir=tmp_path / "split")
-    resumed = make_cfg(*common, "trainer.max_steps=6", "trainer.resume=auto")
-    train(resumed, run_dir=tmp_path / "split")
-    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "split"))
+    assert_resume_is_bit_identical([*setup, *FAST, *CUDA, "dataset=digits"], tmp_path)
 
 
 @pytest.mark.parametrize("model", ["gan", "dcgan", "vae"])

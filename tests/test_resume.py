@@ -35,6 +35,15 @@ def assert_identical(a, b):
             assert all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
+def assert_resume_is_bit_identical(overrides, tmp_path, total=6, first=3):
+    """`total` steps in one run equal `first` steps, a resume, and the rest, to the bit."""
+    train(make_cfg(*overrides, f"trainer.max_steps={total}"), run_dir=tmp_path / "whole")
+    train(make_cfg(*overrides, f"trainer.max_steps={first}"), run_dir=tmp_path / "split")
+    resumed = make_cfg(*overrides, f"trainer.max_steps={total}", "trainer.resume=auto")
+    train(resumed, run_dir=tmp_path / "split")
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "split"))
+
+
 @pytest.mark.parametrize(
     "setup",
     [
@@ -56,11 +65,7 @@ def assert_identical(a, b):
     ids=["gan", "cgan", "dcgan", "vae", "wgan_gp", "gan_ema_cosine", "dcgan_bf16", "gan_fp16"],
 )
 def test_half_plus_resume_plus_half_is_bit_identical(setup, tmp_path):
-    train(make_cfg(*setup, *FAST, "trainer.max_steps=6"), run_dir=tmp_path / "whole")
-    train(make_cfg(*setup, *FAST, "trainer.max_steps=3"), run_dir=tmp_path / "split")
-    resumed = make_cfg(*setup, *FAST, "trainer.max_steps=6", "trainer.resume=auto")
-    train(resumed, run_dir=tmp_path / "split")
-    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "split"))
+    assert_resume_is_bit_identical([*setup, *FAST], tmp_path)
 
 
 def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
@@ -286,9 +291,4 @@ def test_streamed_image_folder_resumes_bit_identically(tmp_path):
         "trainer.batch_size=8",  # 21 training images: 2 batches per epoch
         *FAST,
     ]
-    train(make_cfg(*common, "trainer.max_steps=5"), run_dir=tmp_path / "whole")
-    train(make_cfg(*common, "trainer.max_steps=3"), run_dir=tmp_path / "split")
-    train(
-        make_cfg(*common, "trainer.max_steps=5", "trainer.resume=auto"), run_dir=tmp_path / "split"
-    )
-    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "split"))
+    assert_resume_is_bit_identical(common, tmp_path, total=5)
