@@ -90,8 +90,8 @@ class Updater:
 
     `precision` is 32 (float32), `bf16` (bfloat16 autocast) or `16-mixed` (float16 autocast with
     a dynamic loss scale per network, torch's GradScaler). The gradient norm is measured before
-    the step, and `grad_clip` (if set) clips it. A NaN or infinite loss or gradient never
-    reaches the weights:
+    the step where it is asked for (at logging steps) or needed, and `grad_clip` (if set) clips
+    it. A NaN or infinite loss or gradient never reaches the weights:
 
     - with a fused optimizer (`OptimizerSpec.fused`, the default for Adam, AdamW and SGD) and
       32 or bf16, the optimizer's own kernel skips the update on the device, with no host sync;
@@ -120,6 +120,7 @@ class Updater:
             for k, o in optimizers.items()
         }
         self.skipped = {k: torch.zeros((), device=device) for k in optimizers}
+        self.one = torch.ones((), device=device)
 
     def autocast(self) -> AbstractContextManager:
         """The context for forward passes and losses."""
@@ -132,21 +133,24 @@ class Updater:
         scaler = self.scalers[name]
         return scaler.get_scale() if scaler.is_enabled() else 1.0
 
-    def __call__(self, loss: Tensor, name: str) -> Tensor:
-        """Update network `name` (an optimizer key); return the gradient norm before clipping."""
+    def __call__(self, loss: Tensor, name: str, measure: bool = True) -> Tensor | None:
+        """Update network `name` (an optimizer key); return the gradient norm before clipping, or
+        None where `measure` is false and neither `grad_clip` nor the host-side check needs it."""
         optimizer, scaler = self.optimizers[name], self.scalers[name]
         if not loss.requires_grad:  # the whole network is frozen (model.freeze)
-            return torch.zeros((), device=loss.device)
+            return torch.zeros((), device=loss.device) if measure else None
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = total_norm([p.grad for p in params])
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        grads = [p.grad for p in params]
+        norm = None
+        if measure or self.grad_clip is not None or not self.on_device[name]:
+            norm = total_norm(grads)
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         if self.on_device[name]:
-            # 1.0 where the loss or the norm is NaN or infinite (x * 0 is then NaN), else 0.0
-            found_inf = (loss.detach() + norm).mul_(0.0).nan_to_num_(nan=1.0)
+            found_inf = self._found_inf(loss.detach(), norm, grads)
             optimizer.found_inf, optimizer.grad_scale = found_inf, None
             try:
                 optimizer.step()
@@ -165,6 +169,17 @@ class Updater:
         scaler.step(optimizer)
         scaler.update()
         return norm
+
+    def _found_inf(self, loss: Tensor, norm: Tensor | None, grads: list[Tensor]) -> Tensor:
+        """1.0 where the loss or a gradient is NaN or infinite, else 0.0 (x * 0 is NaN for those),
+        from the norm when there is one, else with one multi-tensor kernel over the gradients
+        (GradScaler's check, here with a scale of 1)."""
+        if norm is not None:
+            return (loss + norm).mul_(0.0).nan_to_num_(nan=1.0)
+        found_inf = loss.float().mul(0.0).nan_to_num_(nan=1.0)
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self.one)
+        return found_inf
 
     def collect(self) -> dict[str, int]:
         """Updates skipped on the device since the last call, per network with any (a host

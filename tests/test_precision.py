@@ -8,7 +8,7 @@ from genlab.checkpoint import load_checkpoint
 from genlab.commands.train import train
 from genlab.errors import ConfigError
 from genlab.losses import gradient_penalty
-from genlab.optim import NonFiniteError, Updater, autocast_dtype
+from genlab.optim import NonFiniteError, OptimizerSpec, Updater, autocast_dtype
 from tests.conftest import make_cfg
 
 CPU = torch.device("cpu")
@@ -57,6 +57,41 @@ def test_float16_update_matches_float32_and_is_unscaled():
     torch.testing.assert_close(norm16, norm32)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+BAD_UPDATES = {  # a non-finite loss, gradient, or both
+    "nan loss": lambda out: out.sum() * float("nan"),
+    "inf loss, finite gradient": lambda out: out.sum() + float("inf"),
+    "finite loss, inf gradient": lambda out: (out - out.detach()).sqrt().sum(),  # d sqrt at 0
+}
+
+
+@pytest.mark.parametrize("measure", [True, False])
+@pytest.mark.parametrize("bad", BAD_UPDATES)
+def test_fused_updates_skip_non_finite_steps_with_or_without_the_norm(bad, measure):
+    """Between logging steps (`measure=False`) the guard checks the gradients with GradScaler's
+    kernel instead of the norm; both skip the same updates and leave good ones identical."""
+    torch.manual_seed(0)
+    layer, twin = nn.Linear(4, 1), nn.Linear(4, 1)
+    twin.load_state_dict(layer.state_dict())
+    spec = OptimizerSpec(torch.optim.Adam, lr=0.1)
+    update, reference = (
+        Updater({"g": spec(layer.parameters())}, CPU),
+        Updater({"g": spec(twin.parameters())}, CPU),
+    )
+    assert update.on_device["g"]
+    x = torch.randn(8, 4)
+    before = [p.detach().clone() for p in layer.parameters()]
+    norm = update(BAD_UPDATES[bad](layer(x)), "g", measure=measure)
+    assert (norm is not None) == measure
+    assert all(torch.equal(p, q) for p, q in zip(layer.parameters(), before, strict=True))
+    assert update.collect() == {"g": 1}
+    for _ in range(2):  # good steps: the same weights whether or not the norm is measured
+        update(layer(x).pow(2).mean(), "g", measure=measure)
+        reference(twin(x).pow(2).mean(), "g", measure=True)
+    assert update.collect() == {}
+    for p, q, b in zip(layer.parameters(), twin.parameters(), before, strict=True):
+        assert torch.equal(p, q) and not torch.equal(p, b)
 
 
 def test_float16_overflow_halves_the_scale_until_it_is_a_real_nan():

@@ -125,6 +125,17 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_nan_between_logging_steps_is_reported_at_the_next_one(tmp_path):
+    """Between logging steps the guard skips on the device; the check at step 4 names the steps
+    since the last one (the checkpoint at step 2), and the weights never saw the NaN."""
+    nan_at_3 = ["loss._target_=tests.helpers.NaNAt", "+loss.steps=[3]", "trainer.log_every=4"]
+    with pytest.raises(GenlabError, match="steps 3-4: 1 non-finite generator update"):
+        train(make_cfg("model=gan", *FAST, *nan_at_3), run_dir=tmp_path)
+    state = weights(tmp_path)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 def test_nan_skip_counts_and_goes_on(tmp_path):
     cfg = make_cfg(
         "model=gan",

@@ -124,8 +124,8 @@ class GAN(nn.Module):
     ) -> dict[str, Tensor]:
         """`n_critic` discriminator updates on fresh batches, then one generator update through
         the last critic step's fakes (one generator forward pass per step, as in the PyTorch
-        DCGAN example). The losses and gradient norms are returned as tensors (no host sync);
-        `metrics` adds the scores and diversity, which cost a few kernels."""
+        DCGAN example). The losses are returned as tensors (no host sync); `metrics` adds the
+        gradient norms, scores and diversity, which cost a few kernels."""
         G, D = self.generator, self.discriminator
         train_g = self.replicas.get("generator", G)
         train_d = self.replicas.get("discriminator", D)
@@ -147,7 +147,7 @@ class GAN(nn.Module):
                     gp = gradient_penalty(train_d, real, fake, labels, update.loss_scale("d"))
                     d_loss = d_loss + loss.gp_weight * gp
                     values["loss/gp"] = gp.detach()
-            values["grad_norm/d"] = update(d_loss, "d")
+            d_norm = update(d_loss, "d", measure=metrics)
 
         # The generator step needs no discriminator weight gradients; frozen parts stay frozen.
         d_params = self._d_params = self._d_params or list(D.parameters())
@@ -157,7 +157,7 @@ class GAN(nn.Module):
         try:
             with update.autocast():
                 g_loss = loss.g_loss(D(self.d_input(fake), labels))
-            values["grad_norm/g"] = update(g_loss, "g")
+            g_norm = update(g_loss, "g", measure=metrics)
         finally:
             for p, flag in zip(d_params, trainable, strict=True):
                 p.requires_grad_(flag)
@@ -169,6 +169,8 @@ class GAN(nn.Module):
         if metrics:
             values.update(
                 {
+                    "grad_norm/d": d_norm,
+                    "grad_norm/g": g_norm,
                     "D(x)": loss.score(real_out.detach().float()).mean(),
                     "D(G(z))": loss.score(fake_out.detach().float()).mean(),
                     "diversity": diversity(fake[:16].detach(), real[:16]),

@@ -104,14 +104,16 @@ class VAE(nn.Module):
     def train_step(
         self, batches: Iterator[Batch], loss: ELBO, update: Updater, metrics: bool = True
     ) -> dict[str, Tensor]:
-        """One update on a fresh batch; the loss terms and gradient norm as tensors (all cheap,
-        so `metrics` changes nothing)."""
+        """One update on a fresh batch; the loss terms as tensors, and with `metrics` the gradient
+        norm."""
         x, _ = next(batches)
         with update.autocast():
             decoded, mu, logvar = self.replicas.get("vae", self)(x)
             terms = loss(decoded.float(), x, mu.float(), logvar.float())
         values = {f"loss/{k}": v.detach() for k, v in terms.items()}
-        values["grad_norm/vae"] = update(terms["loss"], "vae")
+        norm = update(terms["loss"], "vae", measure=metrics)
+        if metrics:
+            values["grad_norm/vae"] = norm
         return values
 
     # --- sampling -------------------------------------------------------------------------------
