@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -16,14 +17,26 @@ def square_side(n: int) -> int:
 
 
 def to_grid(images: Tensor, nrow: int) -> Tensor:
-    """A (C, H, W) grid in [0, 1], `nrow` images per row, 2 pixels of padding."""
-    return make_grid(
+    """A (C, H, W) grid in [0, 1] with the images' channels (1 or 3), `nrow` images per row, 2
+    pixels of padding."""
+    grid = make_grid(
         images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1)
     )
+    return grid[:1] if images.shape[1] == 1 else grid  # make_grid repeats grey as RGB
+
+
+def png_bytes(grid: Tensor) -> bytes:
+    """A (C, H, W) float grid in [0, 1] as an 8-bit PNG, grey for one channel (fast zlib level:
+    sample grids are written while training)."""
+    array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(
+        buffer, format="PNG", compress_level=1
+    )
+    return buffer.getvalue()
 
 
 def save_png(grid: Tensor, path: Path) -> None:
-    """A (C, H, W) float grid in [0, 1] as an 8-bit PNG."""
+    """Write `grid` (see `png_bytes`) to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
+    path.write_bytes(png_bytes(grid))

@@ -1,6 +1,7 @@
 """Every model with its default loss trains a few steps on the offline data sets and leaves a
 checkpoint, PNG grids of the right size and TensorBoard scalars (read back)."""
 
+import io
 import math
 
 import pytest
@@ -48,20 +49,26 @@ def test_model_trains_and_leaves_a_run(model, dataset, tmp_path):
             assert grid.size == (grid_side(1, size), grid_side(10, size))
         else:  # 16 samples in a 4 x 4 grid
             assert grid.size == (grid_side(4, size), grid_side(4, size))
-    if model == "vae":
+    if net is VAE:
         with Image.open(tmp_path / "samples" / "reconstructions_0000004.png") as grid:
             assert grid.size == (grid_side(4, size), grid_side(8, size))  # real + recon rows
 
     acc, logged = scalars(tmp_path)
-    key = "loss/neg_elbo" if model == "vae" else "loss/d"
+    key = "loss/neg_elbo" if net is VAE else "loss/d"
     assert [e.step for e in logged[key]] == [1, 2, 3, 4]
     assert logged[key][-1].value == pytest.approx(values[key], rel=1e-6)
     assert logged["perf/images_per_s"][-1].value > 0
-    lr_key = "lr/vae" if model == "vae" else "lr/d"
+    lr_key = "lr/vae" if net is VAE else "lr/d"
     assert logged[lr_key][-1].value == pytest.approx(2e-4)  # optimizer=adam, the default
-    if model != "vae":
+    if net is GAN:
         assert {"D(x)", "D(G(z))", "loss/g", "lr/g"} <= set(logged)
-    assert "samples" in acc.Tags()["images"]
+    logged_grid = acc.Images("samples")[-1]  # the PNG of the run folder, grey for grey data
+    with (
+        Image.open(io.BytesIO(logged_grid.encoded_image_string)) as tb_grid,
+        Image.open(tmp_path / "samples" / "samples_0000004.png") as png_grid,
+    ):
+        assert logged_grid.step == 4 and tb_grid.size == png_grid.size
+        assert tb_grid.mode == png_grid.mode == "L" and tb_grid.tobytes() == png_grid.tobytes()
 
 
 def test_training_learns(tmp_path):

@@ -54,12 +54,12 @@ def sample(cfg: DictConfig) -> Path:
 
 def _side_by_side(grids: list[torch.Tensor]) -> torch.Tensor:
     """Grids of equal height in one image, with a white bar between them."""
-    height = max(g.shape[1] for g in grids)
-    bar = torch.ones(grids[0].shape[0], height, 6)
+    channels, height = max(g.shape[0] for g in grids), max(g.shape[1] for g in grids)
+    bar = torch.ones(channels, height, 6)
     parts = []
     for g in grids:
-        padded = torch.zeros(g.shape[0], height, g.shape[2])
-        padded[:, : g.shape[1]] = g
+        padded = torch.zeros(channels, height, g.shape[2])
+        padded[:, : g.shape[1]] = g  # grey broadcast to RGB beside colour runs
         parts += [padded, bar]
     return torch.cat(parts[:-1], dim=2)
 
