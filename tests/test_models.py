@@ -1,11 +1,14 @@
 """Network shapes, DCGAN layouts, initialisation, conditioning."""
 
+from functools import partial
+
 import pytest
 import torch
 
 from genlab.models import GAN, VAE
 from genlab.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_layout
-from genlab.models.mlp import MLPDiscriminator, MLPGenerator
+from genlab.models.mlp import MLPDecoder, MLPDiscriminator, MLPEncoder, MLPGenerator
+from genlab.models.vae import ConvDecoder, ConvEncoder
 
 
 @pytest.mark.parametrize(
@@ -77,15 +80,28 @@ def test_cgan_without_labels_is_refused():
         GAN(MLPGenerator, MLPDiscriminator, conditional=True, channels=1, image_size=8)
 
 
+CONV = {"encoder": partial(ConvEncoder, features=8, hidden=32), "decoder": ConvDecoder}
+MLP = {"encoder": partial(MLPEncoder, hidden=[64, 32]), "decoder": MLPDecoder}
+
+
+@pytest.mark.parametrize("nets", [CONV, MLP], ids=["conv", "mlp"])
 @pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (64, 1)])
-def test_vae_shapes(size, channels):
-    vae = VAE(latent_dim=6, features=8, hidden=32, channels=channels, image_size=size)
+def test_vae_shapes(nets, size, channels):
+    vae = VAE(**nets, latent_dim=6, channels=channels, image_size=size)
     x = torch.rand(4, channels, size, size) * 2 - 1
     decoded, mu, logvar = vae(x)
     assert decoded.shape == x.shape
     assert mu.shape == logvar.shape == (4, 6)
 
 
-def test_vae_refuses_sizes_not_divisible_by_4():
-    with pytest.raises(ValueError, match="divisible by 4"):
-        VAE(channels=1, image_size=30)
+def test_mlp_vae_is_pytorchs_example_network():
+    """784-400-(20, 20) and 20-400-784: the parameter count of PyTorch's VAE example."""
+    vae = VAE(MLPEncoder, MLPDecoder, latent_dim=20, channels=1, image_size=28)
+    example = (784 * 400 + 400) + 2 * (400 * 20 + 20) + (20 * 400 + 400) + (400 * 784 + 784)
+    assert sum(p.numel() for p in vae.parameters()) == example
+
+
+def test_conv_vae_refuses_sizes_not_divisible_by_4():
+    with pytest.raises(ValueError, match="divisible by 4, got 30 .model=vae_mlp takes any size"):
+        VAE(ConvEncoder, ConvDecoder, channels=1, image_size=30)
+    VAE(MLPEncoder, MLPDecoder, channels=1, image_size=30)

@@ -15,7 +15,7 @@ from genlab.models import GAN, VAE
 from tests.conftest import make_cfg
 
 SIZES = {"mnist5k": 28, "digits": 32}
-FAMILY = {"gan": GAN, "cgan": GAN, "dcgan": GAN, "vae": VAE}
+FAMILY = {"gan": GAN, "cgan": GAN, "dcgan": GAN, "vae": VAE, "vae_mlp": VAE}
 
 
 def grid_side(count: int, image: int) -> int:

@@ -1,4 +1,5 @@
-"""Fully connected generator and discriminator on flattened images, optionally class-conditional.
+"""Fully connected networks on flattened images: a GAN's generator and discriminator, optionally
+class-conditional, and a VAE's encoder and decoder.
 
 With `num_classes > 0` a learned label embedding is joined to the noise in the generator and to
 the flattened image in the discriminator (Mirza & Osindero's conditional GAN).
@@ -7,6 +8,7 @@ the flattened image in the discriminator (Mirza & Osindero's conditional GAN).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -81,3 +83,38 @@ class MLPDiscriminator(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits, one per image."""
         return self.net(_join(x.flatten(1), self.embed, labels)).squeeze(1)
+
+
+def _relu_layers(sizes: Sequence[int], hidden: Sequence[int]) -> list[nn.Module]:
+    """Linear layers through `sizes` with a ReLU after each; `hidden` is checked as given."""
+    if not hidden or min(hidden) < 1:
+        raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+    return [m for a, b in pairwise(sizes) for m in (nn.Linear(a, b), nn.ReLU(True))]
+
+
+class MLPEncoder(nn.Sequential):
+    """A VAE's encoder: the flattened image through ReLU layers (`hidden`, from the image side) to
+    the latent mean and log-variance, as in Kingma & Welling and PyTorch's VAE example."""
+
+    def __init__(
+        self, channels: int, image_size: int, latent_dim: int, hidden: Sequence[int] = (400,)
+    ) -> None:
+        sizes = [channels * image_size * image_size, *hidden]
+        super().__init__(
+            nn.Flatten(), *_relu_layers(sizes, hidden), nn.Linear(sizes[-1], 2 * latent_dim)
+        )
+
+
+class MLPDecoder(nn.Sequential):
+    """A VAE's decoder: the latent through ReLU layers (`hidden`, from the latent side) to one
+    output per pixel, shaped as the image."""
+
+    def __init__(
+        self, channels: int, image_size: int, latent_dim: int, hidden: Sequence[int] = (400,)
+    ) -> None:
+        sizes = [latent_dim, *hidden]
+        super().__init__(
+            *_relu_layers(sizes, hidden),
+            nn.Linear(sizes[-1], channels * image_size * image_size),
+            nn.Unflatten(1, (channels, image_size, image_size)),
+        )

@@ -1,4 +1,5 @@
-"""Convolutional VAE (Kingma & Welling): encoder to mean and log-variance, decoder to likelihood."""
+"""The VAE (Kingma & Welling): encoder to mean and log-variance, decoder to likelihood; and its
+convolutional networks."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from genlab.optim import OptimizerSpec, Updater
 
 
 class VAE(nn.Module):
+    """An encoder from images to the latent mean and log-variance (`2 * latent_dim` outputs) and a
+    decoder from latents to the likelihood's parameters (image-shaped). The networks arrive as
+    partially built callables (`model=vae`: convolutional, `model=vae_mlp`: fully connected) and
+    receive the data set's shape and `latent_dim` here."""
+
     def __init__(
         self,
+        encoder: Callable[..., nn.Module],
+        decoder: Callable[..., nn.Module],
         latent_dim: int = 16,
-        features: int = 32,
-        hidden: int = 256,
         init_from: str | None = None,
         freeze: Sequence[str] = (),
         *,
@@ -30,36 +36,14 @@ class VAE(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("latent_dim", latent_dim), ("features", features), ("hidden", hidden)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if image_size % 4:
-            raise ValueError(f"the VAE needs an image size divisible by 4, got {image_size}")
-        side, f = image_size // 4, features
-        flat = 2 * f * side * side
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         self.latent_dim, self.num_classes = latent_dim, 0
         self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
-        self.encoder = nn.Sequential(
-            nn.Conv2d(channels, f, 4, 2, 1),
-            nn.ReLU(True),
-            nn.Conv2d(f, 2 * f, 4, 2, 1),
-            nn.ReLU(True),
-            nn.Flatten(),
-            nn.Linear(flat, hidden),
-            nn.ReLU(True),
-            nn.Linear(hidden, 2 * latent_dim),
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, hidden),
-            nn.ReLU(True),
-            nn.Linear(hidden, flat),
-            nn.ReLU(True),
-            nn.Unflatten(1, (2 * f, side, side)),
-            nn.ConvTranspose2d(2 * f, f, 4, 2, 1),
-            nn.ReLU(True),
-            nn.ConvTranspose2d(f, channels, 4, 2, 1),
-        )
-        self.shape = {"channels": channels, "image_size": image_size}
+        shape = {"channels": channels, "image_size": image_size}
+        self.encoder = encoder(latent_dim=latent_dim, **shape)
+        self.decoder = decoder(latent_dim=latent_dim, **shape)
+        self.shape = shape
         if init_from:
             finetune.init_from(self, init_from)
         finetune.freeze(self, freeze)
@@ -160,3 +144,60 @@ class VAE(nn.Module):
             "samples": to_grid(samples, square_side(len(samples))),
             "reconstructions": to_grid(pairs.flatten(0, 2), nrow),
         }
+
+
+def _positive(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _quarter(image_size: int) -> int:
+    """The side after two stride-2 convolutions."""
+    if image_size % 4:
+        raise ValueError(
+            f"the convolutional VAE needs an image size divisible by 4, got {image_size} "
+            "(model=vae_mlp takes any size)"
+        )
+    return image_size // 4
+
+
+class ConvEncoder(nn.Sequential):
+    """Two stride-2 convolutions (`features`, then twice as many) and a hidden layer, to the
+    latent mean and log-variance."""
+
+    def __init__(
+        self, channels: int, image_size: int, latent_dim: int, features: int = 32, hidden: int = 256
+    ) -> None:
+        _positive(features=features, hidden=hidden)
+        side, f = _quarter(image_size), features
+        super().__init__(
+            nn.Conv2d(channels, f, 4, 2, 1),
+            nn.ReLU(True),
+            nn.Conv2d(f, 2 * f, 4, 2, 1),
+            nn.ReLU(True),
+            nn.Flatten(),
+            nn.Linear(2 * f * side * side, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+
+
+class ConvDecoder(nn.Sequential):
+    """The encoder mirrored: a hidden layer and two stride-2 transposed convolutions."""
+
+    def __init__(
+        self, channels: int, image_size: int, latent_dim: int, features: int = 32, hidden: int = 256
+    ) -> None:
+        _positive(features=features, hidden=hidden)
+        side, f = _quarter(image_size), features
+        super().__init__(
+            nn.Linear(latent_dim, hidden),
+            nn.ReLU(True),
+            nn.Linear(hidden, 2 * f * side * side),
+            nn.ReLU(True),
+            nn.Unflatten(1, (2 * f, side, side)),
+            nn.ConvTranspose2d(2 * f, f, 4, 2, 1),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(f, channels, 4, 2, 1),
+        )
