@@ -1,17 +1,22 @@
-"""Benchmark genlab's trainer against a bare PyTorch loop and a DataLoader + torchvision loop.
+"""Benchmark genlab's trainer against a bare PyTorch loop and DataLoader + torchvision loops.
 
-    python scripts/benchmark.py                  # gan, cgan, dcgan, vae on mnist5k; dcgan at 64 px
+    python scripts/benchmark.py      # gan, cgan, dcgan, vae, vae_mlp on mnist5k; dcgan at 64 px
     python scripts/benchmark.py --device cuda --out benchmark.md
     python scripts/benchmark.py --root ~/data          # also full MNIST, if ~/data holds it
 
-Three loops train the identical model (built from genlab's config), optimizer and batch size:
+Four loops train the identical model (built from genlab's config), optimizer and batch size:
 
 - genlab: `Trainer.fit` with its default logging, sample and checkpoint intervals, guards, EMA
   off. Only the fit is timed, not the setup.
 - bare: the floor, a plain loop over the same device-resident uint8 images with random indices,
   the same losses, and no logging or guards.
-- dataloader: how reference scripts load data, a `DataLoader` (2 workers, shuffling) over PIL
-  images with torchvision's `ToTensor` and `Normalize` (and `Resize` at 64 px), then the bare step.
+- reference: the bare step fed the way each model's reference script reads MNIST: a shuffling
+  `DataLoader` over PIL images through torchvision transforms, with that script's transforms and
+  workers (`REFERENCE`): PyTorch-GAN's gan.py and cgan.py (`Resize`, `ToTensor`, `Normalize`, no
+  workers), the PyTorch examples' dcgan (the same transforms, 2 workers) and vae (`ToTensor` only,
+  no workers; 1 worker with pinned memory on CUDA).
+- dataloader: a tuned version of that loop, the same for every model: 2 forked workers, `ToTensor`
+  and `Normalize` (and `Resize` where the model size differs from 28 px).
 
 Each measurement runs in its own process, so its peak memory (resident set, or CUDA allocation) is
 its own. The ratios come from one run on one machine. Compare them, not absolute times, across
@@ -25,6 +30,7 @@ import multiprocessing as mp
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 
@@ -33,8 +39,42 @@ CASES = {  # name: (model, dataset, image size, batch size)
     "cgan": ("cgan", "mnist5k", 28, 64),
     "dcgan": ("dcgan", "mnist5k", 28, 64),
     "vae": ("vae", "mnist5k", 28, 64),
+    "vae_mlp": ("vae_mlp", "mnist5k", 28, 64),
     "dcgan64": ("dcgan", "mnist5k", 64, 64),
 }
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How a training script reads MNIST: torchvision transforms on each PIL image, batched by a
+    shuffling `DataLoader`."""
+
+    script: str
+    resize: bool  # `Resize(size)` even at the stored size, as PyTorch-GAN and the DCGAN example do
+    normalize: bool  # `Normalize((0.5,), (0.5,))` per image; else the batch is mapped to [-1, 1]
+    workers: int
+    cuda_workers: int | None = None  # and pinned memory, for scripts that add them on CUDA
+
+    def loader_kwargs(self, cuda: bool) -> dict:
+        kwargs = {"num_workers": self.workers}
+        if cuda and self.cuda_workers is not None:
+            kwargs = {"num_workers": self.cuda_workers, "pin_memory": True}
+        if kwargs["num_workers"] and platform.system() == "Linux":
+            # forked, as from a script's main process (this measurement runs in a spawned one)
+            kwargs["multiprocessing_context"] = "fork"
+        return kwargs
+
+
+REFERENCE = {  # model: how its reference script loads MNIST
+    "gan": Loading("PyTorch-GAN gan.py", resize=True, normalize=True, workers=0),
+    "cgan": Loading("PyTorch-GAN cgan.py", resize=True, normalize=True, workers=0),
+    "dcgan": Loading("PyTorch examples dcgan", resize=True, normalize=True, workers=2),
+    "vae": Loading(
+        "PyTorch examples vae", resize=False, normalize=False, workers=0, cuda_workers=1
+    ),
+}
+REFERENCE["vae_mlp"] = REFERENCE["vae"]  # the example's own (fully connected) network
+TUNED = Loading("DataLoader, 2 workers", resize=False, normalize=True, workers=2)
 
 
 def _build(model_name: str, dataset: str, size: int, batch: int, device: str, root: str | None):
@@ -153,29 +193,30 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
             _bare_step(model, loss, opts, real, None if labels_all is None else labels_all[idx])
         sync()
         seconds = time.perf_counter() - start
-    else:  # dataloader + torchvision transforms
+    else:  # DataLoader + torchvision transforms
         from torch.utils.data import DataLoader
         from torchvision import transforms
 
+        how = REFERENCE[model_name] if variant == "reference" else TUNED
         _, raw = _build(model_name, dataset, 28, batch, device_name, root)  # decoded at 28 px
-        steps_tf = [transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]
-        if raw.image_size != size:
+        steps_tf = [transforms.ToTensor()]
+        if how.resize or raw.image_size != size:
             steps_tf.insert(0, transforms.Resize(size))
-        tf = transforms.Compose(steps_tf)
-
+        if how.normalize:
+            steps_tf.append(transforms.Normalize((0.5,), (0.5,)))
         loader = DataLoader(
-            PILImages(raw.images, raw.labels, tf),
+            PILImages(raw.images, raw.labels, transforms.Compose(steps_tf)),
             batch_size=batch,
             shuffle=True,
-            num_workers=2,
             drop_last=True,
-            # as from a script's main process (this measurement runs in a spawned one)
-            multiprocessing_context="fork" if platform.system() == "Linux" else None,
+            **how.loader_kwargs(device.type == "cuda"),
         )
         done, start = 0, time.perf_counter()
         while done < steps:
             for real, labels in loader:
                 real, labels = real.to(device), labels.to(device)
+                if not how.normalize:
+                    real = real * 2 - 1
                 _bare_step(model, loss, opts, real, labels)
                 done += 1
                 if done == steps:
@@ -212,7 +253,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="gan,cgan,dcgan,vae,dcgan64")
+    parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument(
         "--steps",
         type=int,
@@ -243,12 +284,14 @@ def main() -> None:
         + f"; torch {torch.__version__}; {args.steps} steps per measurement "
         f"(dcgan64: {args.steps // 5}), the fastest of {args.repeats} for genlab and bare.",
         "",
-        "| model | genlab ms/step | bare ms/step | genlab / bare | DataLoader ms/step "
-        "| genlab images/s | DataLoader images/s | genlab speed-up vs DataLoader "
-        "| peak MB genlab / bare / DataLoader |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | genlab ms/step | bare ms/step | genlab / bare | reference script's loading "
+        "| reference ms/step | DataLoader, 2 workers ms/step | genlab images/s "
+        "| genlab speed-up vs reference | vs 2 workers "
+        "| peak MB genlab / bare / reference / 2 workers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
+    cuda = args.device.startswith("cuda")
     for name, case in cases.items():
         steps = args.steps // 5 if case[2] >= 64 else args.steps
         runs: dict[str, list[dict]] = {"genlab": [], "bare": []}
@@ -256,14 +299,19 @@ def main() -> None:
             for variant, results in runs.items():
                 results.append(measure(variant, case, steps, args.device, args.root))
         r = {v: min(results, key=lambda m: m["ms"]) for v, results in runs.items()}
-        r["dataloader"] = measure("dataloader", case, steps, args.device, args.root)
+        for variant in ("reference", "dataloader"):
+            r[variant] = measure(variant, case, steps, args.device, args.root)
+        how = REFERENCE[case[0]]
+        workers = how.loader_kwargs(cuda)["num_workers"]
         row = (
             f"| {name} | {r['genlab']['ms']:.2f} | {r['bare']['ms']:.2f} "
-            f"| {r['genlab']['ms'] / r['bare']['ms']:.3f} | {r['dataloader']['ms']:.2f} "
-            f"| {r['genlab']['images_per_s']:.0f} | {r['dataloader']['images_per_s']:.0f} "
+            f"| {r['genlab']['ms'] / r['bare']['ms']:.3f} "
+            f"| {how.script}, {workers} worker{'s' * (workers != 1)} "
+            f"| {r['reference']['ms']:.2f} | {r['dataloader']['ms']:.2f} "
+            f"| {r['genlab']['images_per_s']:.0f} "
+            f"| {r['reference']['ms'] / r['genlab']['ms']:.2f}x "
             f"| {r['dataloader']['ms'] / r['genlab']['ms']:.2f}x "
-            f"| {r['genlab']['peak_mb']:.0f} / {r['bare']['peak_mb']:.0f} "
-            f"/ {r['dataloader']['peak_mb']:.0f} |"
+            f"| {' / '.join(str(round(m['peak_mb'])) for m in r.values())} |"
         )
         lines.append(row)
         print(row, flush=True)
