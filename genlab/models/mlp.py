@@ -18,6 +18,11 @@ def _embedding(num_classes: int, embed_dim: int) -> nn.Embedding | None:
     return nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
 
 
+def _check_hidden(hidden: Sequence[int]) -> None:
+    if not hidden or min(hidden) < 1:
+        raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+
+
 def _join(x: Tensor, embed: nn.Embedding | None, labels: Tensor | None) -> Tensor:
     if embed is None:
         return x
@@ -40,8 +45,7 @@ class MLPGenerator(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+        _check_hidden(hidden)
         self.shape = (channels, image_size, image_size)
         self.embed = _embedding(num_classes, embed_dim)
         layers: list[nn.Module] = []
@@ -69,8 +73,7 @@ class MLPDiscriminator(nn.Module):
         embed_dim: int = 10,
     ) -> None:
         super().__init__()
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+        _check_hidden(hidden)
         self.embed = _embedding(num_classes, embed_dim)
         layers: list[nn.Module] = []
         width = channels * image_size * image_size + (embed_dim if self.embed else 0)
@@ -85,10 +88,10 @@ class MLPDiscriminator(nn.Module):
         return self.net(_join(x.flatten(1), self.embed, labels)).squeeze(1)
 
 
-def _relu_layers(sizes: Sequence[int], hidden: Sequence[int]) -> list[nn.Module]:
-    """Linear layers through `sizes` with a ReLU after each; `hidden` is checked as given."""
-    if not hidden or min(hidden) < 1:
-        raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+def _relu_layers(width: int, hidden: Sequence[int]) -> list[nn.Module]:
+    """Linear layers from `width` through the `hidden` sizes, each followed by a ReLU."""
+    _check_hidden(hidden)
+    sizes = [width, *hidden]
     return [m for a, b in pairwise(sizes) for m in (nn.Linear(a, b), nn.ReLU(True))]
 
 
@@ -99,9 +102,10 @@ class MLPEncoder(nn.Sequential):
     def __init__(
         self, channels: int, image_size: int, latent_dim: int, hidden: Sequence[int] = (400,)
     ) -> None:
-        sizes = [channels * image_size * image_size, *hidden]
         super().__init__(
-            nn.Flatten(), *_relu_layers(sizes, hidden), nn.Linear(sizes[-1], 2 * latent_dim)
+            nn.Flatten(),
+            *_relu_layers(channels * image_size * image_size, hidden),
+            nn.Linear(hidden[-1], 2 * latent_dim),
         )
 
 
@@ -112,9 +116,8 @@ class MLPDecoder(nn.Sequential):
     def __init__(
         self, channels: int, image_size: int, latent_dim: int, hidden: Sequence[int] = (400,)
     ) -> None:
-        sizes = [latent_dim, *hidden]
         super().__init__(
-            *_relu_layers(sizes, hidden),
-            nn.Linear(sizes[-1], channels * image_size * image_size),
+            *_relu_layers(latent_dim, hidden),
+            nn.Linear(hidden[-1], channels * image_size * image_size),
             nn.Unflatten(1, (channels, image_size, image_size)),
         )

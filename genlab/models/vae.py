@@ -146,14 +146,11 @@ class VAE(nn.Module):
         }
 
 
-def _positive(**sizes: int) -> None:
-    for name, value in sizes.items():
+def _conv_side(image_size: int, features: int, hidden: int) -> int:
+    """The side after two stride-2 convolutions, once the sizes are checked."""
+    for name, value in (("features", features), ("hidden", hidden)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-def _quarter(image_size: int) -> int:
-    """The side after two stride-2 convolutions."""
     if image_size % 4:
         raise ValueError(
             f"the convolutional VAE needs an image size divisible by 4, got {image_size} "
@@ -169,8 +166,7 @@ class ConvEncoder(nn.Sequential):
     def __init__(
         self, channels: int, image_size: int, latent_dim: int, features: int = 32, hidden: int = 256
     ) -> None:
-        _positive(features=features, hidden=hidden)
-        side, f = _quarter(image_size), features
+        side, f = _conv_side(image_size, features, hidden), features
         super().__init__(
             nn.Conv2d(channels, f, 4, 2, 1),
             nn.ReLU(True),
@@ -189,8 +185,7 @@ class ConvDecoder(nn.Sequential):
     def __init__(
         self, channels: int, image_size: int, latent_dim: int, features: int = 32, hidden: int = 256
     ) -> None:
-        _positive(features=features, hidden=hidden)
-        side, f = _quarter(image_size), features
+        side, f = _conv_side(image_size, features, hidden), features
         super().__init__(
             nn.Linear(latent_dim, hidden),
             nn.ReLU(True),
