@@ -36,7 +36,9 @@ def png_bytes(grid: Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def save_png(grid: Tensor, path: Path) -> None:
-    """Write `grid` (see `png_bytes`) to `path`."""
+def save_png(grid: Tensor, path: Path) -> bytes:
+    """Write `grid` (see `png_bytes`) to `path`; return the PNG's bytes."""
+    png = png_bytes(grid)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(grid))
+    path.write_bytes(png)
+    return png

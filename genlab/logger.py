@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from torch import Tensor
-
-from genlab.images import png_bytes
 
 
 class NullLogger:
@@ -20,7 +16,7 @@ class NullLogger:
     def log_scalars(self, values: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_image(self, tag: str, image: Tensor, step: int) -> None:
+    def log_png(self, tag: str, png: bytes, shape: Sequence[int], step: int) -> None:
         pass
 
     def log_hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
@@ -54,17 +50,17 @@ class TensorBoardLogger(NullLogger):
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
-    def log_image(self, tag: str, image: Tensor, step: int) -> None:
-        """A (C, H, W) grid in [0, 1], as the PNG the run folder gets (`add_image` would encode it
-        again, several times slower)."""
+    def log_png(self, tag: str, png: bytes, shape: Sequence[int], step: int) -> None:
+        """An image already encoded as PNG, of (C, H, W) `shape`: the run folder's own sample grid
+        (`add_image` would encode it again, several times slower). Safe from another thread."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        channels, height, width = image.shape
-        png = Summary.Image(
-            height=height, width=width, colorspace=channels, encoded_image_string=png_bytes(image)
+        channels, height, width = shape
+        image = Summary.Image(
+            height=height, width=width, colorspace=channels, encoded_image_string=png
         )
         self.writer.file_writer.add_summary(
-            Summary(value=[Summary.Value(tag=tag, image=png)]), step
+            Summary(value=[Summary.Value(tag=tag, image=image)]), step
         )
 
     def log_hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:

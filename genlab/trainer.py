@@ -6,6 +6,7 @@ It knows nothing of model families: each family (GAN, VAE) provides `train_step`
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +25,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from genlab import distributed
+from genlab.background import BackgroundWriter
 from genlab.checkpoint import (
     copy_checkpoint,
     prune,
@@ -196,6 +199,7 @@ class Trainer:
         if procs.distributed:
             model.distribute(distributed.wrapper(device))
         ckpt_dir = run_dir / "checkpoints"
+        writer = BackgroundWriter()  # checkpoints and grids go to disk while training goes on
 
         guarded_since = start + 1
 
@@ -211,7 +215,9 @@ class Trainer:
             )
             where = f"step {step}" if window[0] == step else f"steps {window[0]}-{step}"
             if self.on_nan == "stop":
-                raise _nan_stop(f"{where}: {what} (skipped: the weights are untouched)", ckpt_dir)
+                raise _nan_stop(
+                    f"{where}: {what} (skipped: the weights are untouched)", ckpt_dir, writer
+                )
             skipped += sum(counts.values())
             log.warning("%s: %s; skipped (%d so far)", where, what, skipped)
             logger.log_scalars({"guard/skipped_updates": skipped}, step)
@@ -221,7 +227,8 @@ class Trainer:
             path = ckpt_dir / f"step_{step:07d}.pt"
             rngs = distributed.gather(rng_state(), procs)
             if procs.main:
-                save_checkpoint(
+                # a copy, on the device: the next steps change the weights while it is written
+                state = copy.deepcopy(
                     {
                         "step": step,
                         "model": model.state_dict(),
@@ -233,11 +240,9 @@ class Trainer:
                         **({"rng_ranks": rngs} if procs.distributed else {}),
                         "skipped": skipped,
                         **(extra_state or {}),
-                    },
-                    path,
+                    }
                 )
-                copy_checkpoint(path, ckpt_dir / "last.pt")
-                prune(ckpt_dir, self.keep_last)
+                writer.submit(partial(_write_checkpoint, state, path, self.keep_last))
             return path
 
         log.info("%d steps of %d images", total, images_per_step)
@@ -250,7 +255,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_start, window_steps = time.perf_counter(), 0
-        with _stop_requests() as stop, warnings.catch_warnings():
+        with _stop_requests() as stop, warnings.catch_warnings(), writer:
             # a frozen network, or a skipped update, steps its scheduler without its optimizer
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             for step in range(start + 1, total + 1):
@@ -260,7 +265,7 @@ class Trainer:
                     metrics = model.train_step(loader, loss, update, metrics=log_step)
                 except NonFiniteError as e:
                     if self.on_nan == "stop":
-                        raise _nan_stop(f"step {step}: {e}", ckpt_dir) from None
+                        raise _nan_stop(f"step {step}: {e}", ckpt_dir, writer) from None
                     skipped += 1
                     log.warning("step %d: %s; skipped (%d so far)", step, e, skipped)
                     logger.log_scalars({"guard/skipped_updates": skipped}, step)
@@ -304,8 +309,8 @@ class Trainer:
                     (self.sample_every and step % self.sample_every == 0) or last_step
                 ):
                     for name, grid in model.sample_grids(fixed, loss).items():
-                        save_png(grid, run_dir / "samples" / f"{name}_{step:07d}.png")
-                        logger.log_image(name, grid, step)
+                        path = run_dir / "samples" / f"{name}_{step:07d}.png"
+                        writer.submit(partial(_write_grid, grid, path, logger, name, step))
                 if (
                     evaluate is not None
                     and procs.main
@@ -327,6 +332,7 @@ class Trainer:
                 )
                 if stopping and not last_step:
                     path = checkpoint(step)
+                    writer.wait()
                     bar.close()
                     signum = stop[0] if stop else signal.SIGTERM
                     (log.warning if procs.main else log.debug)(
@@ -342,6 +348,18 @@ class Trainer:
         return {**values, "step": total}
 
 
+def _write_checkpoint(state: dict[str, Any], path: Path, keep_last: int | None) -> None:
+    """Save `state` to `path`, point `last.pt` at it and prune old periodic checkpoints."""
+    save_checkpoint(state, path)
+    copy_checkpoint(path, path.parent / "last.pt")
+    prune(path.parent, keep_last)
+
+
+def _write_grid(grid: torch.Tensor, path: Path, logger: NullLogger, tag: str, step: int) -> None:
+    """Save a sample grid as a PNG and hand the same PNG to the logger."""
+    logger.log_png(tag, save_png(grid, path), grid.shape, step)
+
+
 def set_determinism(deterministic: bool, device: torch.device) -> None:
     """Deterministic kernels (for bit-identical runs on CUDA), or cuDNN's fastest algorithms."""
     if deterministic and device.type == "cuda":
@@ -350,8 +368,10 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
 
-def _nan_stop(what: str, ckpt_dir: Path) -> GenlabError:
-    """The error that ends a run at a non-finite update (`trainer.on_nan=stop`)."""
+def _nan_stop(what: str, ckpt_dir: Path, writer: BackgroundWriter) -> GenlabError:
+    """The error that ends a run at a non-finite update (`trainer.on_nan=stop`), once the
+    checkpoints being written are on disk."""
+    writer.wait()
     last = ckpt_dir / "last.pt"
     kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
     return GenlabError(

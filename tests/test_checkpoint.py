@@ -1,10 +1,13 @@
-"""Checkpoints are written atomically and loaded without running code from the file."""
+"""Checkpoints are written atomically, in the background, and loaded without running code from
+the file."""
 
 import os
+import time
 
 import pytest
 import torch
 
+from genlab.background import BackgroundWriter
 from genlab.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from genlab.errors import GenlabError
 
@@ -73,3 +76,28 @@ def test_last_is_a_hard_link_that_survives_pruning(tmp_path):
     step.unlink()
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(3))
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_background_writer_runs_jobs_in_order_and_waits_on_exit():
+    done = []
+    with BackgroundWriter(pending=1) as writer:
+        for i in range(5):
+            writer.submit(lambda i=i: (time.sleep(0.01), done.append(i)))
+    assert done == [0, 1, 2, 3, 4]
+
+
+def test_background_failure_is_raised_in_the_caller_and_later_jobs_are_dropped():
+    done = []
+    with pytest.raises(OSError, match="disk full"), BackgroundWriter() as writer:
+        writer.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
+        writer.submit(lambda: done.append("after"))
+        writer.wait()
+    assert done == []
+
+
+def test_leaving_on_an_exception_still_writes_what_was_submitted():
+    done = []
+    with pytest.raises(KeyboardInterrupt), BackgroundWriter() as writer:
+        writer.submit(lambda: (time.sleep(0.2), done.append("saved")))
+        raise KeyboardInterrupt
+    assert done == ["saved"]

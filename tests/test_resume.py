@@ -303,3 +303,23 @@ def test_streamed_image_folder_resumes_bit_identically(tmp_path):
         *FAST,
     ]
     assert_resume_is_bit_identical(common, tmp_path, total=5)
+
+
+def test_a_checkpoint_holds_its_step_while_a_slow_disk_writes_it(tmp_path, monkeypatch):
+    """Checkpoints are written while training goes on: the file of step 2 holds step 2's weights
+    although the disk takes a second to start writing it (steps 3 and 4 run meanwhile)."""
+    from genlab import trainer
+
+    save = trainer.save_checkpoint
+
+    def save_late(state, path):
+        time.sleep(1)
+        save(state, path)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_late)
+    train(make_cfg("model=gan", *FAST, "trainer.max_steps=4"), run_dir=tmp_path / "long")
+    monkeypatch.undo()
+    train(make_cfg("model=gan", *FAST, "trainer.max_steps=2"), run_dir=tmp_path / "short")
+    early = load_checkpoint(tmp_path / "long" / "checkpoints" / "step_0000002.pt")
+    assert_identical(early, weights(tmp_path / "short"))
+    assert weights(tmp_path / "long")["step"] == 4
