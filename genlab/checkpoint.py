@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -38,6 +39,19 @@ def _replace_atomically(path: Path, write) -> None:
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` so that a crash at any moment leaves the old file intact."""
     _replace_atomically(path, lambda f: torch.save(state, f))
+
+
+def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """`state` as the bytes of a checkpoint file: a snapshot that later changes to its tensors
+    do not touch, for `write_atomically` in another thread."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def write_atomically(data: bytes, path: Path) -> None:
+    """Write `data` to `path` so that a crash at any moment leaves the old file intact."""
+    _replace_atomically(path, lambda f: f.write(data))
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:

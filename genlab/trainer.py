@@ -6,7 +6,6 @@ It knows nothing of model families: each family (GAN, VAE) provides `train_step`
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -27,12 +26,13 @@ from tqdm.auto import tqdm
 from genlab import distributed
 from genlab.background import BackgroundWriter
 from genlab.checkpoint import (
+    checkpoint_bytes,
     copy_checkpoint,
     prune,
     rng_state,
-    save_checkpoint,
     seed_everything,
     set_rng_state,
+    write_atomically,
 )
 from genlab.data import DeviceLoader, ImageData, ImageFiles, StreamLoader
 from genlab.data.loader import normalize
@@ -199,7 +199,7 @@ class Trainer:
         if procs.distributed:
             model.distribute(distributed.wrapper(device))
         ckpt_dir = run_dir / "checkpoints"
-        writer = BackgroundWriter()  # checkpoints and grids go to disk while training goes on
+        writer = BackgroundWriter()  # checkpoint files are written while training goes on
 
         guarded_since = start + 1
 
@@ -227,8 +227,8 @@ class Trainer:
             path = ckpt_dir / f"step_{step:07d}.pt"
             rngs = distributed.gather(rng_state(), procs)
             if procs.main:
-                # a copy, on the device: the next steps change the weights while it is written
-                state = copy.deepcopy(
+                # serialized here: the next steps change the weights while the bytes are written
+                data = checkpoint_bytes(
                     {
                         "step": step,
                         "model": model.state_dict(),
@@ -242,7 +242,7 @@ class Trainer:
                         **(extra_state or {}),
                     }
                 )
-                writer.submit(partial(_write_checkpoint, state, path, self.keep_last))
+                writer.submit(partial(_write_checkpoint, data, path, self.keep_last))
             return path
 
         log.info("%d steps of %d images", total, images_per_step)
@@ -310,7 +310,7 @@ class Trainer:
                 ):
                     for name, grid in model.sample_grids(fixed, loss).items():
                         path = run_dir / "samples" / f"{name}_{step:07d}.png"
-                        writer.submit(partial(_write_grid, grid, path, logger, name, step))
+                        logger.log_png(name, save_png(grid, path), grid.shape, step)
                 if (
                     evaluate is not None
                     and procs.main
@@ -348,16 +348,12 @@ class Trainer:
         return {**values, "step": total}
 
 
-def _write_checkpoint(state: dict[str, Any], path: Path, keep_last: int | None) -> None:
-    """Save `state` to `path`, point `last.pt` at it and prune old periodic checkpoints."""
-    save_checkpoint(state, path)
+def _write_checkpoint(data: bytes, path: Path, keep_last: int | None) -> None:
+    """Write a serialized checkpoint to `path`, point `last.pt` at it and prune old periodic
+    checkpoints."""
+    write_atomically(data, path)
     copy_checkpoint(path, path.parent / "last.pt")
     prune(path.parent, keep_last)
-
-
-def _write_grid(grid: torch.Tensor, path: Path, logger: NullLogger, tag: str, step: int) -> None:
-    """Save a sample grid as a PNG and hand the same PNG to the logger."""
-    logger.log_png(tag, save_png(grid, path), grid.shape, step)
 
 
 def set_determinism(deterministic: bool, device: torch.device) -> None:

@@ -310,13 +310,13 @@ def test_a_checkpoint_holds_its_step_while_a_slow_disk_writes_it(tmp_path, monke
     although the disk takes a second to start writing it (steps 3 and 4 run meanwhile)."""
     from genlab import trainer
 
-    save = trainer.save_checkpoint
+    write = trainer.write_atomically
 
-    def save_late(state, path):
+    def write_late(data, path):
         time.sleep(1)
-        save(state, path)
+        write(data, path)
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_late)
+    monkeypatch.setattr(trainer, "write_atomically", write_late)
     train(make_cfg("model=gan", *FAST, "trainer.max_steps=4"), run_dir=tmp_path / "long")
     monkeypatch.undo()
     train(make_cfg("model=gan", *FAST, "trainer.max_steps=2"), run_dir=tmp_path / "short")
