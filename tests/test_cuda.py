@@ -40,13 +40,23 @@ def test_cuda_resume_is_bit_identical(setup, tmp_path):
     assert_resume_is_bit_identical([*setup, *FAST, *CUDA, "dataset=digits"], tmp_path)
 
 
-@pytest.mark.parametrize("model", ["gan", "dcgan", "vae"])
-def test_cuda_training_step_never_waits_for_the_gpu(model):
-    """Between logging steps a step queues its kernels without one host sync (guard included)."""
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ["model=gan"],
+        ["model=dcgan"],
+        ["model=vae"],
+        ["model=dcgan", "model.ema_decay=0.9", "model.ema_start=1"],  # starts at the 2nd step
+    ],
+    ids=["gan", "dcgan", "vae", "dcgan_ema"],
+)
+def test_cuda_training_step_never_waits_for_the_gpu(setup):
+    """Between logging steps a step queues its kernels without one host sync (guard and EMA
+    included: the EMA's first average and the ones after)."""
     from genlab.config import build, build_model
     from genlab.data.loader import DeviceLoader
 
-    cfg = make_cfg(f"model={model}", "dataset=digits")
+    cfg = make_cfg(*setup, "dataset=digits")
     data = build(cfg.dataset, "dataset")
     device = torch.device("cuda")
     net = build_model(cfg.model, data).to(device)

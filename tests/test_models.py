@@ -105,3 +105,45 @@ def test_conv_vae_refuses_sizes_not_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4, got 30 .model=vae_mlp takes any size"):
         VAE(ConvEncoder, ConvDecoder, channels=1, image_size=30)
     VAE(MLPEncoder, MLPDecoder, channels=1, image_size=30)
+
+
+def test_ema_matches_torchs_averaged_model():
+    """The sync-free EMA gives what torch's `AveragedModel` with `get_ema_multi_avg_fn` gives:
+    nothing before `ema_start`, a copy of G at the first average, then decay * EMA + 0.1 * G
+    (weights and BatchNorm statistics; its batch count is G's)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from genlab.config import build, build_model
+    from genlab.data.loader import DeviceLoader
+    from genlab.optim import Updater
+    from tests.conftest import make_cfg
+
+    cfg = make_cfg("model=dcgan", "dataset=digits", "model.ema_decay=0.9", "model.ema_start=2")
+    data = build(cfg.dataset, "dataset")
+    torch.manual_seed(0)
+    net = build_model(cfg.model, data)
+    loss = build(cfg.loss, "loss")
+    cpu = torch.device("cpu")
+    update = Updater(net.configure_optimizers(build(cfg.optimizer, "optimizer")), cpu)
+    reference = AveragedModel(
+        net.generator, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True
+    )
+    untouched = [t.clone() for t in net.generator_ema.module.state_dict().values()]
+    loader = DeviceLoader(data, 16, cpu)
+    for step in range(1, 6):
+        net.train_step(loader, loss, update, metrics=False)
+        ema = net.generator_ema.module.state_dict()
+        if step <= 2:
+            assert all(torch.equal(a, b) for a, b in zip(ema.values(), untouched, strict=True))
+            continue
+        reference.update_parameters(net.generator)
+        g = net.generator.state_dict()
+        for key, value in reference.module.state_dict().items():
+            if not value.is_floating_point():  # BatchNorm's batch count: G's
+                assert torch.equal(ema[key], g[key]), key
+            elif step == 3:
+                assert torch.equal(ema[key], g[key]) and torch.equal(value, g[key]), key
+            else:
+                torch.testing.assert_close(ema[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    assert int(net.generator_ema.n_averaged) == int(reference.n_averaged) == 3
+    assert not torch.equal(ema["net.0.weight"], net.generator.state_dict()["net.0.weight"])

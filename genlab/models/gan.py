@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from genlab.data.loader import Batch
 from genlab.images import square_side, to_grid
@@ -48,7 +48,7 @@ class GAN(nn.Module):
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {ema_decay}")
         if ema_start < 0:
             raise ValueError(f"ema_start must be >= 0, got {ema_start}")
-        self.latent_dim, self.ema_start = latent_dim, ema_start
+        self.latent_dim, self.ema_decay, self.ema_start = latent_dim, ema_decay, ema_start
         self.num_classes = num_classes if conditional else 0
         self.generator = generator(
             latent_dim=latent_dim,
@@ -63,12 +63,12 @@ class GAN(nn.Module):
         if init_from:
             finetune.init_from(self, init_from)
         finetune.freeze(self, freeze)
-        # Exponential moving average of G (weights and BatchNorm statistics), used for samples.
+        # Exponential moving average of G (weights and BatchNorm statistics), used for samples;
+        # torch's container (its checkpoint keys), updated by `_update_ema`.
         self.generator_ema = None
         if ema_decay is not None:
-            self.generator_ema = AveragedModel(
-                self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
-            ).requires_grad_(False)
+            self.generator_ema = AveragedModel(self.generator, use_buffers=True)
+            self.generator_ema.requires_grad_(False)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
         self.d_input: Callable[[Tensor], Tensor] = _identity  # DiffAugment, see `set_augment`
@@ -162,8 +162,8 @@ class GAN(nn.Module):
             for p, flag in zip(d_params, trainable, strict=True):
                 p.requires_grad_(flag)
         self.generator_updates += 1
-        if self.generator_ema is not None and self.generator_updates > self.ema_start:
-            self.generator_ema.update_parameters(G)
+        if self.generator_ema is not None:
+            self._update_ema()
 
         values.update({"loss/d": d_loss.detach(), "loss/g": g_loss.detach()})
         if metrics:
@@ -177,6 +177,32 @@ class GAN(nn.Module):
                 }
             )
         return values
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """After `ema_start` generator updates, EMA = decay * EMA + (1 - decay) * G, starting from
+        a copy of G: torch's `AveragedModel` with `get_ema_multi_avg_fn`, without its host sync
+        on `n_averaged` (the weight of G is a device tensor: 0 before the start, then 1, then
+        1 - decay). Integer buffers (BatchNorm's batch count) are copied."""
+        ema = self.generator_ema
+        started = self.generator_updates > self.ema_start
+        weight = torch.where(ema.n_averaged == 0, 1.0, 1.0 - self.ema_decay) * started
+        pairs = zip(
+            [*ema.module.parameters(), *ema.module.buffers()],
+            [*self.generator.parameters(), *self.generator.buffers()],
+            strict=True,
+        )
+        averaged, current = [], []
+        for e, g in pairs:
+            if e.is_floating_point():
+                averaged.append(e)
+                current.append(g.detach())
+            else:
+                e.copy_(torch.where(started, g, e))
+        if averaged:  # exact at the ends: weight 0 keeps EMA, weight 1 copies G
+            torch._foreach_mul_(averaged, 1.0 - weight)
+            torch._foreach_add_(averaged, torch._foreach_mul(current, weight))
+        ema.n_averaged += started
 
     # --- sampling -------------------------------------------------------------------------------
 
