@@ -194,6 +194,19 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
+def saved_config(state: dict[str, Any]) -> DictConfig:
+    """The run config a checkpoint holds, in today's layout. Runs written before the VAE took
+    its networks from config kept the convolutional networks' `features` and `hidden` on the
+    model node itself: they become `model.encoder` and `model.decoder` (`model=vae`)."""
+    cfg = OmegaConf.create(state["config"])
+    model = cfg.get("model") or {}
+    if model.get("_target_") == "genlab.models.VAE" and "encoder" not in model:
+        sizes = {k: model.pop(k) for k in ("features", "hidden") if k in model}
+        for part, net in (("encoder", "ConvEncoder"), ("decoder", "ConvDecoder")):
+            model[part] = {"_target_": f"genlab.models.vae.{net}", "_partial_": True, **sizes}
+    return cfg
+
+
 def meaning_changes(saved: DictConfig, current: DictConfig) -> list[str]:
     """`key: old -> new` for each key that changes what a checkpoint means."""
     old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (saved, current))

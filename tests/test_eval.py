@@ -166,3 +166,28 @@ def test_inception_features_load_safely_and_give_2048_dims(tmp_path, monkeypatch
     features = inception.InceptionFeatures(path)
     out = features(torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8))
     assert out.shape == (2, 2048) and torch.isfinite(out).all()
+
+
+def test_a_vae_run_from_before_configured_networks_evaluates_and_resumes(runs, tmp_path):
+    """Runs written when the VAE kept `features` and `hidden` on the model node load into
+    today's `model=vae` (same weights) and resume without a config-change refusal."""
+    from omegaconf import OmegaConf
+
+    from genlab.checkpoint import load_checkpoint, save_checkpoint
+    from genlab.commands.eval import load_run
+
+    state = load_checkpoint(runs / "vae" / "checkpoints" / "last.pt")
+    cfg = OmegaConf.create(state["config"])
+    encoder = cfg.model.pop("encoder")
+    cfg.model.pop("decoder")
+    cfg.model.features, cfg.model.hidden = encoder.features, encoder.hidden
+    state["config"] = OmegaConf.to_container(cfg)
+    old = tmp_path / "old"
+    save_checkpoint(state, old / "checkpoints" / "last.pt")
+
+    model, _, run_cfg, _ = load_run(str(old), CPU)
+    assert run_cfg.model.decoder._target_ == "genlab.models.vae.ConvDecoder"
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
+    more = make_cfg("model=vae", "dataset=digits", "trainer=smoke", "trainer.max_steps=21")
+    more.trainer.resume = "auto"
+    assert train(more, run_dir=old)["step"] == 21

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from genlab.checkpoint import find_resume, load_checkpoint
-from genlab.config import CONF_DIR, build, build_model, check_config
+from genlab.config import CONF_DIR, build, build_model, check_config, saved_config
 from genlab.errors import GenlabError
 from genlab.evaluation import Report, format_table
 
@@ -30,7 +30,7 @@ def load_run(run: str, device) -> tuple[Any, Any, DictConfig, dict]:
     state = load_checkpoint(path)
     if "config" not in state:
         raise GenlabError(f"{path} holds no run config; it was not written by genlab train")
-    cfg = OmegaConf.create(state["config"])
+    cfg = saved_config(state)
     data = build(cfg.dataset, "dataset")
     model = build_model(cfg.model, data)
     try:

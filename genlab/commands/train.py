@@ -21,7 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from genlab import distributed
 from genlab import record as record_lib
 from genlab.checkpoint import find_resume, load_checkpoint, seed_everything
-from genlab.config import CONF_DIR, build, build_model, check_config, choice, meaning_changes
+from genlab.config import (
+    CONF_DIR,
+    build,
+    build_model,
+    check_config,
+    choice,
+    meaning_changes,
+    saved_config,
+)
 from genlab.distributed import Processes
 from genlab.errors import ConfigError
 from genlab.logger import NullLogger
@@ -64,7 +72,7 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
     resume_from = find_resume(trainer.resume, run_dir)
     state = load_checkpoint(resume_from) if resume_from else None
     if state is not None:
-        changes = meaning_changes(OmegaConf.create(state["config"]), cfg)
+        changes = meaning_changes(saved_config(state), cfg)
         if changes and not trainer.force_resume:
             raise ConfigError(
                 f"the config differs from the checkpoint {resume_from} in what it means:\n  "
