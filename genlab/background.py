@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 class BackgroundWriter:
     """Runs jobs in one thread, in the order submitted. `wait` blocks until all are done and
     raises the first failure in the caller's thread; after a failure, later jobs are dropped.
-    At most `pending` jobs wait (a slow disk holds the loop back instead of filling memory).
+    Besides the running job, at most `pending` wait: a disk slower than the checkpoint interval
+    holds the loop back instead of filling memory with checkpoints.
     As a context manager, leaving waits for every job, also when an exception is leaving."""
 
-    def __init__(self, pending: int = 4) -> None:
+    def __init__(self, pending: int = 1) -> None:
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="genlab-writer", daemon=True)

@@ -323,3 +323,17 @@ def test_a_checkpoint_holds_its_step_while_a_slow_disk_writes_it(tmp_path, monke
     early = load_checkpoint(tmp_path / "long" / "checkpoints" / "step_0000002.pt")
     assert_identical(early, weights(tmp_path / "short"))
     assert weights(tmp_path / "long")["step"] == 4
+
+
+def test_a_failed_background_write_stops_the_run(tmp_path, monkeypatch):
+    """A checkpoint that cannot be written (a full disk) ends the run with that error, at the
+    latest when the run ends, instead of being lost in the writer thread."""
+    from genlab import trainer
+
+    def full_disk(data, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer, "write_atomically", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(make_cfg("model=gan", *FAST, "trainer.max_steps=4"), run_dir=tmp_path)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
