@@ -52,7 +52,7 @@ class TensorBoardLogger(NullLogger):
 
     def log_png(self, tag: str, png: bytes, shape: Sequence[int], step: int) -> None:
         """An image already encoded as PNG, of (C, H, W) `shape`: the run folder's own sample grid
-        (`add_image` would encode it again, several times slower). Safe from another thread."""
+        (`add_image` would encode it again, several times slower)."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         channels, height, width = shape
