@@ -137,7 +137,8 @@ def test_loader_batches_are_in_minus_one_one():
     assert sorted(x.flatten().tolist()) == [-1.0, 1.0]
 
 
-def test_decoded_sets_are_cached_as_uint8_tensors(tmp_path):
+def test_decoded_sets_are_cached_as_uint8_tensors(tmp_path, caplog):
+    from genlab.checkpoint import save_checkpoint
     from genlab.data.datasets import cached
 
     calls = []
@@ -146,14 +147,54 @@ def test_decoded_sets_are_cached_as_uint8_tensors(tmp_path):
         calls.append(1)
         return _toy(6)
 
-    first = cached(tmp_path, "toy-train-2px", make)
-    again = cached(tmp_path, "toy-train-2px", make)
+    def load():
+        return cached(tmp_path, "toy-train-2px", make, channels=1, image_size=2, split="train")
+
+    first, again = load(), load()
     assert len(calls) == 1 and (tmp_path / "toy-train-2px.pt").is_file()
     assert torch.equal(first.images, again.images) and again.images.dtype == torch.uint8
     assert torch.equal(first.labels, again.labels) and again.num_classes == 3
     (tmp_path / "toy-train-2px.pt").write_bytes(b"truncated")  # a broken cache is rebuilt
-    assert torch.equal(cached(tmp_path, "toy-train-2px", make).images, first.images)
+    assert torch.equal(load().images, first.images)
     assert len(calls) == 2
+    # a cache holding other tensors than the data set's is rebuilt, not trained on
+    wrong = {
+        "bigger images": {**first.__dict__, "images": torch.zeros(6, 1, 3, 3, dtype=torch.uint8)},
+        "float images": {**first.__dict__, "images": first.images.float()},
+        "labels of another length": {**first.__dict__, "labels": first.labels[:2]},
+        "another split": {**first.__dict__, "split": "test"},
+    }
+    for i, (what, state) in enumerate(wrong.items(), start=3):
+        save_checkpoint(state, tmp_path / "toy-train-2px.pt")
+        data = load()
+        assert len(calls) == i, what
+        assert torch.equal(data.images, first.images) and torch.equal(data.labels, first.labels)
+    assert "rebuilding the data cache" in caplog.text
+
+
+def test_a_decompression_bomb_is_refused_naming_its_file(tmp_path):
+    """In memory and streamed by a DataLoader worker alike: one message with the file's name."""
+    root = _random_folder(tmp_path / "images", per_class=10, size=(8, 8))
+    bomb = root / "a" / "bomb.png"
+    Image.new("L", (3000, 3000)).save(bomb)
+    (split,) = [
+        s for s in ("train", "test") if bomb in image_folder(str(root), split=s, stream=True).files
+    ]
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1000  # the bomb is 9,000x over (PIL refuses above 2x)
+    try:
+        with pytest.raises(DataUnavailableError, match=f"cannot read image {bomb}") as e:
+            image_folder(str(root), image_size=8, stream=False, split=split)
+        assert "Traceback" not in str(e.value)
+        files = image_folder(str(root), image_size=8, stream=True, split=split)
+        loader = StreamLoader(files, 1, torch.device("cpu"), num_workers=1)
+        with pytest.raises(DataUnavailableError) as e:
+            for _ in range(len(files)):
+                next(loader)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    message = str(e.value)
+    assert message.startswith(f"cannot read image {bomb}") and "Traceback" not in message
 
 
 def _random_folder(root, classes=("a", "b"), per_class=10, size=(20, 24)):

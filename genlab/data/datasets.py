@@ -9,6 +9,7 @@ torchvision data sets keep torchvision's own download code; offline they read `r
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genlab.errors import DataUnavailableError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TEST_FRACTION = 0.1
@@ -54,22 +57,56 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GENLAB_CACHE", "~/.cache/genlab")).expanduser() / "data"
 
 
-def cached(folder: Path, key: str, make: Callable[[], ImageData]) -> ImageData:
+def cached(
+    folder: Path,
+    key: str,
+    make: Callable[[], ImageData],
+    channels: int,
+    image_size: int,
+    split: str,
+) -> ImageData:
     """`make()` once, then the uint8 tensors from `folder/key.pt` (tensors only, loaded with
-    weights_only; an unreadable cache file is rebuilt)."""
+    weights_only). A cache file that is unreadable, or holds tensors of another shape or type
+    than `channels` x `image_size` x `image_size` uint8 images of `split`, is rebuilt."""
     from genlab.checkpoint import save_checkpoint
 
     path = folder / f"{key}.pt"
     if path.is_file():
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            return ImageData(**state)
-        except Exception:
-            path.unlink(missing_ok=True)
+            data = ImageData(**torch.load(path, map_location="cpu", weights_only=True))
+            problem = _mismatch(data, channels, image_size, split)
+        except Exception as e:
+            problem = f"unreadable ({e})"
+        if problem is None:
+            return data
+        log.warning("rebuilding the data cache %s: %s", path, problem)
+        path.unlink(missing_ok=True)
     data = make()
     with contextlib.suppress(OSError):  # a read-only data folder: work without the cache
         save_checkpoint(dict(data.__dict__), path)
     return data
+
+
+def _mismatch(data: ImageData, channels: int, image_size: int, split: str) -> str | None:
+    """What is wrong with a cached data set, or None."""
+    images, labels = data.images, data.labels
+    shape = (channels, image_size, image_size)
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        return "its images are not a uint8 (N, C, H, W) tensor"
+    if tuple(images.shape[1:]) != shape or not len(images):
+        return f"its images are {tuple(images.shape)}, not (N, {', '.join(map(str, shape))})"
+    if data.split != split:
+        return f"it holds the {data.split} split, not {split}"
+    if labels is not None and (
+        not isinstance(labels, Tensor)
+        or labels.dtype != torch.long
+        or labels.shape != (len(images),)
+        or not data.num_classes
+        or int(labels.min()) < 0
+        or int(labels.max()) >= data.num_classes
+    ):
+        return "its labels do not fit its images and classes"
+    return None
 
 
 def _check_size(image_size: int) -> None:
@@ -137,7 +174,7 @@ def mnist5k(image_size: int = 28, split: Split = "train") -> ImageData:
         images = torch.from_numpy(x.astype(np.uint8)).view(-1, 1, 28, 28)
         return _labelled("mnist5k", images, y, image_size, split, own_split=True)
 
-    return cached(cache_dir(), f"mnist5k-{split}-{image_size}px", make)
+    return cached(cache_dir(), f"mnist5k-{split}-{image_size}px", make, 1, image_size, split)
 
 
 def digits(image_size: int = 32, split: Split = "train") -> ImageData:
@@ -152,12 +189,12 @@ def digits(image_size: int = 32, split: Split = "train") -> ImageData:
         images = torch.from_numpy(np.rint(d.images * (255 / 16)).astype(np.uint8))[:, None]
         return _labelled("digits", images, d.target, image_size, split, own_split=True)
 
-    return cached(cache_dir(), f"digits-{split}-{image_size}px", make)
+    return cached(cache_dir(), f"digits-{split}-{image_size}px", make, 1, image_size, split)
 
 
-def _cached_under(root: str, key: str, make: Callable[[], ImageData]) -> ImageData:
+def _cached_under(root: str, key: str, make: Callable[[], ImageData], *shape) -> ImageData:
     """torchvision sets cache their decoded tensors in `root/genlab-cache/`."""
-    return cached(Path(root).expanduser().resolve() / "genlab-cache", key, make)
+    return cached(Path(root).expanduser().resolve() / "genlab-cache", key, make, *shape)
 
 
 def _torchvision(cls, root: str, download: bool, train: bool):
@@ -189,7 +226,7 @@ def _mnist_like(cls, root: str, download: bool, image_size: int, split: Split) -
         ds = _torchvision(cls, root, download, split == "train")
         return _labelled(name, ds.data[:, None], ds.targets, image_size, split, own_split=False)
 
-    return _cached_under(root, f"{name}-{split}-{image_size}px", make)
+    return _cached_under(root, f"{name}-{split}-{image_size}px", make, 1, image_size, split)
 
 
 def mnist(
@@ -222,7 +259,7 @@ def cifar10(
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         return _labelled("cifar10", images, ds.targets, image_size, split, own_split=False)
 
-    return _cached_under(root, f"cifar10-{split}-{image_size}px", make)
+    return _cached_under(root, f"cifar10-{split}-{image_size}px", make, 3, image_size, split)
 
 
 class ImageFiles:
@@ -270,7 +307,7 @@ def load_image(path: Path, image_size: int, channels: int) -> Tensor:
             im = im.crop((left, top, left + side, top + side))
             im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
             array = np.asarray(im, dtype=np.uint8).reshape(image_size, image_size, channels)
-    except OSError as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataUnavailableError(f"cannot read image {path}: {e}") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from genlab.data.datasets import ImageData, ImageFiles
+from genlab.errors import GenlabError
 
 Batch = tuple[Tensor, Tensor | None]  # images in [-1, 1], labels or None
 
@@ -142,7 +143,15 @@ class StreamLoader(DeviceLoader):
         """The workers' next batch: the same `idx`, as they follow the same order."""
         if self._batches is None:
             self._batches = self._epoch_batches()
-        images, labels = next(self._batches)
+        try:
+            images, labels = next(self._batches)
+        except GenlabError as e:
+            message = str(e).strip()
+            if "Original Traceback" not in message:
+                raise
+            # raised in a worker: DataLoader put its traceback in the message; the last line
+            # is `module.Error: what happened`
+            raise type(e)(message.splitlines()[-1].partition(": ")[2]) from None
         images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
         if self.labels is None:
             return images, None
