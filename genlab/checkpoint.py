@@ -8,28 +8,46 @@ import pickle
 import random
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, writing
+
+
+def _file_mode() -> int:
+    """The mode `open` gives new files under this process's umask (read once, at import)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
 
 
 def _replace_atomically(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, FILE_MODE)  # mkstemp's are private
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -58,32 +76,30 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
     """Atomically make `dst` hold `src`'s bytes (used for `last.pt`): a hard link renamed into
     place (no second write), or a copy where the file system has no hard links."""
     tmp = dst.with_name(f".{dst.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
+    with writing(dst):
         tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
-        def write(f) -> None:
-            with open(src, "rb") as s:
-                shutil.copyfileobj(s, f)
+            def write(f) -> None:
+                with open(src, "rb") as s:
+                    shutil.copyfileobj(s, f)
 
-        _replace_atomically(dst, write)
-        return
-    os.replace(tmp, dst)
-    dir_fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+            _replace_atomically(dst, write)
+            return
+        os.replace(tmp, dst)
+        _sync_folder(dst.parent)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load tensors and plain containers only (`weights_only=True`): a pickle that carries code is
-    refused, a truncated or corrupt file gets a clear error naming it."""
+    refused; a file that is no checkpoint, truncated or corrupt gets a clear error naming it."""
     path = Path(path)
     if not path.is_file():
         raise GenlabError(f"checkpoint {path} does not exist")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -99,10 +115,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def _check_archive(path: Path) -> None:
+    """torch.save writes an uncompressed zip archive: refuse anything else before unpickling (a
+    text file, a truncated download, or compressed entries that could inflate without bound)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise GenlabError(
+            f"{path} is truncated, or not a checkpoint at all: torch.save writes a zip archive, "
+            f"and this file is not one ({e})"
+        ) from None
+    if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries):
+        raise GenlabError(
+            f"{path} is not a checkpoint: it holds compressed entries, which "
+            "torch.save never writes"
+        )
+
+
 def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's (CPU and CUDA) random generators."""
+    """Seed python's, numpy's and torch's (CPU and CUDA) random generators (numpy takes the seed
+    modulo 2**32)."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import signal
 import sys
 
 COMMANDS = {
@@ -42,6 +45,21 @@ def main(argv: list[str] | None = None) -> None:
             f"genlab: unknown command '{command}'; commands: {', '.join(COMMANDS)}", file=sys.stderr
         )
         sys.exit(2)
-    module = importlib.import_module(f"genlab.commands.{command}")
-    sys.argv = [f"genlab {command}", *rest]
-    module.main()
+    signal.signal(signal.SIGTERM, _terminate)  # the training loop catches both signals itself
+    try:
+        module = importlib.import_module(f"genlab.commands.{command}")
+        sys.argv = [f"genlab {command}", *rest]
+        module.main()
+    except KeyboardInterrupt as e:  # outside the training loop, or a second signal in it
+        print(f"genlab {command}: interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit: CPython ends with SIGINT itself, whatever the exit code, when the
+        # interrupt landed in code run by exec (dataclasses build their methods so on import).
+        os._exit(130)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does (its run records it), instead of killing it."""
+    raise KeyboardInterrupt("SIGTERM")

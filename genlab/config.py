@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from genlab.errors import ConfigError, GenlabError
+from genlab.trust import read_config
 
 # Installed wheels carry the config tree inside the package; a source checkout keeps it at the top.
 _PACKAGED_CONF = Path(__file__).parent / "conf"
@@ -194,13 +195,20 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: node}
 
 
-def saved_config(state: dict[str, Any]) -> DictConfig:
-    """The run config a checkpoint holds, in today's layout. Runs written before the VAE took
-    its networks from config kept the convolutional networks' `features` and `hidden` on the
-    model node itself: they become `model.encoder` and `model.decoder` (`model=vae`)."""
-    cfg = OmegaConf.create(state["config"])
-    model = cfg.get("model") or {}
-    if model.get("_target_") == "genlab.models.VAE" and "encoder" not in model:
+def saved_config(state: dict[str, Any], source: str) -> DictConfig:
+    """The run config a checkpoint (read from `source`) holds, in today's layout, read within
+    `trust.read_config`'s limits. Runs written before the VAE took its networks from config kept
+    the convolutional networks' `features` and `hidden` on the model node itself: they become
+    `model.encoder` and `model.decoder` (`model=vae`)."""
+    if "config" not in state:
+        raise GenlabError(f"{source} holds no run config; it was not written by genlab train")
+    cfg = read_config(state["config"], source)
+    model = cfg.get("model")
+    if (
+        isinstance(model, DictConfig)
+        and model.get("_target_") == "genlab.models.VAE"
+        and ("encoder" not in model)
+    ):
         sizes = {k: model.pop(k) for k in ("features", "hidden") if k in model}
         for part, net in (("encoder", "ConvEncoder"), ("decoder", "ConvDecoder")):
             model[part] = {"_target_": f"genlab.models.vae.{net}", "_partial_": True, **sizes}
@@ -220,3 +228,11 @@ def meaning_changes(saved: DictConfig, current: DictConfig) -> list[str]:
         for k in sorted(keys)
         if old.get(k, "<absent>") != new.get(k, "<absent>")
     ]
+
+
+def required(cfg: DictConfig, key: str, usage: str) -> Any:
+    """A command's mandatory top-level value (`run=...`), or one message saying how to give it."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
+    if value is None or OmegaConf.is_missing(cfg, key) or value == "":
+        raise ConfigError(f"{key} is required: {usage}")
+    return value

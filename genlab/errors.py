@@ -3,7 +3,18 @@
 `HYDRA_FULL_ERROR=1` still shows the full stack trace.
 """
 
+from __future__ import annotations
+
+import errno
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
 from hydra.errors import CompactHydraException
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class GenlabError(CompactHydraException):
@@ -16,3 +27,48 @@ class ConfigError(GenlabError):
 
 class DataUnavailableError(GenlabError):
     """A data set that is neither on disk nor downloadable."""
+
+
+class WriteError(GenlabError):
+    """A file that could not be written: a full disk, a read-only folder, a name too long."""
+
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def cannot_write(path: str | Path | None, error: OSError) -> WriteError:
+    """The one-line error for `error` while writing `path`."""
+    where = error.filename if path is None and error.filename else path
+    reason = _REASONS.get(error.errno or 0, error.strerror or str(error))
+    return WriteError(f"cannot write {where or 'a file'}: {reason}")
+
+
+@contextmanager
+def writing(path: str | Path | None) -> Iterator[None]:
+    """Turn an `OSError` raised while writing `path` into a `WriteError` naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise cannot_write(path, e) from e
+
+
+def one_message(command: F) -> F:
+    """A command whose `OSError`s (a file it could not read or write) end as one message."""
+
+    @functools.wraps(command)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OSError as e:
+            reason = _REASONS.get(e.errno or 0, e.strerror or str(e))
+            raise GenlabError(f"{e.filename}: {reason}" if e.filename else reason) from e
+
+    return wrapped  # type: ignore[return-value]

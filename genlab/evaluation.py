@@ -17,10 +17,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from genlab.checkpoint import save_checkpoint
 from genlab.config import build
 from genlab.data import ImageData
 from genlab.data.datasets import Split
 from genlab.data.loader import normalize
+from genlab.errors import GenlabError
 from genlab.metrics.classifier import Classifier, classifier_for
 from genlab.metrics.distances import (
     feature_stats,
@@ -84,6 +86,8 @@ class Evaluator:
         inception_weights: str | None = None,
         cache_dir: str = "~/.cache/genlab",
     ) -> None:
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
         if features not in ("classifier", "inception"):
             raise ValueError(f"features must be 'classifier' or 'inception', got {features!r}")
         if split not in ("train", "test"):
@@ -143,8 +147,6 @@ class Evaluator:
             self._features = Features("inception-v3-fid", digest, RESIZE, net, classifier, record)
         else:
             if classifier is None:
-                from genlab.errors import GenlabError
-
                 raise GenlabError(
                     f"evaluator.features=classifier needs a labelled data set, and {train.name} "
                     "has no labels: use evaluator.features=inception (or one folder per class)"
@@ -177,15 +179,20 @@ class Evaluator:
         path = self.cache_dir / "reference" / f"{key}.pt"
         stats = None
         if path.is_file():
-            stats = torch.load(path, weights_only=True)
-            if stats.get("num_real") != len(real):
+            try:
+                stats = torch.load(path, weights_only=True)
+            except Exception as e:
+                log.warning("recomputing the reference statistics %s: unreadable (%s)", path, e)
+            if not isinstance(stats, dict) or stats.get("num_real") != len(real):
                 stats = None
         if stats is None:
             f = self._extract(features, real.images, device)
             mu, sigma = feature_stats(f)
             stats = {"features": f, "mu": mu, "sigma": sigma, "num_real": len(real)}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(stats, path)
+            try:
+                save_checkpoint(stats, path)
+            except GenlabError as e:
+                log.warning("the reference statistics are not cached: %s", e)
         self._real[key] = stats
         return stats
 

@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
+
+from genlab.checkpoint import write_atomically
+from genlab.config import build
+from genlab.errors import GenlabError
+from genlab.trust import check_targets, read_config
 
 OUTPUTS = ("image", "bernoulli", "gaussian")  # network output -> image: as is, sigmoid, clamp
 
@@ -62,9 +67,8 @@ def export(model: Any, loss: Any, run_cfg: DictConfig, source: dict, folder: Pat
         network = model
         node = _node(run_cfg.model, **shape)
         output = loss.likelihood
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
-    save_file(tensors, str(folder / "generator.safetensors"))
+    write_atomically(save(tensors), folder / "generator.safetensors")
     spec = {
         "network": node,
         "latent_dim": model.latent_dim,
@@ -72,15 +76,30 @@ def export(model: Any, loss: Any, run_cfg: DictConfig, source: dict, folder: Pat
         "output": output,
         "source": source,
     }
-    OmegaConf.save(OmegaConf.create(spec), folder / "generator.yaml")
+    write_atomically(OmegaConf.to_yaml(OmegaConf.create(spec)).encode(), folder / "generator.yaml")
     return folder
 
 
-def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """The generator `genlab export` wrote to `folder`, in eval mode."""
+def load_generator(
+    folder: str | Path, device: str | torch.device = "cpu", trust_code: bool = False
+) -> Generator:
+    """The generator `genlab export` wrote to `folder`, in eval mode. An exported folder may come
+    from anyone: its `generator.yaml` builds only the networks of genlab's own config tree
+    (`genlab.trust`), unless `trust_code=True` (or `GENLAB_TRUSTED_TARGETS` names your package)."""
     folder = Path(folder)
-    spec = OmegaConf.load(folder / "generator.yaml")
-    network = instantiate(spec.network)
-    network.load_state_dict(load_file(str(folder / "generator.safetensors")))
-    g = Generator(network, spec.latent_dim, spec.num_classes, spec.output)
+    source = folder / "generator.yaml"
+    try:
+        text = source.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenlabError(f"{source} cannot be read ({e}): is {folder} a genlab export?") from None
+    spec = read_config(text, str(source))
+    if not isinstance(spec.get("network"), DictConfig):
+        raise GenlabError(f"{source} names no network")
+    check_targets(spec.network, "network", str(source), trust_code)
+    try:
+        network = build(spec.network, "network")
+        network.load_state_dict(load_file(str(folder / "generator.safetensors")))
+        g = Generator(network, int(spec.latent_dim), int(spec.num_classes), spec.output)
+    except (OSError, RuntimeError, ValueError, TypeError, SafetensorError) as e:
+        raise GenlabError(f"{folder} is not a loadable genlab export ({e})") from None
     return g.to(device).eval()

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 from torchvision.utils import make_grid
+
+from genlab.errors import writing
+
+MARK = ("Software", "genlab")  # a text chunk in every PNG genlab writes
 
 
 def square_side(n: int) -> int:
@@ -27,18 +32,31 @@ def to_grid(images: Tensor, nrow: int) -> Tensor:
 
 def png_bytes(grid: Tensor) -> bytes:
     """A (C, H, W) float grid in [0, 1] as an 8-bit PNG, grey for one channel (fast zlib level:
-    sample grids are written while training)."""
+    sample grids are written while training), marked as genlab's (`written_by_genlab`)."""
     array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
+    info = PngInfo()
+    info.add_text(*MARK)
     Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(
-        buffer, format="PNG", compress_level=1
+        buffer, format="PNG", compress_level=1, pnginfo=info
     )
     return buffer.getvalue()
+
+
+def written_by_genlab(path: Path) -> bool:
+    """Whether `path` is a PNG that genlab wrote (its text chunk says so; the pixels are not
+    decoded)."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get(MARK[0]) == MARK[1]
+    except Exception:  # not an image, unreadable, a decompression bomb: not ours
+        return False
 
 
 def save_png(grid: Tensor, path: Path) -> bytes:
     """Write `grid` (see `png_bytes`) to `path`; return the PNG's bytes."""
     png = png_bytes(grid)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
     return png

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from genlab.errors import writing
 
 
 class NullLogger:
@@ -41,14 +44,26 @@ class TensorBoardLogger(NullLogger):
         super().__init__(run_dir=run_dir)
         if flush_secs < 1:
             raise ValueError(f"flush_secs must be >= 1, got {flush_secs}")
-        from torch.utils.tensorboard import SummaryWriter
+        self.folder = self.run_dir / subdir / name if name else self.run_dir / subdir
+        self.flush_secs = flush_secs
+        self._writer = None
 
-        folder = self.run_dir / subdir / name if name else self.run_dir / subdir
-        self.writer = SummaryWriter(str(folder), flush_secs=flush_secs)
+    @property
+    def writer(self):
+        """The event file writer, made at the first value logged (a run refused before it starts
+        writes no file)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            _quiet_event_thread()
+            with writing(self.folder):
+                self._writer = SummaryWriter(str(self.folder), flush_secs=self.flush_secs)
+        return self._writer
 
     def log_scalars(self, values: Mapping[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        with writing(self.folder):
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
 
     def log_png(self, tag: str, png: bytes, shape: Sequence[int], step: int) -> None:
         """An image already encoded as PNG, of (C, H, W) `shape`: the run folder's own sample grid
@@ -59,9 +74,10 @@ class TensorBoardLogger(NullLogger):
         image = Summary.Image(
             height=height, width=width, colorspace=channels, encoded_image_string=png
         )
-        self.writer.file_writer.add_summary(
-            Summary(value=[Summary.Value(tag=tag, image=image)]), step
-        )
+        with writing(self.folder):
+            self.writer.file_writer.add_summary(
+                Summary(value=[Summary.Value(tag=tag, image=image)]), step
+            )
 
     def log_hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         """This run's hyperparameters and final metrics for TensorBoard's HParams dashboard (in
@@ -72,8 +88,28 @@ class TensorBoardLogger(NullLogger):
         simple = {
             k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()
         }
-        for summary in hparams(simple, dict(metrics)):
-            self.writer.file_writer.add_summary(summary)
+        with writing(self.folder):
+            for summary in hparams(simple, dict(metrics)):
+                self.writer.file_writer.add_summary(summary)
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            with writing(self.folder):
+                writer.close()
+
+
+def _quiet_event_thread() -> None:
+    """TensorBoard's event writer thread re-raises a failed write (a full disk), which Python
+    prints as a traceback; the same error reaches the training thread at its next write, which
+    reports it once. Such a thread's error is therefore not printed."""
+    previous = threading.excepthook
+    if getattr(previous, "genlab", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            previous(args)
+
+    hook.genlab = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

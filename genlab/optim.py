@@ -120,6 +120,7 @@ class Updater:
             for k, o in optimizers.items()
         }
         self.skipped = {k: torch.zeros((), device=device) for k in optimizers}
+        self.attempted = dict.fromkeys(optimizers, 0)  # updates asked for, per network (host)
         self.one = torch.ones((), device=device)
 
     def autocast(self) -> AbstractContextManager:
@@ -139,6 +140,7 @@ class Updater:
         optimizer, scaler = self.optimizers[name], self.scalers[name]
         if not loss.requires_grad:  # the whole network is frozen (model.freeze)
             return torch.zeros((), device=loss.device) if measure else None
+        self.attempted[name] += 1
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

@@ -1,16 +1,28 @@
-"""`run.json`: what a finished (or failed) run was, for `genlab report` and other tools."""
+"""`run.json`: what a run is or was, for `genlab report` and other tools.
+
+Its `status` is `running` from the moment a run starts writing its folder, then `finished`,
+`failed` or `interrupted` (with the `reason`). A run killed outright (SIGKILL, a lost node) stays
+`running` without holding its folder's lock: readers report it as `died`. The file is replaced
+atomically, so a crash or a full disk never leaves half of it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from genlab.checkpoint import write_atomically
+
+log = logging.getLogger(__name__)
 
 RECORD = "run.json"
 
@@ -63,17 +75,36 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    """Replace `run_dir/run.json` atomically with `record`, stamped with the time (`updated`)."""
     path = Path(run_dir) / RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str))
+    record = {**record, "updated": time.time()}
+    write_atomically(json.dumps(record, indent=2, default=str).encode(), path)
     return path
 
 
 def read_records(folder: Path) -> list[dict[str, Any]]:
-    """Every run.json under `folder`, with its run folder."""
+    """Every readable run.json under `folder`, with its run folder; an unreadable one (empty,
+    corrupt, not a JSON object) is skipped with a warning naming it. A `running` run whose
+    folder lock nobody holds has died (killed, or its machine lost): its status says so."""
+    from genlab.run_folder import lock_holder
+
     records = []
     for path in sorted(Path(folder).rglob(RECORD)):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            log.warning("skipping %s: not a readable run record (%s)", path, e)
+            continue
+        if not isinstance(record, dict):
+            log.warning("skipping %s: not a run record (a JSON %s)", path, type(record).__name__)
+            continue
+        for key in ("params", "metrics", "objective", "choices"):
+            if not isinstance(record.get(key, {}), dict):
+                record[key] = {}
         record["run_dir"] = str(path.parent)
+        if record.get("status") == "running" and lock_holder(path.parent) is None:
+            record.update(
+                status="died", reason="ended without a word (killed, or its machine lost)"
+            )
         records.append(record)
     return records

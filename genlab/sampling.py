@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -27,7 +28,10 @@ class Sampler:
     """`mode`: `samples` (`num` images; a conditional model gives one row per class, or only
     class `label`), `interpolate` (rows from seed to seed+1 latents in `steps` steps) or
     `reconstruct` (VAE: real test images above their reconstructions). The same `seed` gives
-    the same images."""
+    the same images. At most `batch_size` images are made at once, so any `num` fits in memory
+    (a grid holds at most `MAX_GRID`; `genlab sample files=true` writes any number)."""
+
+    MAX_GRID = 4096
 
     def __init__(
         self,
@@ -36,6 +40,7 @@ class Sampler:
         seed: int = 0,
         label: int | None = None,
         steps: int = 8,
+        batch_size: int = 500,
     ) -> None:
         if mode not in ("samples", "interpolate", "reconstruct"):
             raise ValueError(f"mode must be samples, interpolate or reconstruct, got {mode!r}")
@@ -43,9 +48,12 @@ class Sampler:
             raise ValueError(f"num must be >= 1, got {num}")
         if steps < 2:
             raise ValueError(f"steps must be >= 2, got {steps}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.mode, self.num, self.seed, self.label, self.steps = mode, num, seed, label, steps
+        self.batch_size = batch_size
 
     def check(self, model: Any) -> None:
         """Refuse settings that do not fit the model, before any image is made."""
@@ -65,36 +73,60 @@ class Sampler:
             return torch.full((n,), self.label, device=device)
         return torch.arange(classes, device=device).repeat_interleave(max(1, n // classes))
 
-    @torch.no_grad()
     def __call__(
-        self, model: Any, loss: Any, device: torch.device, real: Tensor
-    ) -> tuple[Tensor, int]:
-        """Images in [-1, 1] and how many go in a grid row."""
+        self, model: Any, loss: Any, device: torch.device, real: Tensor | None
+    ) -> tuple[Iterator[Tensor], int]:
+        """Batches of images in [-1, 1] (on the CPU), and how many images go in a grid row."""
         gen = torch.Generator(device=device).manual_seed(self.seed)
         classes = getattr(model, "num_classes", 0)
         if self.mode == "samples":
             labels = self.labels(model, self.num, device)
             n = self.num if labels is None else len(labels)
-            images = model.generate(n, loss, gen, labels)
             nrow = n // classes if classes and self.label is None else square_side(n)
-            return images, nrow
+            return self._samples(model, loss, gen, n, labels), nrow
         if self.mode == "interpolate":
             rows = max(1, self.num // self.steps)
-            ends = torch.randn(2, rows, model.latent_dim, device=device, generator=gen)
-            t = torch.linspace(0, 1, self.steps, device=device)
-            z = slerp(ends[0], ends[1], t).flatten(0, 1)
-            labels = None
-            if classes:
-                row_labels = self.labels(model, rows * classes, device)[::classes][:rows]
-                labels = row_labels.repeat_interleave(self.steps)
-            with eval_mode(model):
-                return model.decode_latents(z, loss, labels), self.steps
-        # reconstruct: rows of real test images, each followed by its reconstruction
+            return self._interpolations(model, loss, gen, rows), self.steps
         nrow = square_side(self.num)
         count = min(len(real), max(nrow, self.num // nrow * nrow)) // nrow * nrow
+        return self._reconstructions(model, loss, device, real, nrow, count), nrow
+
+    @torch.no_grad()
+    def _samples(self, model, loss, gen, n: int, labels: Tensor | None) -> Iterator[Tensor]:
+        for start in range(0, n, self.batch_size):
+            part = None if labels is None else labels[start : start + self.batch_size]
+            count = min(self.batch_size, n - start)
+            yield model.generate(count, loss, gen, part).cpu()
+
+    @torch.no_grad()
+    def _interpolations(self, model, loss, gen, rows: int) -> Iterator[Tensor]:
+        """Rows of `steps` images along the slerp between the latents of two seeds' draws."""
+        device = gen.device
+        ends = torch.randn(2, rows, model.latent_dim, device=device, generator=gen)
+        t = torch.linspace(0, 1, self.steps, device=device)
+        classes = getattr(model, "num_classes", 0)
+        row_labels = (
+            self.labels(model, rows * classes, device)[::classes][:rows] if classes else None
+        )
+        per_batch = max(1, self.batch_size // self.steps)
+        for start in range(0, rows, per_batch):
+            z = slerp(ends[0, start : start + per_batch], ends[1, start : start + per_batch], t)
+            labels = None
+            if row_labels is not None:
+                labels = row_labels[start : start + per_batch].repeat_interleave(self.steps)
+            with eval_mode(model):
+                yield model.decode_latents(z.flatten(0, 1), loss, labels).cpu()
+
+    @torch.no_grad()
+    def _reconstructions(self, model, loss, device, real, nrow: int, count: int):
+        """Rows of real test images, each followed by its row of reconstructions."""
         spread = torch.linspace(0, len(real) - 1, count).long()  # across the classes
-        x = normalize(real[spread].to(device))
-        with eval_mode(model):
-            recon = loss.mean(model.decoder(model.encode(x)[0]))
-        pairs = torch.stack([x.view(-1, nrow, *x.shape[1:]), recon.view(-1, nrow, *x.shape[1:])], 1)
-        return pairs.flatten(0, 2), nrow
+        rows_per_batch = max(1, self.batch_size // nrow)
+        for start in range(0, count, rows_per_batch * nrow):
+            x = normalize(real[spread[start : start + rows_per_batch * nrow]].to(device))
+            with eval_mode(model):
+                recon = loss.mean(model.decoder(model.encode(x)[0]))
+            pairs = torch.stack(
+                [x.view(-1, nrow, *x.shape[1:]), recon.view(-1, nrow, *x.shape[1:])], 1
+            )
+            yield pairs.flatten(0, 2).cpu()

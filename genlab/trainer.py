@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
@@ -53,10 +54,12 @@ class Trainer:
     A step is one generator update (and the `n_critic` discriminator updates before it), or one
     VAE update. Training stops at `max_steps` or `max_epochs`, whichever comes first. Intervals of
     0 mean "only at the end"; `eval_every=null` never evaluates. `resume` is `auto` (this run
-    folder's last checkpoint, if any) or the path of a checkpoint or run folder. `on_nan`: `stop`
-    ends the run at the first NaN or infinite loss or gradient, `skip` leaves that update out and
-    goes on. `precision`: 32, `bf16` or `16-mixed` (see `optim.Updater`); `channels_last` stores
-    images and convolution weights NHWC; `compile` runs the networks through `torch.compile`
+    folder's last checkpoint, if any) or the path of a checkpoint or run folder; `overwrite` lets
+    a new run replace an earlier one in its folder (`run_folder.RunFolder.claim`). `on_nan`:
+    `stop` ends the run at the first NaN or infinite loss or gradient, `skip` leaves that update
+    out and goes on (and fails the run if every update of a network in its last logging window
+    was left out). `precision`: 32, `bf16` or `16-mixed` (see `optim.Updater`); `channels_last`
+    stores images and convolution weights NHWC; `compile` runs the networks through `torch.compile`
     (true: inductor, or a backend's name). `deterministic` selects deterministic kernels (torch
     warns about any op that has none), which exact resume on CUDA needs; otherwise cuDNN
     benchmarks its convolution algorithms. `num_workers` DataLoader processes read data sets that
@@ -77,6 +80,7 @@ class Trainer:
         seed: int = 0,
         resume: str | None = None,
         force_resume: bool = False,
+        overwrite: bool = False,
         on_nan: Literal["stop", "skip"] = "stop",
         grad_clip: float | None = None,
         precision: Precision = "32",
@@ -102,6 +106,10 @@ class Trainer:
         for name, (value, low) in checks.items():
             if value is not None and value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if num_samples > 1024:
+            raise ValueError(f"num_samples must be <= 1024 (a sample grid), got {num_samples}")
+        if seed >= 2**32:
+            raise ValueError(f"seed must be < 2**32 (4294967296), got {seed}")
         if max_steps is None and max_epochs is None:
             raise ValueError("set max_steps or max_epochs (both are null)")
         if on_nan not in ("stop", "skip"):
@@ -113,6 +121,7 @@ class Trainer:
         self.log_every, self.sample_every, self.ckpt_every = log_every, sample_every, ckpt_every
         self.eval_every = eval_every
         self.keep_last, self.resume, self.force_resume = keep_last, resume, force_resume
+        self.overwrite = overwrite
         if isinstance(compile, str):
             backends = torch.compiler.list_backends(exclude_tags=())
             if compile not in backends:
@@ -171,11 +180,13 @@ class Trainer:
         extra_state: dict[str, Any] | None = None,
         resume_hint: str = "",
         evaluate: Callable[[], dict[str, float]] | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
         """Train (from `state`, a loaded checkpoint, when given), writing grids to `samples/` and
         checkpoints to `checkpoints/` (rank 0 only); return the last logged values, the last
         evaluation's metrics (`eval/...`) and the `step`. The caller closes `logger`. `evaluate`
-        runs the cheap metrics at `eval_every`."""
+        runs the cheap metrics at `eval_every`. `on_start(step)` is called once the checkpoint is
+        restored, before the loop writes anything."""
         procs = procs or Processes()
         set_determinism(self.deterministic, device)
         model.to(device).train()
@@ -198,32 +209,14 @@ class Trainer:
                 net.compile(backend=self.compile)
         if procs.distributed:
             model.distribute(distributed.wrapper(device))
+        if on_start is not None:
+            on_start(start)
         ckpt_dir = run_dir / "checkpoints"
         writer = BackgroundWriter()  # checkpoint files are written while training goes on
-
-        guarded_since = start + 1
-
-        def guard(step: int) -> None:
-            """Act on the updates the optimizers skipped on the device since the last check."""
-            nonlocal skipped, guarded_since
-            counts, window = update.collect(), (guarded_since, step)
-            guarded_since = step + 1
-            if not counts:
-                return
-            what = ", ".join(
-                f"{n} non-finite {ROLES.get(k, k)} update{'s' * (n > 1)}" for k, n in counts.items()
-            )
-            where = f"step {step}" if window[0] == step else f"steps {window[0]}-{step}"
-            if self.on_nan == "stop":
-                raise _nan_stop(
-                    f"{where}: {what} (skipped: the weights are untouched)", ckpt_dir, writer
-                )
-            skipped += sum(counts.values())
-            log.warning("%s: %s; skipped (%d so far)", where, what, skipped)
-            logger.log_scalars({"guard/skipped_updates": skipped}, step)
+        guard = _Guard(update, self.on_nan, start, skipped, ckpt_dir, writer, logger)
 
         def checkpoint(step: int) -> Path:
-            guard(step)
+            guard.check(step)
             path = ckpt_dir / f"step_{step:07d}.pt"
             rngs = distributed.gather(rng_state(), procs)
             if procs.main:
@@ -238,7 +231,7 @@ class Trainer:
                         "loader": loader.state_dict(),
                         "rng": rngs[0],
                         **({"rng_ranks": rngs} if procs.distributed else {}),
-                        "skipped": skipped,
+                        "skipped": guard.skipped,
                         **(extra_state or {}),
                     }
                 )
@@ -255,7 +248,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_start, window_steps = time.perf_counter(), 0
-        with _stop_requests() as stop, warnings.catch_warnings(), writer:
+        with _StopRequests() as stop, warnings.catch_warnings(), writer:
             # a frozen network, or a skipped update, steps its scheduler without its optimizer
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             for step in range(start + 1, total + 1):
@@ -264,11 +257,7 @@ class Trainer:
                 try:
                     metrics = model.train_step(loader, loss, update, metrics=log_step)
                 except NonFiniteError as e:
-                    if self.on_nan == "stop":
-                        raise _nan_stop(f"step {step}: {e}", ckpt_dir, writer) from None
-                    skipped += 1
-                    log.warning("step %d: %s; skipped (%d so far)", step, e, skipped)
-                    logger.log_scalars({"guard/skipped_updates": skipped}, step)
+                    guard.host_skip(step, e)
                     metrics = None
                 except torch._dynamo.exc.BackendCompilerFailed as e:
                     raise GenlabError(
@@ -279,7 +268,7 @@ class Trainer:
                     scheduler.step()
                 window_steps += 1
                 if log_step:
-                    guard(step)
+                    guard.check(step, window_end=True)
                 if metrics is not None and log_step:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
@@ -311,18 +300,24 @@ class Trainer:
                     for name, grid in model.sample_grids(fixed, loss).items():
                         path = run_dir / "samples" / f"{name}_{step:07d}.png"
                         logger.log_png(name, save_png(grid, path), grid.shape, step)
+                if (self.ckpt_every and step % self.ckpt_every == 0) or last_step:
+                    checkpoint(step)  # before an evaluation, which a stop request may cut short
                 if (
                     evaluate is not None
                     and procs.main
                     and self.eval_every is not None
                     and ((self.eval_every and step % self.eval_every == 0) or last_step)
+                    and not stop
                 ):
-                    scores = {f"eval/{k}": float(v) for k, v in evaluate().items()}
-                    logger.log_scalars(scores, step)
-                    log.info("step %d: %s", step, _short(scores))
-                    values.update(scores)
-                if (self.ckpt_every and step % self.ckpt_every == 0) or last_step:
-                    checkpoint(step)
+                    try:
+                        with stop.interruptible():
+                            scores = {f"eval/{k}": float(v) for k, v in evaluate().items()}
+                    except StopRequested as e:
+                        log.warning("step %d: %s stopped the evaluation", step, e)
+                    else:
+                        logger.log_scalars(scores, step)
+                        log.info("step %d: %s", step, _short(scores))
+                        values.update(scores)
                 bar.update(1)
                 # Under torchrun the processes agree on stopping at logging steps only.
                 stopping = (
@@ -335,17 +330,101 @@ class Trainer:
                     writer.wait()
                     bar.close()
                     signum = stop[0] if stop else signal.SIGTERM
+                    name = signal.Signals(signum).name
                     (log.warning if procs.main else log.debug)(
                         "%s at step %d: checkpoint saved to %s. Resume with:\n  %s",
-                        signal.Signals(signum).name,
+                        name,
                         step,
                         path,
                         resume_hint or "genlab train ... trainer.resume=auto",
                     )
-                    raise SystemExit(128 + signum)
+                    raise Stopped(signum, f"{name} at step {step}; checkpoint saved to {path}")
         bar.close()
+        guard.finish(total)
         log.info("Finished %d steps: %s", total, _short(values))
         return {**values, "step": total}
+
+
+class Stopped(SystemExit):
+    """The run stopped at a signal after saving a checkpoint; the exit status is 128 + signal."""
+
+    def __init__(self, signum: int, reason: str) -> None:
+        super().__init__(128 + signum)
+        self.reason = reason
+
+
+class StopRequested(BaseException):
+    """A signal arrived during an evaluation, which stops at once (a BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way swallows it)."""
+
+
+class _Guard:
+    """What the run does about non-finite updates: those the optimizers skipped on the device
+    (collected at `check`, a host sync) and those refused on the host (`host_skip`) stop the run
+    (`on_nan=stop`) or are counted and logged (`skip`). With `skip`, a run whose last logging
+    window skipped every update of a network has failed (`finish`)."""
+
+    def __init__(
+        self,
+        update: Updater,
+        on_nan: str,
+        start: int,
+        skipped: int,
+        ckpt_dir: Path,
+        writer: BackgroundWriter,
+        logger: NullLogger,
+    ) -> None:
+        self.update, self.on_nan, self.skipped = update, on_nan, skipped
+        self.ckpt_dir, self.writer, self.logger = ckpt_dir, writer, logger
+        self.since = self.window_start = start + 1
+        self.window: Counter[str] = Counter()  # skipped updates per network in this window
+        self.attempted = dict(update.attempted)
+        self.dead: tuple[int, int, list[str]] | None = None  # the last window, if all skipped
+
+    def _skip(self, step: int, counts: dict[str, int], what: str) -> None:
+        self.window.update(counts)
+        if self.on_nan == "stop":
+            what += " (skipped: the weights are untouched)"
+            raise _nan_stop(what, self.ckpt_dir, self.writer)
+        self.skipped += sum(counts.values())
+        log.warning("%s; skipped (%d so far)", what, self.skipped)
+        self.logger.log_scalars({"guard/skipped_updates": self.skipped}, step)
+
+    def host_skip(self, step: int, error: NonFiniteError) -> None:
+        self._skip(step, {error.name: 1}, f"step {step}: {error}")
+
+    def check(self, step: int, window_end: bool = False) -> None:
+        """Act on the updates skipped on the device since the last check; at the end of a
+        logging window, note whether every update of a network in it was skipped."""
+        counts, first = self.update.collect(), self.since
+        self.since = step + 1
+        if counts:
+            what = ", ".join(
+                f"{n} non-finite {ROLES.get(k, k)} update{'s' * (n > 1)}" for k, n in counts.items()
+            )
+            where = f"step {step}" if first == step else f"steps {first}-{step}"
+            self._skip(step, counts, f"{where}: {what}")
+        if window_end:
+            tried = {k: n - self.attempted.get(k, 0) for k, n in self.update.attempted.items()}
+            dead = [k for k, n in tried.items() if n and self.window[k] >= n]
+            self.dead = (self.window_start, step, dead) if dead else None
+            self.window_start, self.window = step + 1, Counter()
+            self.attempted = dict(self.update.attempted)
+
+    def finish(self, total: int) -> None:
+        """Fail a run whose last logging window skipped every update of a network."""
+        if self.dead is not None:
+            first, last, names = self.dead
+            who = " and ".join(ROLES.get(k, k) for k in names)
+            where = f"step {last}" if first == last else f"steps {first}-{last}"
+            self.writer.wait()
+            raise GenlabError(
+                f"every {who} update of {where} was non-finite and skipped "
+                f"(trainer.on_nan=skip): the run failed. Its weights are those of the last finite "
+                f"update, in {self.ckpt_dir / 'last.pt'}; try a lower learning rate"
+            )
+        if self.skipped:
+            log.warning("%d non-finite updates were skipped in this run", self.skipped)
 
 
 def _write_checkpoint(data: bytes, path: Path, keep_last: int | None) -> None:
@@ -375,19 +454,56 @@ def _nan_stop(what: str, ckpt_dir: Path, writer: BackgroundWriter) -> GenlabErro
     )
 
 
+# Scheduler state that counts progress; the rest of a scheduler's state is its settings.
+_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial"}
+
+
 def _restore(state, model, optimizers, schedulers, update, loader, procs) -> tuple[int, int]:
-    """Load a checkpoint into the run's objects; return (step, skipped updates)."""
+    """Load a checkpoint into the run's objects; return (step, skipped updates).
+
+    The optimizers and schedulers keep the settings of this run's config: where the learning
+    rate, another optimizer setting or the schedule changed since the checkpoint, the change is
+    applied and logged, and the learning rate is that of the new schedule at this step."""
+    groups = {k: [_settings(g) for g in o.param_groups] for k, o in optimizers.items()}
+    fresh = {k: s.state_dict() for k, s in schedulers.items()}
+    lrs = {k: [g["lr"] for g in o.param_groups] for k, o in optimizers.items()}
     try:
         model.load_state_dict(state["model"])
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
+        saved = {k: state.get("schedulers", {}).get(k, v) for k, v in fresh.items()}
         for name, scheduler in schedulers.items():
-            scheduler.load_state_dict(state.get("schedulers", {}).get(name, scheduler.state_dict()))
+            scheduler.load_state_dict(saved[name])
     except (RuntimeError, KeyError, ValueError) as e:
         raise GenlabError(f"the checkpoint does not fit this model: {e}") from None
+    step = int(state["step"])
+    for name, optimizer in optimizers.items():
+        role = ROLES.get(name, name)
+        for group, settings in zip(optimizer.param_groups, groups[name], strict=True):
+            for key, value in settings.items():
+                if group.get(key) != value:
+                    old = group.get(key)
+                    group[key] = value
+                    shown = "lr" if key == "initial_lr" else key
+                    log.info("%s %s: %s -> %s from step %d", role, shown, old, value, step)
+        if _settings(saved[name]) != _settings(fresh[name]):
+            _replay(schedulers[name], optimizer, fresh[name], lrs[name], step)
+            changed = sorted(  # base_lrs follow the learning rate, logged above
+                k
+                for k in (saved[name].keys() | fresh[name].keys()) - _PROGRESS - {"base_lrs"}
+                if _settings(saved[name].get(k)) != _settings(fresh[name].get(k))
+            )
+            if changed:
+                old, new = saved[name], fresh[name]
+                log.info(
+                    "%s schedule changed (%s): learning rate %s at step %d",
+                    role,
+                    ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed),
+                    optimizer.param_groups[0]["lr"],
+                    step,
+                )
     update.load_state_dict(state.get("updater", {}))
     loader.load_state_dict(state["loader"])
-    step = int(state["step"])
     rngs = state.get("rng_ranks", [state["rng"]])
     if len(rngs) == procs.world:
         set_rng_state(rngs[procs.rank])
@@ -397,26 +513,64 @@ def _restore(state, model, optimizers, schedulers, update, loader, procs) -> tup
     return step, int(state.get("skipped", 0))
 
 
-@contextmanager
-def _stop_requests():
-    """Catch SIGINT and SIGTERM during training: the loop saves, then exits. A second signal
-    stops at once."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
+def _settings(state: Any) -> Any:
+    """An optimizer param group's or a scheduler's settings (those of a chained scheduler's
+    parts too): what its config decides, without its progress."""
+    if isinstance(state, dict):
+        return {k: _settings(v) for k, v in state.items() if k not in {"params", "lr", *_PROGRESS}}
+    if isinstance(state, list):
+        return [_settings(v) for v in state]
+    return state
 
-    def handler(signum, frame):
-        if received:
+
+def _replay(scheduler, optimizer, fresh: dict[str, Any], lrs: list[float], step: int) -> None:
+    """Put `scheduler` (and its optimizer's learning rates) where this run's schedule is after
+    `step` steps: from its start, stepped `step` times."""
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler.load_state_dict(fresh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepped without optimizer steps
+        for _ in range(step):
+            scheduler.step()
+
+
+class _StopRequests(list):
+    """Catch SIGINT and SIGTERM during training: the signals received, which the loop acts on
+    (it saves, then exits). A second signal stops at once (KeyboardInterrupt), and so does the
+    first during `interruptible()` (StopRequested: an evaluation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous: dict[int, Any] = {}
+        self._interruptible = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self:
             raise KeyboardInterrupt
-        received.append(signum)
-        log.warning("%s received: saving a checkpoint after this step", signal.Signals(signum).name)
+        self.append(signum)
+        name = signal.Signals(signum).name
+        if self._interruptible:
+            raise StopRequested(name)
+        log.warning("%s received: saving a checkpoint after this step", name)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
+    @contextmanager
+    def interruptible(self):
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {
+                s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)
+            }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
             signal.signal(s, h)
 
 

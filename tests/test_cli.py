@@ -113,6 +113,8 @@ ERRORS = [
     (["device=cuda"], "CUDA is not available"),
     (["dataset=image_folder"], "dataset.root is required"),
     (["+model.generator.colour=red"], "model.generator.colour: unknown key"),
+    (["trainer.seed=4294967296"], "trainer.seed must be < 2**32 (4294967296), got 4294967296"),
+    (["trainer.num_samples=5000"], "trainer.num_samples must be <= 1024"),
 ]
 # Through the real CLI (a process each): Hydra's composition errors and one of genlab's.
 CLI_ERRORS = [
@@ -140,6 +142,18 @@ def test_config_errors_are_one_clear_message(overrides, message, tmp_path):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_message(tmp_path):
+    """A name too long for the file system, or a path through a file: before Hydra tries."""
+    (tmp_path / "file").write_text("")
+    for run_dir, reason in (
+        (tmp_path / ("x" * 300), "the name is too long"),
+        (tmp_path / "file" / "run", "a part of the path is a file, not a folder"),
+    ):
+        result = run_cli("train", "trainer=smoke", f"hydra.run.dir={run_dir}")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert f"cannot write {run_dir}: {reason}" in result.stderr
 
 
 def test_data_set_missing_offline(tmp_path):

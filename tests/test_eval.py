@@ -10,7 +10,7 @@ from torch import nn
 
 from genlab.commands.train import train
 from genlab.data import digits, mnist5k
-from genlab.errors import DataUnavailableError, GenlabError
+from genlab.errors import ConfigError, DataUnavailableError, GenlabError
 from genlab.evaluation import Evaluator
 from genlab.metrics.classifier import train_classifier
 from genlab.metrics.inception import inception_weights
@@ -68,7 +68,7 @@ def test_eval_writes_metrics_with_their_protocol(runs):
 
 def test_vae_eval_reports_likelihoods(runs):
     evaluator = Evaluator(num_samples=100, kid_subset_size=50, nll_samples=8, classifier_steps=200)
-    from genlab.commands.eval import load_run
+    from genlab.run_folder import load_run
 
     model, loss, cfg, _ = load_run(str(runs / "vae"), CPU)
     report = evaluator(model, loss, cfg.dataset, CPU)
@@ -146,6 +146,83 @@ def test_sample_refuses_what_does_not_fit(runs):
     assert result.returncode == 1 and "no checkpoint at /nonexistent/run" in result.stderr
 
 
+def test_eval_and_sample_need_a_run():
+    from genlab.commands.eval import evaluate
+    from genlab.commands.sample import sample
+
+    with pytest.raises(ConfigError, match="run is required: genlab eval run="):
+        evaluate(make_cfg(config_name="eval"))
+    with pytest.raises(ConfigError, match="run is required: genlab sample run="):
+        sample(make_cfg(config_name="sample"))
+
+
+def test_sample_writes_only_where_it_may(runs, tmp_path):
+    """`out` names a PNG file; one that genlab did not write is replaced only on request."""
+    from genlab.commands.sample import sample
+
+    def make(*overrides):
+        cfg = make_cfg(f"run={runs / 'vae'}", "device=cpu", "sampler.num=4", *overrides,
+                       config_name="sample")  # fmt: skip
+        return sample(cfg)
+
+    (tmp_path / "grid").mkdir()
+    for out in (tmp_path / "grid", tmp_path / "grid.jpg", tmp_path / "noext"):
+        with pytest.raises(ConfigError, match=f"out={out}: give the name of a .png file"):
+            make(f"out={out}", "files=true")
+    foreign = tmp_path / "notes.png"
+    foreign.write_text("my notes")
+    with pytest.raises(ConfigError, match=f"{foreign} exists and is not a PNG that genlab wrote"):
+        make(f"out={foreign}")
+    assert foreign.read_text() == "my notes"
+    ours = make(f"out={tmp_path / 'ours.png'}", "files=true")
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir())[-1] == "00003.png"
+    assert make(f"out={ours}", "files=true") == ours  # genlab's own files are replaced
+    (tmp_path / "ours" / "00002.png").write_text("mine")
+    with pytest.raises(ConfigError, match="00002.png exists and is not a PNG that genlab"):
+        make(f"out={ours}", "files=true")
+    make(f"out={foreign}", "overwrite=true")
+    with Image.open(foreign) as im:
+        assert im.size == (2 + 2 * 34, 2 + 2 * 34)
+
+
+def test_sampling_is_batched_so_any_number_fits(runs):
+    from genlab.commands.sample import sample
+    from genlab.run_folder import load_run
+    from genlab.sampling import Sampler
+
+    model, loss, _, _ = load_run(runs / "vae", CPU)
+    sizes = []
+    generate = model.generate
+    model.generate = lambda n, *args: sizes.append(n) or generate(n, *args)
+    batches, nrow = Sampler(num=25, batch_size=10)(model, loss, CPU, None)
+    assert torch.cat(list(batches)).shape == (25, 1, 32, 32) and nrow == 5
+    assert sizes == [10, 10, 5]
+    rows, _ = Sampler(mode="interpolate", num=40, steps=4, batch_size=8)(model, loss, CPU, None)
+    assert [len(b) for b in rows] == [8] * 5
+    cfg = make_cfg(f"run={runs / 'vae'}", "sampler.num=5000", config_name="sample")
+    with pytest.raises(ConfigError, match="a grid holds at most 4096 images; set files=true"):
+        sample(cfg)
+
+
+def test_the_classifier_trains_in_proportion_to_the_data(tmp_path, caplog):
+    """1,000 steps for digits and mnist5k as before, 3 epochs of MNIST, 40 epochs of a small
+    folder instead of 1,000 steps; and one line says what the evaluation is doing."""
+    from genlab.data import ImageData
+    from genlab.metrics.classifier import classifier_for, default_steps
+
+    def sized(n):
+        return ImageData("x", torch.zeros(n, 1, 8, 8, dtype=torch.uint8))
+
+    assert [default_steps(sized(n)) for n in (72, 1618, 4500, 60000)] == [45, 1000, 1000, 2812]
+    caplog.set_level(logging.INFO)
+    data = digits(image_size=8, split="test")
+    classifier_for(data, data, tmp_path, CPU, steps=2)
+    assert "Evaluation: training a classifier on digits-1x8px once (2 steps; cached in" in (
+        caplog.text
+    )
+    assert "trainer.eval_every=null trains without evaluating" in caplog.text
+
+
 def test_inception_features_load_safely_and_give_2048_dims(tmp_path, monkeypatch):
     """With stand-in random weights (the real ones need internet): loaded with weights_only,
     accepted only with the expected hash prefix, 2048 features for grey 28 px images."""
@@ -174,14 +251,14 @@ def test_a_vae_run_from_before_configured_networks_evaluates_and_resumes(runs, t
     from omegaconf import OmegaConf
 
     from genlab.checkpoint import load_checkpoint, save_checkpoint
-    from genlab.commands.eval import load_run
+    from genlab.run_folder import load_run
 
     state = load_checkpoint(runs / "vae" / "checkpoints" / "last.pt")
     cfg = OmegaConf.create(state["config"])
     encoder = cfg.model.pop("encoder")
     cfg.model.pop("decoder")
     cfg.model.features, cfg.model.hidden = encoder.features, encoder.hidden
-    state["config"] = OmegaConf.to_container(cfg)
+    state["config"] = OmegaConf.to_yaml(cfg)
     old = tmp_path / "old"
     save_checkpoint(state, old / "checkpoints" / "last.pt")
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from genlab.checkpoint import load_checkpoint
-from genlab.commands.eval import load_run
 from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError
 from genlab.export import export, load_generator
+from genlab.run_folder import load_run
 from tests.conftest import make_cfg, run_cli
 
 FAST = ["dataset=digits", "trainer=smoke", "logger=none", "trainer.sample_every=0"]

@@ -28,7 +28,10 @@ def sweep(tmp_path_factory):
         "optimized_metric=lr/g",
         f"hydra.sweep.dir={folder}",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # every job ran; the two that failed make the sweep exit non-zero, and it says which
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "2 of 6 jobs did not finish:" in result.stderr
+    assert "failed: optimizer.lr must be > 0, got -1" in result.stderr
     return folder
 
 
@@ -58,9 +61,19 @@ def test_report_ranks_groups_seeds_and_lists_failures(sweep):
     rows = list(csv.DictReader((sweep / "report.csv").read_text().splitlines()))
     assert [float(r["optimizer.lr"]) for r in rows] == [1e-4, 2e-4]
     assert [r["seeds"] for r in rows] == ["2", "2"] and float(rows[0]["lr/g std"]) == 0
-    assert "## Failed runs" in (sweep / "report.md").read_text()
+    assert "## Runs that did not finish" in (sweep / "report.md").read_text()
     for png in ("report.png", "best.png"):
         assert (sweep / png).stat().st_size > 1000
+    text = report(sweep, metric="eval/fd")
+    assert "not ranked: no finished run logged eval/fd (--metric NAME ranks by one of: " in text
+
+
+def test_a_sweep_into_a_folder_of_runs_is_refused(sweep):
+    before = sorted(p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file())
+    result = run_cli("train", "-m", *TINY, "optimizer.lr=1e-4", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"the sweep folder {sweep} already holds runs" in result.stderr
+    assert sorted(p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()) == before
 
 
 def test_tensorboard_run_names_and_hparams(sweep):

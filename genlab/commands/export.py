@@ -8,15 +8,18 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from genlab.commands.eval import load_run, run_folder
-from genlab.config import CONF_DIR
+from genlab.config import CONF_DIR, required
+from genlab.errors import one_message
 from genlab.export import export
+from genlab.run_folder import load_run, run_of
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
+@one_message
 def main(cfg: DictConfig) -> None:
-    model, loss, run_cfg, state = load_run(cfg.run, torch.device("cpu"))
-    folder = Path(cfg.out) if cfg.out else run_folder(Path(state["path"])) / "export"
+    run = required(cfg, "run", "genlab export run=RUN_FOLDER_OR_CHECKPOINT")
+    model, loss, run_cfg, state = load_run(run, torch.device("cpu"), cfg.trust_code)
+    folder = Path(cfg.out) if cfg.out else run_of(Path(state["path"])) / "export"
     source = {"checkpoint": state["path"], "step": int(state["step"])}
     export(model, loss, run_cfg, source, folder)
     print(

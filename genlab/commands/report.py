@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from genlab.errors import GenlabError, writing
 from genlab.record import read_records
+
+log = logging.getLogger(__name__)
 
 SEED_KEYS = ("trainer.seed",)
 
@@ -132,14 +137,17 @@ def best_grids(rows: list[dict], swept: list[str], path: Path, k: int = 3) -> bo
     for g in rows[:k]:
         grids = sorted((Path(g["runs"][0]["run_dir"]) / "samples").glob("samples_*.png"))
         if grids and g["n"]:
-            picks.append((g, grids[-1]))
+            try:
+                with Image.open(grids[-1]) as im:
+                    picks.append((g, im.convert("RGB")))
+            except Exception as e:  # unreadable, or a decompression bomb
+                log.warning("leaving %s out of best.png: %s", grids[-1], e)
     if not picks:
         return False
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.6))
     axes = [axes] if len(picks) == 1 else list(axes)
-    for i, (ax, (g, grid)) in enumerate(zip(axes, picks, strict=True), 1):
-        with Image.open(grid) as im:
-            ax.imshow(im.convert("RGB"))
+    for i, (ax, (g, image)) in enumerate(zip(axes, picks, strict=True), 1):
+        ax.imshow(image)
         title = ", ".join(f"{key}={g['params'].get(key)}" for key in swept)
         ax.set_title(f"#{i} {_fmt(g)}\n{title}", fontsize=8)
         ax.axis("off")
@@ -152,12 +160,14 @@ def best_grids(rows: list[dict], swept: list[str], path: Path, k: int = 3) -> bo
 def report(folder: Path, metric: str | None = None, direction: str | None = None) -> str:
     records = read_records(folder)
     if not records:
-        raise SystemExit(f"genlab report: no run.json under {folder}")
+        raise SystemExit(f"genlab report: no readable run.json under {folder}")
     finished = [r for r in records if r.get("status") == "finished"]
-    failed = [r for r in records if r.get("status") != "finished"]
-    objective = next((r["objective"] for r in records if r.get("objective", {}).get("name")), {})
+    others = [r for r in records if r.get("status") != "finished"]
+    objective = next((r["objective"] for r in records if _objective_name(r)), {})
     metric = metric or objective.get("name") or "eval/fd"
     direction = direction or objective.get("direction") or "minimize"
+    logged = sorted({k for r in finished for k in r.get("metrics") or {}})
+    ranked = metric in logged
     keys = sorted({k for r in records for k in r.get("params", {}) if k not in SEED_KEYS})
     varied = [k for k in keys if len({str(r.get("params", {}).get(k)) for r in records}) > 1]
     swept = varied or keys  # the parameters that differ between runs
@@ -171,19 +181,34 @@ def report(folder: Path, metric: str | None = None, direction: str | None = None
             writer.writerow(
                 [*(g["params"].get(k, "") for k in swept), g["mean"], g["std"], g["n"], dirs]
             )
-    failures = [f"{Path(r['run_dir']).name}: {r.get('reason', r.get('status'))}" for r in failed]
-    md = f"# Sweep report: {folder}\n\nRanked by `{metric}` ({direction}).\n\n{_markdown(lines)}\n"
-    if failures:
-        md += "\n## Failed runs\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
+    how = (
+        f"ranked by {metric} ({direction})"
+        if ranked
+        else f"not ranked: no finished run logged {metric}"
+        + (f" (--metric NAME ranks by one of: {', '.join(logged)})" if logged else "")
+    )
+    unfinished = [
+        f"{Path(r['run_dir']).name}: {r.get('status')}: {r.get('reason') or ''}".rstrip(": ")
+        for r in others
+    ]
+    md = f"# Sweep report: {folder}\n\n{how[0].upper() + how[1:]}.\n\n{_markdown(lines)}\n"
+    if unfinished:
+        md += "\n## Runs that did not finish\n\n" + "\n".join(f"- {f}" for f in unfinished) + "\n"
     (folder / "report.md").write_text(md)
     plot(finished, swept, metric, folder / "report.png")
     has_best = best_grids(rows, swept, folder / "best.png")
-    text = f"{len(finished)} finished, {len(failed)} failed; ranked by {metric} ({direction})\n"
-    text += _text(lines)
-    if failures:
-        text += "\n\nFailed:\n" + "\n".join(f"  {f}" for f in failures)
+    counts = Counter(r.get("status") for r in others)
+    text = ", ".join([f"{len(finished)} finished", *(f"{n} {s}" for s, n in counts.items())])
+    text += f"; {how}\n" + _text(lines)
+    if unfinished:
+        text += "\n\nNot finished:\n" + "\n".join(f"  {f}" for f in unfinished)
     written = ["report.csv", "report.md", "report.png"] + (["best.png"] if has_best else [])
     return text + f"\n\nWritten to {folder}: {', '.join(written)}"
+
+
+def _objective_name(record: dict) -> str | None:
+    objective = record.get("objective")
+    return objective.get("name") if isinstance(objective, dict) else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,4 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
-    print(report(args.folder, args.metric, args.direction))
+    try:
+        with writing(None):
+            print(report(args.folder, args.metric, args.direction))
+    except GenlabError as e:
+        sys.exit(f"genlab report: {e}")

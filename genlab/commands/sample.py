@@ -8,48 +8,84 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from genlab.commands.eval import load_run, run_folder
-from genlab.config import CONF_DIR, build, check_config
-from genlab.errors import ConfigError
-from genlab.images import save_png, to_grid
+from genlab.config import CONF_DIR, build, check_config, required
+from genlab.errors import ConfigError, one_message
+from genlab.images import save_png, to_grid, written_by_genlab
+from genlab.run_folder import load_run, run_of
 
 
 def sample(cfg: DictConfig) -> Path:
+    run = required(cfg, "run", "genlab sample run=RUN_FOLDER_OR_CHECKPOINT")
     check_config(cfg, ("sampler", "device"))
     sampler = build(cfg.sampler, "sampler")
     device = build(cfg.device, "device")
-    grids, first = [], None
-    for run in [cfg.run, *cfg.runs]:
-        model, loss, run_cfg, state = load_run(run, device)
+    if cfg.out:
+        _check_out(Path(cfg.out), cfg, sampler.num)
+    if sampler.num > sampler.MAX_GRID and not cfg.files:
+        raise ConfigError(
+            f"sampler.num={sampler.num}: a grid holds at most {sampler.MAX_GRID} images; set "
+            f"files=true to write each image (the grid then shows the first {sampler.MAX_GRID})"
+        )
+    grids, written = [], 0
+    for i, path in enumerate([run, *cfg.runs]):
+        model, loss, run_cfg, state = load_run(path, device, cfg.trust_code)
         try:
             sampler.check(model)
         except ValueError as e:
-            raise ConfigError(f"sampler: {e} ({run})") from None
+            raise ConfigError(f"sampler: {e} ({path})") from None
+        if i == 0:  # the default is the run's own samples/ folder, genlab's to write
+            out = Path(cfg.out) if cfg.out else _default_out(state, sampler)
         real = (
             build(run_cfg.dataset, "dataset", split="test").images
             if sampler.mode == "reconstruct"
             else None
         )
-        images, nrow = sampler(model, loss, device, real)
-        grids.append(to_grid(images, nrow))
-        first = first or state
-    out = (
-        Path(cfg.out)
-        if cfg.out
-        else (
-            run_folder(Path(first["path"])) / "samples" / f"{sampler.mode}_seed{sampler.seed}.png"
-        )
-    )
+        batches, nrow = sampler(model, loss, device, real)
+        shown = []
+        for images in batches:  # at most sampler.batch_size images in memory besides the grid
+            if i == 0 and cfg.files:
+                for image in images:
+                    save_png(to_grid(image[None], 1)[:, 2:-2, 2:-2], _file(out, written))
+                    written += 1
+            room = sampler.MAX_GRID - sum(len(s) for s in shown)
+            if room > 0:
+                shown.append(images[:room])
+        grids.append(to_grid(torch.cat(shown), nrow))
     grid = grids[0] if len(grids) == 1 else _side_by_side(grids)
     save_png(grid, out)
-    if cfg.files:
-        for i, image in enumerate(images):
-            save_png(to_grid(image[None], 1)[:, 2:-2, 2:-2], out.with_suffix("") / f"{i:05d}.png")
-    print(
-        f"Wrote {out}"
-        + (f" and {len(images)} images in {out.with_suffix('')}/" if cfg.files else "")
-    )
+    print(f"Wrote {out}" + (f" and {written} images in {out.with_suffix('')}/" if written else ""))
     return out
+
+
+def _default_out(state: dict, sampler) -> Path:
+    return run_of(Path(state["path"])) / "samples" / f"{sampler.mode}_seed{sampler.seed}.png"
+
+
+def _file(out: Path, i: int) -> Path:
+    """The `i`-th image's own file (`files=true`)."""
+    return out.with_suffix("") / f"{i:05d}.png"
+
+
+def _check_out(out: Path, cfg: DictConfig, num: int) -> None:
+    """Refuse an `out` that is not a PNG file name, or whose writing would replace a file that
+    genlab did not write (unless `overwrite=true`), before any image is made."""
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise ConfigError(f"out={out}: give the name of a .png file, e.g. out=samples.png")
+    targets = [out]
+    if cfg.files:
+        folder = out.with_suffix("")
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"files=true writes into the folder {folder}, which is a file")
+        if folder.is_dir():  # the files that files=true would replace
+            targets += [p for p in folder.glob("*.png") if p.stem.isdigit() and int(p.stem) < num]
+    if cfg.overwrite:
+        return
+    foreign = [p for p in targets if p.exists() and not written_by_genlab(p)]
+    if foreign:
+        raise ConfigError(
+            f"{foreign[0]} exists and is not a PNG that genlab wrote: choose another out=, or "
+            "set overwrite=true to replace it"
+        )
 
 
 def _side_by_side(grids: list[torch.Tensor]) -> torch.Tensor:
@@ -65,5 +101,6 @@ def _side_by_side(grids: list[torch.Tensor]) -> torch.Tensor:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="sample", version_base="1.3")
+@one_message
 def main(cfg: DictConfig) -> None:
     sample(cfg)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import shlex
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from genlab.distributed import Processes
 from genlab.errors import ConfigError
 from genlab.logger import NullLogger
 from genlab.optim import autocast_dtype
+from genlab.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +54,37 @@ GROUPS = (
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float]:
-    """Check the whole config, build the objects it names and train; return the final values."""
-    check_config(cfg, GROUPS)
+    """Check the whole config and the run folder, build the objects the config names and train;
+    `run.json` records how the run went (`run_folder.RunFolder`). Return the final values."""
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
-    _check_objective(cfg)
-    trainer = build(cfg.trainer, "trainer")
-    device = build(cfg.device, "device")
-    procs, device = _refuse(distributed.start, device, f"device={choice('device')}")
-    try:
-        if procs.distributed:
-            run_dir = _follow_rank0(run_dir, procs)
-        return _train(cfg, trainer, device, procs, run_dir)
-    finally:
-        distributed.stop()
+    folder = RunFolder(
+        run_dir,
+        main=int(os.environ.get("RANK", "0")) == 0,
+        record=_describe(cfg),
+        keep_failed=_multirun(),  # a sweep's report lists the jobs that failed
+    )
+    with folder:
+        check_config(cfg, GROUPS)
+        _check_objective(cfg)
+        trainer = build(cfg.trainer, "trainer")
+        device = build(cfg.device, "device")
+        folder.claim(trainer.resume, trainer.overwrite)
+        procs, device = _refuse(distributed.start, device, f"device={choice('device')}")
+        try:
+            if procs.distributed:
+                run_dir = _follow_rank0(run_dir, procs)
+            return _train(cfg, trainer, device, procs, run_dir, folder)
+        finally:
+            distributed.stop()
 
 
-def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, float]:
+def _train(
+    cfg: DictConfig, trainer, device, procs, run_dir: Path, folder: RunFolder
+) -> dict[str, float]:
     resume_from = find_resume(trainer.resume, run_dir)
     state = load_checkpoint(resume_from) if resume_from else None
     if state is not None:
-        changes = meaning_changes(saved_config(state), cfg)
+        changes = meaning_changes(saved_config(state, str(resume_from)), cfg)
         if changes and not trainer.force_resume:
             raise ConfigError(
                 f"the config differs from the checkpoint {resume_from} in what it means:\n  "
@@ -82,8 +94,9 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
         if changes:
             log.warning("Resuming despite config changes: %s", "; ".join(changes))
         log.info("Resuming from %s", resume_from)
+    elif trainer.resume == "auto":
+        log.info("trainer.resume=auto: no checkpoint in %s, so training starts at step 0", run_dir)
     seed_everything(trainer.seed)
-
     data = build(cfg.dataset, "dataset")
     model = build_model(cfg.model, data)
     loss = build(cfg.loss, "loss")
@@ -136,6 +149,10 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
             extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
             resume_hint=_resume_command(run_dir),
             evaluate=lambda: evaluator(model, loss, cfg.dataset, device, cheap=True).metrics,
+            on_start=lambda step: folder.start(
+                cfg if HydraConfig.initialized() else None,
+                **({"resumed_from": str(resume_from), "resumed_at": step} if resume_from else {}),
+            ),
         )
         if device.type == "cuda":
             values["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -145,8 +162,22 @@ def _train(cfg: DictConfig, trainer, device, procs, run_dir: Path) -> dict[str, 
         hparams.update(seed=trainer.seed, batch_size=trainer.batch_size, lr=spec.lr)
         final = {k: v for k, v in values.items() if k.startswith(("loss/", "eval/"))}
         logger.log_hparams(hparams, final)
-    finally:
-        logger.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error on its way out is the one to report
+            logger.close()
+        raise
+    logger.close()
+    objective = folder.record["objective"]
+    folder.finish(
+        objective={**objective, "value": values.get(objective["name"] or "")},
+        metrics=values,
+        steps=int(values.get("step", 0)),
+        images_per_s=values.get("perf/images_per_s"),
+        peak_memory={
+            "host_mb": record_lib.peak_host_memory_mb(),
+            "cuda_mb": values.get("perf/peak_cuda_mb"),
+        },
+    )
     log.info("Run folder: %s", run_dir.resolve())
     return values
 
@@ -195,7 +226,7 @@ def _resume_command(run_dir: Path) -> str:
     """The command that continues this run in its own folder (under torchrun if started so)."""
     overrides = []
     if HydraConfig.initialized():
-        skip = ("hydra.run.dir=", "trainer.resume=")
+        skip = ("hydra.run.dir=", "trainer.resume=", "trainer.overwrite=")
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)]
     launcher = ["genlab"]
     world, local = (int(os.environ.get(k, "1")) for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
@@ -213,57 +244,48 @@ def _refuse(fn, arg: Any, context: str) -> Any:
         raise ConfigError(f"{context}: {e}") from e
 
 
-def run_and_record(cfg: DictConfig, run_dir: str | Path | None = None) -> float | None:
-    """Train, write `run.json`, and return the objective (`optimized_metric`) for a sweeper.
-
-    In a multirun, a failing job is recorded as failed with its reason and returns NaN (a failed
-    trial for Optuna), so the sweep goes on; a single run raises as usual.
-    """
+def _describe(cfg: DictConfig) -> dict[str, Any]:
+    """What `run.json` says of a run from the start: its overrides, choices, seed, objective,
+    versions and genlab's commit."""
     hydra_on = HydraConfig.initialized()
-    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
     overrides = list(HydraConfig.get().overrides.task) if hydra_on else []
     choices = dict(HydraConfig.get().runtime.choices) if hydra_on else {}
-    objective = {"name": cfg.get("optimized_metric"), "direction": cfg.get("optimized_direction")}
-    record: dict[str, Any] = {
+    return {
         "overrides": overrides,
         "params": record_lib.parse_overrides(overrides),
         "choices": {g: choices.get(g) for g in GROUPS if g in choices},
-        "seed": cfg.trainer.seed,
-        "objective": objective,
+        "seed": OmegaConf.select(cfg, "trainer.seed", default=None),
+        "objective": {
+            "name": cfg.get("optimized_metric"),
+            "direction": cfg.get("optimized_direction"),
+        },
         "versions": record_lib.versions(),
         "git_commit": record_lib.git_commit(),
     }
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    start = time.perf_counter()
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_and_record(cfg: DictConfig, run_dir: str | Path | None = None) -> float | None:
+    """Train and return the objective (`optimized_metric`) for a sweeper.
+
+    In a multirun, a failing job (recorded as failed in its `run.json`) returns NaN, a failed
+    trial for Optuna, and the sweep goes on; `genlab.callbacks` ends the sweep with an error
+    naming the failed jobs. A single run raises as usual.
+    """
     try:
         values = train(cfg, run_dir)
     except Exception as e:
-        if main_rank:
-            reason = str(e).strip() or type(e).__name__
-            record.update(status="failed", reason=reason, wall_time_s=time.perf_counter() - start)
-            record_lib.write_record(run_dir, record)
-        if not (hydra_on and HydraConfig.get().mode == RunMode.MULTIRUN):
+        if not _multirun():
             raise
         log.error("The run failed and the sweep goes on: %s", e)
         return math.nan
-    value = values.get(objective["name"]) if objective["name"] else None
-    objective["value"] = value
-    if main_rank:
-        record.update(
-            status="finished",
-            metrics=values,
-            steps=int(values.get("step", 0)),
-            wall_time_s=time.perf_counter() - start,
-            images_per_s=values.get("perf/images_per_s"),
-            peak_memory={
-                "host_mb": record_lib.peak_host_memory_mb(),
-                "cuda_mb": values.get("perf/peak_cuda_mb"),
-            },
-        )
-        record_lib.write_record(run_dir, record)
-    if objective["name"] and value is None:
-        log.warning("optimized_metric=%s was not produced by this run", objective["name"])
-    return value
+    name = cfg.get("optimized_metric")
+    if name and name not in values:
+        log.warning("optimized_metric=%s was not produced by this run", name)
+    return values.get(name) if name else None
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")

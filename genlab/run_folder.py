@@ -1,0 +1,312 @@
+"""Run folders: one run writes a folder at a time, a new run never writes over an earlier one, and
+what a run left behind loads without running code.
+
+Training holds its folder (`RunFolder`) before it writes anything: an OS lock on `.lock`, which
+the OS drops when the process ends (a killed run leaves no stale lock), keeps a second run out,
+and `claim` refuses a folder that already holds a run unless this run continues it
+(`trainer.resume=auto`, or a checkpoint inside it) or replaces it (`trainer.overwrite=true`).
+The run's own files (`.hydra/`, `run.json`, `train.log`) are written from `start` on, once every
+check has passed: a refused command leaves every file as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from genlab.checkpoint import find_resume, load_checkpoint, write_atomically
+from genlab.config import build, build_model, saved_config
+from genlab.errors import GenlabError, writing
+from genlab.record import RECORD, write_record
+from genlab.trust import check_targets
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+LOCK = ".lock"
+# What a run writes besides its log and .hydra/: a folder holding any of these holds a run.
+ARTIFACTS = ("checkpoints", "samples", "tb", "eval", "export", RECORD)
+
+
+class RunLog(logging.FileHandler):
+    """`train.log`, Hydra's job log file under `genlab train`: records wait in memory until the
+    run starts, so a refused run writes nothing; a failed write (a full disk) is reported once on
+    stderr instead of a traceback per record, and the log goes on on the console."""
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None) -> None:
+        super().__init__(filename, mode, encoding, delay=True)
+        self.held: list[logging.LogRecord] | None = []
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None:
+            self.held.append(record)
+        elif not self.failed:
+            super().emit(record)
+
+    def open_log(self) -> None:
+        """Write the records held so far, and every later one."""
+        held, self.held = self.held or [], None
+        for record in held:
+            self.emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(
+                f"genlab: cannot write {self.baseFilename} ({sys.exc_info()[1]}); "
+                "the log goes on on the console only\n"
+            )
+
+
+class RunFolder:
+    """The folder one training run writes (on the main process; elsewhere every method does
+    nothing). As a context manager it holds the folder's lock, and on leaving with an error it
+    records the run as `failed` or `interrupted` in `run.json` if the run had started, or, with
+    `keep_failed` (a sweep's job), if the folder held no earlier run. Otherwise a run that ends
+    before it starts writes nothing, and removes the folder if it leaves it empty."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        main: bool = True,
+        record: dict[str, Any] | None = None,
+        keep_failed: bool = False,
+    ) -> None:
+        self.path, self.main, self.keep_failed = Path(path), main, keep_failed
+        self.record = dict(record or {})
+        self.started = False
+        self._fd: int | None = None
+        self._replace: list[str] = []
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> RunFolder:
+        if self.main:
+            with writing(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._fd = _lock(self.path)
+        return self
+
+    def holds_run(self) -> list[str]:
+        """The files and folders of an earlier run in this folder."""
+        found = []
+        for name in ARTIFACTS:
+            path = self.path / name
+            if path.is_file() or (path.is_dir() and any(path.iterdir())):
+                found.append(name)
+        return found
+
+    def claim(self, resume: str | None, overwrite: bool) -> None:
+        """Refuse a folder that holds an earlier run, unless `resume` continues it (`auto`, or a
+        checkpoint inside it) or `overwrite` replaces it (its files are deleted at `start`)."""
+        found = self.holds_run() if self.main else []
+        if not found or self._continues(resume):
+            return
+        if overwrite:
+            self._replace = found
+            return
+        raise GenlabError(
+            f"{self.path} already holds a run ({', '.join(found)}), which a new run would "
+            "overwrite. Continue it with trainer.resume=auto, replace it with "
+            "trainer.overwrite=true (its files are deleted first), or choose another folder "
+            "with hydra.run.dir=..."
+        )
+
+    def _continues(self, resume: str | None) -> bool:
+        if resume is None:
+            return False
+        if resume == "auto":
+            return True
+        return Path(resume).expanduser().resolve().is_relative_to(self.path.resolve())
+
+    def start(self, cfg: DictConfig | None = None, **fields: Any) -> None:
+        """The run begins writing: the replaced run's files go, `.hydra/` gets this run's config,
+        `run.json` says `running`, and the held log lines reach `train.log`."""
+        if not self.main:
+            return
+        for name in [*self._replace, "train.log", ".hydra"] if self._replace else []:
+            path = self.path / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if cfg is not None:
+            _write_hydra_files(self.path, cfg)
+        self._write(status="running", started=time.time(), **fields)
+        for handler in _run_logs(self.path):
+            handler.open_log()
+        self.started = True
+        if self._replace:
+            log.info("Replaced the earlier run in %s (trainer.overwrite=true)", self.path)
+
+    def finish(self, **fields: Any) -> None:
+        self.record.pop("reason", None)
+        self._write(status="finished", **fields)
+
+    def _write(self, **fields: Any) -> None:
+        if self.main:
+            self.record.update(fields, wall_time_s=time.perf_counter() - self._t0)
+            write_record(self.path, self.record)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self.main:
+            return
+        try:
+            if error is not None and (self.started or (self.keep_failed and not self.holds_run())):
+                status, reason = outcome(error)
+                try:
+                    self._write(status=status, reason=reason)
+                except GenlabError as e:  # the disk that failed the run fails this too
+                    log.error("%s", e)
+                for handler in _run_logs(self.path):
+                    handler.open_log()
+            elif not self.started:
+                for handler in _run_logs(self.path):
+                    handler.held = []
+                if not self.holds_run():  # found empty: leave nothing behind
+                    (self.path / LOCK).unlink(missing_ok=True)
+                    _remove_if_empty(self.path)
+        finally:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)  # the pid is the holder's only while it holds
+                os.close(self._fd)  # releases the lock
+                self._fd = None
+
+
+def outcome(error: BaseException) -> tuple[str, str]:
+    """The status (`interrupted` or `failed`) and reason a run that raised `error` ends with."""
+    if isinstance(error, KeyboardInterrupt):
+        return (
+            "interrupted",
+            f"{str(error) or 'SIGINT'} outside the training loop, or a second signal",
+        )
+    if isinstance(error, SystemExit):
+        return "interrupted", str(getattr(error, "reason", None) or f"exit code {error.code}")
+    return "failed", str(error).strip() or type(error).__name__
+
+
+def _lock(folder: Path) -> int | None:
+    """Hold `folder`'s lock (the OS drops it with the process); refuse if another run holds it."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise GenlabError(
+            f"run folder {folder} is in use by another genlab run (pid {pid}): wait for it to "
+            "end, or choose another folder with hydra.run.dir=..."
+        ) from None
+    except OSError as e:  # a file system without locks
+        log.warning("cannot lock %s (%s): a second run could write into it", folder, e)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def lock_holder(folder: str | Path) -> int | None:
+    """The pid of the process that holds `folder`'s lock (-1 if it wrote none), or None when no
+    process does."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _run_logs(folder: Path) -> list[RunLog]:
+    """The `train.log` handlers that write into `folder`."""
+    where = os.path.realpath(folder)
+    return [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, RunLog) and os.path.dirname(os.path.realpath(h.baseFilename)) == where
+    ]
+
+
+def _write_hydra_files(folder: Path, cfg: DictConfig) -> None:
+    """`.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml`, as Hydra writes them (train.yaml
+    sets `hydra.output_subdir: null` so that Hydra does not, before genlab's checks)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    parts = {
+        "config.yaml": cfg,
+        "hydra.yaml": HydraConfig.instance().cfg,
+        "overrides.yaml": HydraConfig.get().overrides.task,
+    }
+    for name, node in parts.items():
+        write_atomically(OmegaConf.to_yaml(node).encode(), folder / ".hydra" / name)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+# --- reading a run --------------------------------------------------------------------------------
+
+
+def run_of(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint (`RUN/checkpoints/x.pt` -> `RUN`)."""
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def load_run(
+    run: str | Path, device: torch.device, trust_code: bool = False
+) -> tuple[Any, Any, DictConfig, dict]:
+    """The model (weights loaded, on `device`), loss, run config and checkpoint of a run folder
+    or checkpoint. The config stored in the checkpoint builds only allow-listed targets
+    (`genlab.trust`) unless `trust_code`; the checkpoint's `path` is added to the state."""
+    path = find_resume(str(run), Path(run), key="run")
+    state = load_checkpoint(path)
+    source = str(path)
+    cfg = saved_config(state, source)
+    for group in ("dataset", "model", "loss"):
+        if not isinstance(cfg.get(group), DictConfig):
+            raise GenlabError(f"{source}: its stored config has no {group}")
+        check_targets(cfg[group], group, source, trust_code)
+    cfg.model.pop("init_from", None)  # the weights come from this checkpoint
+    data = build(cfg.dataset, "dataset")
+    model = build_model(cfg.model, data)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise GenlabError(f"{path} does not fit its own model config: {e}") from None
+    state["path"] = source
+    return model.to(device).eval(), build(cfg.loss, "loss"), cfg, state
