@@ -215,15 +215,25 @@ def test_run_json_is_replaced_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
 
 
-def test_report_skips_unreadable_records_naming_them(tmp_path, caplog):
+def test_report_skips_unreadable_records_naming_them(tmp_path, caplog, monkeypatch):
+    """A folder of runs from anywhere: corrupt records and a decompression-bomb grid are left
+    out with a warning naming them, and the report is still written."""
+    from PIL import Image
+
     write_record(tmp_path / "good", {"status": "finished", "metrics": {"loss/d": 1.0}})
     for name, text in {"empty": "", "list": "[]", "null": "null", "corrupt": '{"status": '}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(text)
+    bomb = tmp_path / "good" / "samples" / "samples_0000005.png"
+    bomb.parent.mkdir()
+    Image.new("L", (3000, 3000)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     text = report(tmp_path, metric="loss/d")
     assert text.startswith("1 finished; ranked by loss/d (minimize)")
     for name in ("empty", "list", "null", "corrupt"):
         assert f"skipping {tmp_path / name / 'run.json'}" in caplog.text
+    assert f"leaving {bomb} out of best.png" in caplog.text
+    assert (tmp_path / "report.md").is_file() and not (tmp_path / "best.png").exists()
     assert "not ranked: no finished run logged eval/fd" in report(tmp_path)
 
 

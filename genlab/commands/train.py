@@ -31,7 +31,7 @@ from genlab.config import (
     saved_config,
 )
 from genlab.distributed import Processes
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, one_message
 from genlab.logger import NullLogger
 from genlab.optim import autocast_dtype
 from genlab.run_folder import RunFolder
@@ -289,5 +289,6 @@ def run_and_record(cfg: DictConfig, run_dir: str | Path | None = None) -> float 
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+@one_message
 def main(cfg: DictConfig) -> float | None:
     return run_and_record(cfg)
