@@ -44,11 +44,14 @@ _REASONS = {
 }
 
 
+def _reason(error: OSError) -> str:
+    return _REASONS.get(error.errno or 0, error.strerror or str(error))
+
+
 def cannot_write(path: str | Path | None, error: OSError) -> WriteError:
     """The one-line error for `error` while writing `path`."""
     where = error.filename if path is None and error.filename else path
-    reason = _REASONS.get(error.errno or 0, error.strerror or str(error))
-    return WriteError(f"cannot write {where or 'a file'}: {reason}")
+    return WriteError(f"cannot write {where or 'a file'}: {_reason(error)}")
 
 
 @contextmanager
@@ -68,7 +71,6 @@ def one_message(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except OSError as e:
-            reason = _REASONS.get(e.errno or 0, e.strerror or str(e))
-            raise GenlabError(f"{e.filename}: {reason}" if e.filename else reason) from e
+            raise GenlabError(f"{e.filename}: {_reason(e)}" if e.filename else _reason(e)) from e
 
     return wrapped  # type: ignore[return-value]
