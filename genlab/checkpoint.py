@@ -9,6 +9,8 @@ import random
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,18 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+@contextmanager
+def own_random_streams() -> Iterator[None]:
+    """Run an observation of training (sample grids, an evaluation) on random streams of its own:
+    every global generator (python, numpy, torch, CUDA) is as before once it is done, so
+    observing a run never changes it."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from genlab.background import BackgroundWriter
 from genlab.checkpoint import (
     checkpoint_bytes,
     copy_checkpoint,
+    own_random_streams,
     prune,
     rng_state,
     seed_everything,
@@ -297,7 +298,9 @@ class Trainer:
                 if procs.main and (
                     (self.sample_every and step % self.sample_every == 0) or last_step
                 ):
-                    for name, grid in model.sample_grids(fixed, loss).items():
+                    with own_random_streams():
+                        grids = model.sample_grids(fixed, loss)
+                    for name, grid in grids.items():
                         path = run_dir / "samples" / f"{name}_{step:07d}.png"
                         logger.log_png(name, save_png(grid, path), grid.shape, step)
                 if (self.ckpt_every and step % self.ckpt_every == 0) or last_step:
@@ -310,7 +313,7 @@ class Trainer:
                     and not stop
                 ):
                     try:
-                        with stop.interruptible():
+                        with stop.interruptible(), own_random_streams():
                             scores = {f"eval/{k}": float(v) for k, v in evaluate().items()}
                     except StopRequested as e:
                         log.warning("step %d: %s stopped the evaluation", step, e)
