@@ -1,9 +1,10 @@
 """The `evaluator` config group: metrics of a trained model, with their protocol beside them.
 
-GANs and VAEs alike get the Fréchet distance, KID and precision/recall between generated and real
+Every model family gets the Fréchet distance, KID and precision/recall between generated and real
 images in a feature space: the data set's own classifier (offline) or FID's Inception-v3. With
 labelled data, the classifier also scores class-conditional samples (accuracy per class) or the
-class coverage of unconditional ones. VAEs add likelihood metrics on the held-out split.
+class coverage of unconditional ones. Families with the `likelihood` ability (the VAE) add their
+likelihood metrics on the held-out split, with their protocol.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class Evaluator:
     ) -> tuple[Tensor, Tensor | None]:
         """`n` generated images as uint8 (class-balanced labels for a conditional model)."""
         gen = torch.Generator(device=device).manual_seed(self.seed)
-        classes = getattr(model, "num_classes", 0)
+        classes = model.num_classes
         labels = torch.arange(n, device=device) % classes if classes else None
         chunks = []
         for start in range(0, n, self.batch_size):
@@ -235,10 +236,11 @@ class Evaluator:
             metrics.update(kid=kid, kid_std=kid_std, precision=precision, recall=recall)
         if features.classifier is not None:
             metrics.update(self.class_metrics(features.classifier, fake, labels, device))
-        vae_metrics = getattr(model, "likelihood_metrics", None)
-        if vae_metrics is not None:
+        likelihood = "likelihood" in model.abilities
+        k = 0 if cheap else self.nll_samples
+        if likelihood:
             images = normalize(real.images.to(device))
-            metrics.update(vae_metrics(loss, images, 0 if cheap else self.nll_samples, self.seed))
+            metrics.update(model.likelihood_metrics(loss, images, k, self.seed))
         protocol = {
             "features": features.name,
             "features_sha256": features.sha256,
@@ -261,14 +263,8 @@ class Evaluator:
         if features.record:
             protocol["classifier_accuracy"] = features.record["accuracy"]
             protocol["classifier_split"] = features.record.get("test_split", "test")
-        if vae_metrics is not None:
-            protocol.update(
-                binarised=False,
-                likelihood=f"{loss.likelihood} on grey levels in [0, 1]"
-                if loss.likelihood == "bernoulli"
-                else f"gaussian, sigma {loss.sigma} on [-1, 1]",
-                nll_samples=0 if cheap else self.nll_samples,
-            )
+        if likelihood:
+            protocol.update(model.likelihood_protocol(loss, k))
         return Report(metrics, protocol)
 
     @torch.no_grad()

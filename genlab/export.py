@@ -19,9 +19,17 @@ from torch import Tensor, nn
 from genlab.checkpoint import write_atomically
 from genlab.config import build
 from genlab.errors import GenlabError
+from genlab.models.base import Family
 from genlab.trust import check_targets, read_config
 
-OUTPUTS = ("image", "bernoulli", "gaussian")  # network output -> image: as is, sigmoid, clamp
+# how an exported network's output becomes an image in [-1, 1]
+OUTPUTS = {
+    "image": lambda x: x,  # already one (a GAN's generator)
+    "sigmoid": lambda x: torch.sigmoid(x) * 2 - 1,  # Bernoulli logits (a VAE's decoder)
+    "clamp": lambda x: x.clamp(-1, 1),  # a Gaussian mean
+}
+# Exports written before genlab.models.base held the whole VAE and named its likelihood.
+_OLD_OUTPUTS = {"bernoulli": "sigmoid", "gaussian": "clamp"}
 
 
 class Generator(nn.Module):
@@ -30,7 +38,7 @@ class Generator(nn.Module):
     def __init__(self, network: nn.Module, latent_dim: int, num_classes: int, output: str) -> None:
         super().__init__()
         if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         self.network, self.latent_dim, self.num_classes, self.output = (
             network,
             latent_dim,
@@ -40,33 +48,15 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.output == "image":
-            return self.network(z, labels if self.num_classes else None)
-        x = self.network.decoder(z)
-        return torch.sigmoid(x) * 2 - 1 if self.output == "bernoulli" else x.clamp(-1, 1)
+        x = self.network(z, labels) if self.num_classes else self.network(z)
+        return OUTPUTS[self.output](x)
 
 
-def _node(cfg: DictConfig, **kwargs: Any) -> dict[str, Any]:
-    """A partial's config as a complete, instantiable node."""
-    node = OmegaConf.to_container(cfg, resolve=True)
-    node.pop("_partial_", None)
-    node.pop("init_from", None)
-    node.pop("freeze", None)
-    return {**node, **kwargs}
-
-
-def export(model: Any, loss: Any, run_cfg: DictConfig, source: dict, folder: Path) -> Path:
-    """Write the sampling network (a GAN's EMA generator when there is one; a VAE's decoder
-    through the whole VAE) and its config to `folder`."""
-    shape = {**model.shape, "num_classes": model.num_classes}
-    if hasattr(model, "sampler"):
-        network = model.sampler()
-        node = _node(run_cfg.model.generator, latent_dim=model.latent_dim, **shape)
-        output = "image"
-    else:
-        network = model
-        node = _node(run_cfg.model, **shape)
-        output = loss.likelihood
+def export(model: Family, loss: Any, run_cfg: DictConfig, source: dict, folder: Path) -> Path:
+    """Write the network that samples (`Family.export_sampler`: a GAN's generator, its EMA
+    when there is one; a VAE's decoder) and the config that builds it to `folder`."""
+    exported = model.export_sampler(loss, run_cfg.model)
+    network, node, output = exported.network, exported.node, exported.output
     tensors = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
     write_atomically(save(tensors), folder / "generator.safetensors")
     spec = {
@@ -99,7 +89,10 @@ def load_generator(
     try:
         network = build(spec.network, "network")
         network.load_state_dict(load_file(str(folder / "generator.safetensors")))
-        g = Generator(network, int(spec.latent_dim), int(spec.num_classes), spec.output)
+        output = spec.output
+        if output in _OLD_OUTPUTS:  # an older export: the whole VAE, sampled by its decoder
+            network, output = network.decoder, _OLD_OUTPUTS[output]
+        g = Generator(network, int(spec.latent_dim), int(spec.num_classes), output)
     except (OSError, RuntimeError, ValueError, TypeError, SafetensorError) as e:
         raise GenlabError(f"{folder} is not a loadable genlab export ({e})") from None
     return g.to(device).eval()

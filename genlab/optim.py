@@ -14,10 +14,11 @@ from torch.optim import Optimizer
 
 
 class OptimizerSpec:
-    """Builds the optimizer of each network: `lr` for the generator (or the VAE), `d_lr` for the
-    discriminator (defaults to `lr`; set it for two time-scale updates). `fused` picks torch's
-    fused implementation (one kernel per step, and updates the guard can skip without a host
-    sync) for optimizers that have one, unless `impl` sets `fused` or `foreach` itself."""
+    """Builds the optimizer of each network of a model (each key of its family's `roles`): at `lr`
+    (a GAN's generator, a VAE), or at the learning rate the family passes, such as `d_lr` for a
+    GAN's discriminator (defaults to `lr`; set it for two time-scale updates). `fused` picks
+    torch's fused implementation (one kernel per step, and updates the guard can skip without a
+    host sync) for optimizers that have one, unless `impl` sets `fused` or `foreach` itself."""
 
     def __init__(
         self,
@@ -34,21 +35,20 @@ class OptimizerSpec:
         chosen = set(getattr(impl, "keywords", {})) & {"fused", "foreach"}
         self.fused = fused and not chosen and "fused" in inspect.signature(impl).parameters
 
-    def __call__(self, params: Iterable[Tensor], role: Literal["g", "d"] = "g") -> Optimizer:
-        lr = self.d_lr if role == "d" and self.d_lr is not None else self.lr
+    def __call__(self, params: Iterable[Tensor], lr: float | None = None) -> Optimizer:
+        """The optimizer of `params` at `lr` (None: `self.lr`)."""
+        lr = self.lr if lr is None else lr
         return self.impl(params, lr=lr, **({"fused": True} if self.fused else {}))
 
 
 class NonFiniteError(RuntimeError):
     """A loss or gradient that is NaN or infinite; the update was not applied."""
 
-    def __init__(self, name: str, loss: float, grad_norm: float) -> None:
-        role = ROLES.get(name, name)
-        super().__init__(f"non-finite {role} update (loss {loss}, gradient norm {grad_norm})")
+    def __init__(self, name: str, network: str, loss: float, grad_norm: float) -> None:
+        super().__init__(f"non-finite {network} update (loss {loss}, gradient norm {grad_norm})")
         self.name, self.loss, self.grad_norm = name, loss, grad_norm
 
 
-ROLES = {"g": "generator", "d": "discriminator"}
 Precision = Literal[32, "32", "bf16", "16-mixed"]
 AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -108,8 +108,10 @@ class Updater:
         device: torch.device,
         precision: Precision = "32",
         grad_clip: float | None = None,
+        names: dict[str, str] | None = None,
     ) -> None:
         self.optimizers, self.grad_clip = optimizers, grad_clip
+        self.names = {k: (names or {}).get(k, k) for k in optimizers}  # for messages
         self.device_type, self.dtype = device.type, autocast_dtype(precision, device)
         fp16 = self.dtype is torch.float16
         self.scalers = {k: torch.amp.GradScaler(device.type, enabled=fp16) for k in optimizers}
@@ -164,7 +166,7 @@ class Updater:
             optimizer.zero_grad(set_to_none=True)
             scale = self.loss_scale(name)
             if scale <= 1.0:
-                raise NonFiniteError(name, float(loss.detach()), float(norm))
+                raise NonFiniteError(name, self.names[name], float(loss.detach()), float(norm))
             scaler.update(scale * scaler.get_backoff_factor())  # a loss-scale overflow
             self.overflows += 1
             return norm

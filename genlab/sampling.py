@@ -10,6 +10,7 @@ from torch import Tensor
 
 from genlab.data.loader import normalize
 from genlab.images import square_side
+from genlab.models.base import Family, require
 from genlab.models.common import eval_mode
 
 
@@ -55,18 +56,18 @@ class Sampler:
         self.mode, self.num, self.seed, self.label, self.steps = mode, num, seed, label, steps
         self.batch_size = batch_size
 
-    def check(self, model: Any) -> None:
+    def check(self, model: Family) -> None:
         """Refuse settings that do not fit the model, before any image is made."""
-        classes = getattr(model, "num_classes", 0)
+        classes = model.num_classes
         if self.label is not None and not classes:
-            raise ValueError("label is only for class-conditional models (model=cgan)")
+            raise ValueError("sampler.label is only for class-conditional models (model=cgan)")
         if self.label is not None and not 0 <= self.label < classes:
-            raise ValueError(f"label must be in 0..{classes - 1}, got {self.label}")
-        if self.mode == "reconstruct" and not hasattr(model, "encode"):
-            raise ValueError("mode=reconstruct needs a VAE")
+            raise ValueError(f"sampler.label must be in 0..{classes - 1}, got {self.label}")
+        if self.mode != "samples":
+            require(model, self.mode, f"sampler.mode={self.mode}")
 
-    def labels(self, model: Any, n: int, device: torch.device) -> Tensor | None:
-        classes = getattr(model, "num_classes", 0)
+    def labels(self, model: Family, n: int, device: torch.device) -> Tensor | None:
+        classes = model.num_classes
         if not classes:
             return None
         if self.label is not None:
@@ -74,11 +75,11 @@ class Sampler:
         return torch.arange(classes, device=device).repeat_interleave(max(1, n // classes))
 
     def __call__(
-        self, model: Any, loss: Any, device: torch.device, real: Tensor | None
+        self, model: Family, loss: Any, device: torch.device, real: Tensor | None
     ) -> tuple[Iterator[Tensor], int]:
         """Batches of images in [-1, 1] (on the CPU), and how many images go in a grid row."""
         gen = torch.Generator(device=device).manual_seed(self.seed)
-        classes = getattr(model, "num_classes", 0)
+        classes = model.num_classes
         if self.mode == "samples":
             labels = self.labels(model, self.num, device)
             n = self.num if labels is None else len(labels)
@@ -124,8 +125,7 @@ class Sampler:
         rows_per_batch = max(1, self.batch_size // nrow)
         for start in range(0, count, rows_per_batch * nrow):
             x = normalize(real[spread[start : start + rows_per_batch * nrow]].to(device))
-            with eval_mode(model):
-                recon = loss.mean(model.decoder(model.encode(x)[0]))
+            recon = model.reconstruct(x, loss)
             pairs = torch.stack(
                 [x.view(-1, nrow, *x.shape[1:]), recon.view(-1, nrow, *x.shape[1:])], 1
             )

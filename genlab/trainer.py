@@ -42,11 +42,9 @@ from genlab.distributed import Processes
 from genlab.errors import GenlabError
 from genlab.images import save_png
 from genlab.logger import NullLogger
-from genlab.optim import ROLES, NonFiniteError, Precision, Updater, precision_dtype
+from genlab.optim import NonFiniteError, Precision, Updater, precision_dtype
 
 log = logging.getLogger(__name__)
-
-COLLAPSE_WARNING = 0.2  # generated batch diversity below this fraction of the real one
 
 
 class Trainer:
@@ -193,7 +191,7 @@ class Trainer:
         model.to(device).train()
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        update = Updater(optimizers, device, self.precision, self.grad_clip)
+        update = Updater(optimizers, device, self.precision, self.grad_clip, model.roles)
         examples = (normalize(loader.examples(self.num_samples)), None)
         fixed = model.fixed_inputs(self.num_samples, examples, seed=self.seed)
         per_step = model.batches_per_step(loss)
@@ -288,13 +286,7 @@ class Trainer:
                     logger.log_scalars(values, step)
                     bar.set_postfix(_short(values), refresh=False)
                     window_start, window_steps = now, 0
-                    if values.get("diversity", 1.0) < COLLAPSE_WARNING:
-                        log.warning(
-                            "step %d: generated images are %.2f as diverse as real ones: the "
-                            "generator may be collapsing to a few modes",
-                            step,
-                            values["diversity"],
-                        )
+                    model.on_log(values, step)
                 if procs.main and (
                     (self.sample_every and step % self.sample_every == 0) or last_step
                 ):
@@ -403,7 +395,8 @@ class _Guard:
         self.since = step + 1
         if counts:
             what = ", ".join(
-                f"{n} non-finite {ROLES.get(k, k)} update{'s' * (n > 1)}" for k, n in counts.items()
+                f"{n} non-finite {self.update.names[k]} update{'s' * (n > 1)}"
+                for k, n in counts.items()
             )
             where = f"step {step}" if first == step else f"steps {first}-{step}"
             self._skip(step, counts, f"{where}: {what}")
@@ -418,7 +411,7 @@ class _Guard:
         """Fail a run whose last logging window skipped every update of a network."""
         if self.dead is not None:
             first, last, names = self.dead
-            who = " and ".join(ROLES.get(k, k) for k in names)
+            who = " and ".join(self.update.names[k] for k in names)
             where = f"step {last}" if first == last else f"steps {first}-{last}"
             self.writer.wait()
             raise GenlabError(
@@ -481,7 +474,7 @@ def _restore(state, model, optimizers, schedulers, update, loader, procs) -> tup
         raise GenlabError(f"the checkpoint does not fit this model: {e}") from None
     step = int(state["step"])
     for name, optimizer in optimizers.items():
-        role = ROLES.get(name, name)
+        role = update.names[name]
         for group, settings in zip(optimizer.param_groups, groups[name], strict=True):
             for key, value in settings.items():
                 if group.get(key) != value:

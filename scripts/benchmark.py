@@ -8,8 +8,9 @@ Four loops train the identical model (built from genlab's config), optimizer and
 
 - genlab: `Trainer.fit` with its default logging, sample and checkpoint intervals, guards, EMA
   off. Only the fit is timed, not the setup.
-- bare: the floor, a plain loop over the same device-resident uint8 images with random indices,
-  the same losses, and no logging or guards.
+- bare: the floor, the family's own `train_step` in a plain loop over the same device-resident
+  uint8 images with random indices, each update a plain zero_grad/backward/step (`PlainUpdate`):
+  no logging, guards, grids or checkpoints.
 - reference: the bare step fed the way each model's reference script reads MNIST: a shuffling
   `DataLoader` over PIL images through torchvision transforms, with that script's transforms and
   workers (`REFERENCE`): PyTorch-GAN's gan.py and cgan.py (`Resize`, `ToTensor`, `Normalize`, no
@@ -34,12 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 
-CASES = {  # name: (model, dataset, image size, batch size)
-    "gan": ("gan", "mnist5k", 28, 64),
-    "cgan": ("cgan", "mnist5k", 28, 64),
-    "dcgan": ("dcgan", "mnist5k", 28, 64),
-    "vae": ("vae", "mnist5k", 28, 64),
-    "vae_mlp": ("vae_mlp", "mnist5k", 28, 64),
+MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
+CASES = {  # name: (model, dataset, image size, batch size): every conf/model, and DCGAN at 64 px
+    **{m: (m, "mnist5k", 28, 64) for m in MODELS},
     "dcgan64": ("dcgan", "mnist5k", 64, 64),
 }
 
@@ -115,29 +113,26 @@ class PILImages:
         return self.transform(image), int(self.labels[i]) if self.labels is not None else 0
 
 
-def _bare_step(model, loss, opts, real, labels):
-    """One update as a reference script writes it (the same losses as genlab's)."""
-    import torch
+class PlainUpdate:
+    """An update as a reference script writes it: zero_grad, backward, step; no guards, clipping
+    or loss scaling (what a family's `train_step` asks of genlab's `Updater`)."""
 
-    if hasattr(model, "encode"):
-        decoded, mu, logvar = model(real)
-        terms = loss(decoded, real, mu, logvar)
-        opts["vae"].zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opts["vae"].step()
-        return
-    labels = labels if model.num_classes else None
-    fake = model.generator(torch.randn(len(real), model.latent_dim, device=real.device), labels)
-    d_loss = loss.d_loss(
-        model.discriminator(real, labels), model.discriminator(fake.detach(), labels)
-    )
-    opts["d"].zero_grad(set_to_none=True)
-    d_loss.backward()
-    opts["d"].step()
-    g_loss = loss.g_loss(model.discriminator(fake, labels))
-    opts["g"].zero_grad(set_to_none=True)
-    g_loss.backward()
-    opts["g"].step()
+    def __init__(self, optimizers: dict) -> None:
+        self.optimizers = optimizers
+
+    def autocast(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def loss_scale(self, name: str) -> float:
+        return 1.0
+
+    def __call__(self, loss, name: str, measure: bool = True) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
 
 def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queue) -> None:
@@ -154,7 +149,13 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
     torch.manual_seed(0)
     model = build_model(cfg.model, data).to(device).train()
     loss = build(cfg.loss, "loss")
-    opts = model.configure_optimizers(build(cfg.optimizer, "optimizer"))
+    update = PlainUpdate(model.configure_optimizers(build(cfg.optimizer, "optimizer")))
+    per_step = model.batches_per_step(loss)
+
+    def bare(batches) -> None:
+        """`steps` steps of the family's own training step, fed from `batches`."""
+        for _ in range(steps):
+            model.train_step(batches, loss, update, metrics=False)
 
     def sync():
         if device.type == "cuda":
@@ -186,18 +187,20 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
         images = data.images.to(device)
         labels_all = data.labels.to(device) if data.labels is not None else None
         gen = torch.Generator().manual_seed(0)
-        order = torch.randint(len(images), (steps, batch), generator=gen).to(device)
+        order = torch.randint(len(images), (steps * per_step, batch), generator=gen).to(device)
+        batches = (
+            (normalize(images[idx]), None if labels_all is None else labels_all[idx])
+            for idx in order
+        )
         start = time.perf_counter()
-        for idx in order:
-            real = normalize(images[idx])
-            _bare_step(model, loss, opts, real, None if labels_all is None else labels_all[idx])
+        bare(batches)
         sync()
         seconds = time.perf_counter() - start
     else:  # DataLoader + torchvision transforms
         from torch.utils.data import DataLoader
         from torchvision import transforms
 
-        how = REFERENCE[model_name] if variant == "reference" else TUNED
+        how = REFERENCE.get(model_name, TUNED) if variant == "reference" else TUNED
         _, raw = _build(model_name, dataset, 28, batch, device_name, root)  # decoded at 28 px
         steps_tf = [transforms.ToTensor()]
         if how.resize or raw.image_size != size:
@@ -211,16 +214,15 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
             drop_last=True,
             **how.loader_kwargs(device.type == "cuda"),
         )
-        done, start = 0, time.perf_counter()
-        while done < steps:
-            for real, labels in loader:
-                real, labels = real.to(device), labels.to(device)
-                if not how.normalize:
-                    real = real * 2 - 1
-                _bare_step(model, loss, opts, real, labels)
-                done += 1
-                if done == steps:
-                    break
+
+        def batches():
+            while True:  # epochs
+                for real, labels in loader:
+                    real, labels = real.to(device), labels.to(device)
+                    yield (real if how.normalize else real * 2 - 1), labels
+
+        start = time.perf_counter()
+        bare(batches())
         sync()
         seconds = time.perf_counter() - start
     peak = (
@@ -301,7 +303,7 @@ def main() -> None:
         r = {v: min(results, key=lambda m: m["ms"]) for v, results in runs.items()}
         for variant in ("reference", "dataloader"):
             r[variant] = measure(variant, case, steps, args.device, args.root)
-        how = REFERENCE[case[0]]
+        how = REFERENCE.get(case[0], TUNED)  # a family without a reference script: the tuned loop
         workers = how.loader_kwargs(cuda)["num_workers"]
         row = (
             f"| {name} | {r['genlab']['ms']:.2f} | {r['bare']['ms']:.2f} "

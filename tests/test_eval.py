@@ -141,7 +141,9 @@ def test_sample_modes_and_ensembles(runs, tmp_path):
 def test_sample_refuses_what_does_not_fit(runs):
     result = run_cli("sample", f"run={runs / 'cgan'}", "sampler.mode=reconstruct")
     assert result.returncode == 1
-    assert "sampler: mode=reconstruct needs a VAE" in result.stderr
+    assert "sampler.mode=reconstruct needs a model that encodes images; GAN does not" in (
+        result.stderr
+    )
     result = run_cli("eval", "run=/nonexistent/run")
     assert result.returncode == 1 and "no checkpoint at /nonexistent/run" in result.stderr
 

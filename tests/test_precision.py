@@ -97,7 +97,8 @@ def test_fused_updates_skip_non_finite_steps_with_or_without_the_norm(bad, measu
 def test_float16_overflow_halves_the_scale_until_it_is_a_real_nan():
     layer = nn.Linear(2, 1)
     before = [p.detach().clone() for p in layer.parameters()]
-    update = Updater({"g": torch.optim.SGD(layer.parameters(), lr=0.1)}, CPU, "16-mixed")
+    optimizers = {"g": torch.optim.SGD(layer.parameters(), lr=0.1)}
+    update = Updater(optimizers, CPU, "16-mixed", names={"g": "generator"})
     for i in range(16):  # 65536 -> 1: each non-finite step is taken for an overflow
         update(layer(torch.ones(1, 2)).sum() * float("inf"), "g")
         assert update.overflows == i + 1

@@ -32,7 +32,7 @@ def sample(cfg: DictConfig) -> Path:
         try:
             sampler.check(model)
         except ValueError as e:
-            raise ConfigError(f"sampler: {e} ({path})") from None
+            raise ConfigError(f"{e} ({path})") from None
         if i == 0:  # the default is the run's own samples/ folder, genlab's to write
             out = Path(cfg.out) if cfg.out else _default_out(state, sampler)
         real = (

@@ -1,6 +1,7 @@
-"""Model families (GAN, VAE) and the networks they are built from."""
+"""Model families (`base.Family`: the contract; GAN, VAE) and the networks they are built from."""
 
+from genlab.models.base import Family
 from genlab.models.gan import GAN
 from genlab.models.vae import VAE
 
-__all__ = ["GAN", "VAE"]
+__all__ = ["Family", "GAN", "VAE"]

@@ -6,21 +6,35 @@ networks arrive as partially built callables and receive the data set's shape he
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
 
 from genlab.data.loader import Batch
+from genlab.ema import EMA
 from genlab.images import square_side, to_grid
 from genlab.losses import AdversarialLoss, gradient_penalty
-from genlab.models import finetune
+from genlab.models.base import Exported, Family, complete
 from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec, Updater
 
+log = logging.getLogger(__name__)
 
-class GAN(nn.Module):
+COLLAPSE_WARNING = 0.2  # generated batch diversity below this fraction of the real one
+
+
+class GAN(Family):
+    """A generator and a discriminator trained adversarially (`loss`: bce, hinge, lsgan,
+    wgan_gp); with `conditional`, both take class labels. `ema_decay` samples from an
+    exponential moving average of G (from `ema_start` generator updates on)."""
+
+    roles: ClassVar[dict[str, str]] = {"g": "generator", "d": "discriminator"}
+    abilities: ClassVar[frozenset[str]] = frozenset({"interpolate"})
+
     def __init__(
         self,
         generator: Callable[..., nn.Module],
@@ -44,11 +58,7 @@ class GAN(nn.Module):
                 "a class-conditional GAN needs class labels, and this data set has none "
                 "(for image_folder, put the images in one sub-folder per class)"
             )
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1) or null, got {ema_decay}")
-        if ema_start < 0:
-            raise ValueError(f"ema_start must be >= 0, got {ema_start}")
-        self.latent_dim, self.ema_decay, self.ema_start = latent_dim, ema_decay, ema_start
+        self.latent_dim = latent_dim
         self.num_classes = num_classes if conditional else 0
         self.generator = generator(
             latent_dim=latent_dim,
@@ -60,17 +70,12 @@ class GAN(nn.Module):
             channels=channels, image_size=image_size, num_classes=self.num_classes
         )
         self.shape = {"channels": channels, "image_size": image_size}
-        if init_from:
-            finetune.init_from(self, init_from)
-        finetune.freeze(self, freeze)
-        # Exponential moving average of G (weights and BatchNorm statistics), used for samples;
-        # torch's container (its checkpoint keys), updated by `_update_ema`.
+        self.finish(init_from, freeze)
+        # samples come from this average of G (weights and BatchNorm statistics) when set
         self.generator_ema = None
         if ema_decay is not None:
-            self.generator_ema = AveragedModel(self.generator, use_buffers=True)
-            self.generator_ema.requires_grad_(False)
+            self.generator_ema = EMA(self.generator, ema_decay, ema_start)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
-        self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
         self.d_input: Callable[[Tensor], Tensor] = _identity  # DiffAugment, see `set_augment`
         self._d_params: list[nn.Parameter] = []  # D's parameters, listed at the first step
 
@@ -88,9 +93,10 @@ class GAN(nn.Module):
             )
 
     def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
+        """`optimizer.lr` for G, `optimizer.d_lr` (or lr) for D."""
         return {
-            "g": spec(self.generator.parameters(), "g"),
-            "d": spec(self.discriminator.parameters(), "d"),
+            "g": spec(self.generator.parameters()),
+            "d": spec(self.discriminator.parameters(), spec.d_lr),
         }
 
     def batches_per_step(self, loss: AdversarialLoss) -> int:
@@ -163,7 +169,7 @@ class GAN(nn.Module):
                 p.requires_grad_(flag)
         self.generator_updates += 1
         if self.generator_ema is not None:
-            self._update_ema()
+            self.generator_ema.update(self.generator, self.generator_updates)
 
         values.update({"loss/d": d_loss.detach(), "loss/g": g_loss.detach()})
         if metrics:
@@ -178,31 +184,14 @@ class GAN(nn.Module):
             )
         return values
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """After `ema_start` generator updates, EMA = decay * EMA + (1 - decay) * G, starting from
-        a copy of G: torch's `AveragedModel` with `get_ema_multi_avg_fn`, without its host sync
-        on `n_averaged` (the weight of G is a device tensor: 0 before the start, then 1, then
-        1 - decay). Integer buffers (BatchNorm's batch count) are copied."""
-        ema = self.generator_ema
-        started = self.generator_updates > self.ema_start
-        weight = torch.where(ema.n_averaged == 0, 1.0, 1.0 - self.ema_decay) * started
-        pairs = zip(
-            [*ema.module.parameters(), *ema.module.buffers()],
-            [*self.generator.parameters(), *self.generator.buffers()],
-            strict=True,
-        )
-        averaged, current = [], []
-        for e, g in pairs:
-            if e.is_floating_point():
-                averaged.append(e)
-                current.append(g.detach())
-            else:
-                e.copy_(torch.where(started, g, e))
-        if averaged:  # exact at the ends: weight 0 keeps EMA, weight 1 copies G
-            torch._foreach_mul_(averaged, 1.0 - weight)
-            torch._foreach_add_(averaged, torch._foreach_mul(current, weight))
-        ema.n_averaged += started
+    def on_log(self, values: dict[str, float], step: int) -> None:
+        if values.get("diversity", 1.0) < COLLAPSE_WARNING:
+            log.warning(
+                "step %d: generated images are %.2f as diverse as real ones: the generator may "
+                "be collapsing to a few modes",
+                step,
+                values["diversity"],
+            )
 
     # --- sampling -------------------------------------------------------------------------------
 
@@ -220,7 +209,7 @@ class GAN(nn.Module):
     def sampler(self) -> nn.Module:
         """The generator that samples: its EMA once averaging has begun, else itself."""
         ema = self.generator_ema
-        return ema.module if ema is not None and ema.n_averaged > 0 else self.generator
+        return self.generator if ema is None else ema.or_network(self.generator)
 
     @torch.no_grad()
     def generate(
@@ -241,6 +230,11 @@ class GAN(nn.Module):
             images = self.sampler()(fixed["z"], fixed["labels"])
         nrow = len(images) // self.num_classes if self.num_classes else square_side(len(images))
         return {"samples": to_grid(images, nrow)}
+
+    def export_sampler(self, loss: AdversarialLoss, node: DictConfig) -> Exported:
+        """The generator (its EMA when there is one), which maps latents and labels to images."""
+        shape = {**self.shape, "num_classes": self.num_classes, "latent_dim": self.latent_dim}
+        return Exported(self.sampler(), complete(node.generator, **shape), "image")
 
 
 def diversity(fake: Tensor, real: Tensor) -> Tensor:

@@ -4,24 +4,29 @@ convolutional networks."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from genlab.data.loader import Batch
 from genlab.images import square_side, to_grid
 from genlab.losses import ELBO
 from genlab.metrics.likelihood import vae_metrics
-from genlab.models import finetune
+from genlab.models.base import Exported, Family, complete
 from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec, Updater
 
 
-class VAE(nn.Module):
+class VAE(Family):
     """An encoder from images to the latent mean and log-variance (`2 * latent_dim` outputs) and a
     decoder from latents to the likelihood's parameters (image-shaped). The networks arrive as
     partially built callables (`model=vae`: convolutional, `model=vae_mlp`: fully connected) and
     receive the data set's shape and `latent_dim` here."""
+
+    roles: ClassVar[dict[str, str]] = {"vae": "VAE"}
+    abilities: ClassVar[frozenset[str]] = frozenset({"interpolate", "reconstruct", "likelihood"})
 
     def __init__(
         self,
@@ -39,14 +44,11 @@ class VAE(nn.Module):
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         self.latent_dim, self.num_classes = latent_dim, 0
-        self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
         shape = {"channels": channels, "image_size": image_size}
         self.encoder = encoder(latent_dim=latent_dim, **shape)
         self.decoder = decoder(latent_dim=latent_dim, **shape)
         self.shape = shape
-        if init_from:
-            finetune.init_from(self, init_from)
-        finetune.freeze(self, freeze)
+        self.finish(init_from, freeze)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
@@ -58,32 +60,14 @@ class VAE(nn.Module):
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         return self.decoder(z), mu, logvar
 
-    # --- wiring ---------------------------------------------------------------------------------
+    # --- training -------------------------------------------------------------------------------
 
     def check_loss(self, loss: object) -> None:
         if not isinstance(loss, ELBO):
             raise ValueError("VAE models take the ELBO loss: loss=elbo")
 
     def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": spec(self.parameters(), "g")}
-
-    def batches_per_step(self, loss: ELBO) -> int:
-        return 1
-
-    # --- training -------------------------------------------------------------------------------
-
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        """Train through a `wrap`ped copy of the whole VAE (DistributedDataParallel)."""
-        self.replicas["vae"] = wrap(self)
-
-    def set_augment(self, augment) -> None:
-        raise ValueError(
-            "DiffAugment (augment.diff) is for GANs; the VAE takes data augmentation "
-            "(augment=basic)"
-        )
-
-    def compile_targets(self, loss: ELBO) -> list[nn.Module]:
-        return [self.encoder, self.decoder]
+        return {"vae": spec(self.parameters())}
 
     def train_step(
         self, batches: Iterator[Batch], loss: ELBO, update: Updater, metrics: bool = True
@@ -92,7 +76,7 @@ class VAE(nn.Module):
         norm."""
         x, _ = next(batches)
         with update.autocast():
-            decoded, mu, logvar = self.replicas.get("vae", self)(x)
+            decoded, mu, logvar = self.replicas.get("model", self)(x)
             terms = loss(decoded.float(), x, mu.float(), logvar.float())
         values = {f"loss/{k}": v.detach() for k, v in terms.items()}
         norm = update(terms["loss"], "vae", measure=metrics)
@@ -124,11 +108,23 @@ class VAE(nn.Module):
         """The decoder's mean images for given latents."""
         return loss.mean(self.decoder(z))
 
-    def likelihood_metrics(
-        self, loss: ELBO, images: Tensor, k: int, seed: int = 0
-    ) -> dict[str, float]:
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, loss: ELBO) -> Tensor:
+        """The decoder's mean at the posterior mean of each image."""
+        with eval_mode(self):
+            return loss.mean(self.decoder(self.encode(images)[0]))
+
+    def likelihood_metrics(self, loss: ELBO, images: Tensor, k: int, seed: int) -> dict[str, float]:
         """Negative ELBO, importance-sampled NLL and reconstruction quality on `images`."""
         return vae_metrics(self, loss, images, k=k, seed=seed)
+
+    def likelihood_protocol(self, loss: ELBO, k: int) -> dict[str, Any]:
+        likelihood = (
+            f"{loss.likelihood} on grey levels in [0, 1]"
+            if loss.likelihood == "bernoulli"
+            else f"gaussian, sigma {loss.sigma} on [-1, 1]"
+        )
+        return {"binarised": False, "likelihood": likelihood, "nll_samples": k}
 
     @torch.no_grad()
     def sample_grids(self, fixed: dict, loss: ELBO) -> dict[str, Tensor]:
@@ -136,7 +132,7 @@ class VAE(nn.Module):
         real = fixed["real"]
         with eval_mode(self):
             samples = loss.mean(self.decoder(fixed["z"]))
-            recon = loss.mean(self.decoder(self.encode(real)[0]))
+        recon = self.reconstruct(real, loss)
         nrow = square_side(len(fixed["z"]))
         rows = (t.view(-1, nrow, *t.shape[1:]) for t in (real, recon))
         pairs = torch.stack(tuple(rows), dim=1)  # (rows, 2, nrow, C, H, W)
@@ -144,6 +140,12 @@ class VAE(nn.Module):
             "samples": to_grid(samples, square_side(len(samples))),
             "reconstructions": to_grid(pairs.flatten(0, 2), nrow),
         }
+
+    def export_sampler(self, loss: ELBO, node: DictConfig) -> Exported:
+        """The decoder, with the likelihood's mean as the image."""
+        output = "sigmoid" if loss.likelihood == "bernoulli" else "clamp"
+        built = complete(node.decoder, latent_dim=self.latent_dim, **self.shape)
+        return Exported(self.decoder, built, output)
 
 
 def _conv_side(image_size: int, features: int, hidden: int) -> int:
