@@ -1,0 +1,98 @@
+"""Every model family keeps the contract of `genlab.models.base.Family`: each conf/model/*.yaml,
+built from the composed config on both offline data sets, trains a step, generates, draws its
+grids, survives a checkpoint, exports, and is evaluated. A new family gets all of this by adding
+its yaml."""
+
+import pytest
+import torch
+
+from genlab.checkpoint import load_checkpoint, save_checkpoint
+from genlab.config import CONF_DIR, build, build_model
+from genlab.data.loader import DeviceLoader, normalize
+from genlab.export import export, load_generator
+from genlab.models.base import ABILITIES, Family, require
+from genlab.models.common import eval_mode
+from genlab.optim import Updater
+from tests.conftest import make_cfg
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", params=["mnist5k", "digits"])
+def dataset(request):
+    cfg = make_cfg(f"dataset={request.param}")
+    return cfg.dataset, build(cfg.dataset, "dataset")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_family_keeps_the_contract(name, dataset, tmp_path):
+    node, data = dataset
+    cfg = make_cfg(
+        f"model={name}",
+        f"dataset={data.name}",
+        "evaluator.cheap_samples=100",
+        "evaluator.classifier_steps=30",
+        f"evaluator.cache_dir={tmp_path / 'cache'}",
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data)
+    loss = build(cfg.loss, "loss")
+    assert isinstance(model, Family) and model.abilities <= set(ABILITIES)
+    model.check_loss(loss)
+    shape = (data.channels, data.image_size, data.image_size)
+    assert model.shape == {"channels": shape[0], "image_size": shape[1]}
+
+    # one training step, every update through the Updater under the family's roles
+    optimizers = model.configure_optimizers(build(cfg.optimizer, "optimizer"))
+    assert optimizers.keys() == model.roles.keys()
+    update = Updater(optimizers, CPU, names=model.roles)
+    loader = DeviceLoader(data, 16, CPU)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    values = model.train_step(loader, loss, update, metrics=True)
+    assert values and all(torch.isfinite(v).all() for v in values.values())
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(update.attempted[k] > 0 for k in optimizers)
+
+    # samples: in [-1, 1], the same for the same seed, of the requested classes
+    labels = torch.arange(4) % model.num_classes if model.num_classes else None
+    images = model.generate(4, loss, torch.Generator().manual_seed(1), labels)
+    assert images.shape == (4, *shape) and images.min() >= -1 and images.max() <= 1
+    again = model.generate(4, loss, torch.Generator().manual_seed(1), labels)
+    assert torch.equal(images, again)
+    examples = (normalize(loader.examples(16)), None)
+    grids = model.sample_grids(model.fixed_inputs(16, examples, seed=0), loss)
+    assert grids and all(g.dim() == 3 and g.min() >= 0 and g.max() <= 1 for g in grids.values())
+
+    # a checkpoint rebuilds the same model
+    save_checkpoint({"model": model.state_dict()}, tmp_path / "model.pt")
+    torch.manual_seed(123)
+    twin = build_model(cfg.model, data)
+    twin.load_state_dict(load_checkpoint(tmp_path / "model.pt")["model"])
+    assert torch.equal(twin.generate(4, loss, torch.Generator().manual_seed(1), labels), images)
+
+    # the export samples as the model does, without genlab's trainer
+    folder = export(model, loss, cfg, {"step": 1}, tmp_path / "export")
+    exported = load_generator(folder)
+    assert (exported.latent_dim, exported.num_classes) == (model.latent_dim, model.num_classes)
+    z = torch.randn(4, model.latent_dim)
+    require(model, "interpolate", "this test")  # every family so far maps latents to images
+    with eval_mode(model):
+        expected = model.decode_latents(z, loss, labels)
+    torch.testing.assert_close(exported(z, labels), expected)
+
+    # abilities it declares work; those it lacks are one clear error
+    real = normalize(data.images[:4])
+    for ability in ABILITIES:
+        if ability not in model.abilities:
+            with pytest.raises(ValueError, match=f"needs a model that {ABILITIES[ability]}"):
+                require(model, ability, f"sampler.mode={ability}")
+    if "reconstruct" in model.abilities:
+        assert model.reconstruct(real, loss).shape == real.shape
+
+    # the cheap metrics of trainer.eval_every
+    evaluator = build(cfg.evaluator, "evaluator")
+    report = evaluator(model, loss, node, CPU, cheap=True)
+    assert report.metrics["fd"] > 0
+    if "likelihood" in model.abilities:
+        assert report.metrics["neg_elbo"] > 0 and "likelihood" in report.protocol
