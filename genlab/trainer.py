@@ -1,7 +1,8 @@
 """The generic training loop: steps, intervals, guards, progress, sample grids and checkpoints.
 
-It knows nothing of model families: each family (GAN, VAE) provides `train_step`,
-`batches_per_step`, `fixed_inputs` and `sample_grids`.
+It knows nothing of model families: it asks `genlab.models.base.Family` for each step, grid and
+metric, and hands checkpoints to `training_state`, non-finite updates to `guard` and signals to
+`interrupts`.
 """
 
 from __future__ import annotations
@@ -9,14 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
-import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
-from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,24 +21,18 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from genlab import distributed
-from genlab.background import BackgroundWriter
-from genlab.checkpoint import (
-    checkpoint_bytes,
-    copy_checkpoint,
-    own_random_streams,
-    prune,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    write_atomically,
-)
+from genlab.checkpoint import own_random_streams, seed_everything
 from genlab.data import DeviceLoader, ImageData, ImageFiles, StreamLoader
 from genlab.data.loader import normalize
 from genlab.distributed import Processes
 from genlab.errors import GenlabError
+from genlab.guard import NonFiniteGuard
 from genlab.images import save_png
+from genlab.interrupts import Stopped, StopRequested, StopRequests
 from genlab.logger import NullLogger
+from genlab.models.base import Family
 from genlab.optim import NonFiniteError, Precision, Updater, precision_dtype
+from genlab.training_state import Checkpoints, TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +155,12 @@ class Trainer:
 
     def fit(
         self,
-        model: Any,
+        model: Family,
         loss: Any,
         optimizers: dict[str, torch.optim.Optimizer],
         schedulers: dict[str, LRScheduler],
         loader: DeviceLoader,
         *,
-        device: torch.device,
         run_dir: Path,
         logger: NullLogger,
         procs: Processes | None = None,
@@ -181,27 +170,23 @@ class Trainer:
         evaluate: Callable[[], dict[str, float]] | None = None,
         on_start: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
-        """Train (from `state`, a loaded checkpoint, when given), writing grids to `samples/` and
-        checkpoints to `checkpoints/` (rank 0 only); return the last logged values, the last
-        evaluation's metrics (`eval/...`) and the `step`. The caller closes `logger`. `evaluate`
-        runs the cheap metrics at `eval_every`. `on_start(step)` is called once the checkpoint is
-        restored, before the loop writes anything."""
-        procs = procs or Processes()
-        set_determinism(self.deterministic, device)
-        model.to(device).train()
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        update = Updater(optimizers, device, self.precision, self.grad_clip, model.roles)
+        """Train on `loader`'s device (from `state`, a loaded checkpoint, when given), writing
+        grids to `samples/` and checkpoints to `checkpoints/` (rank 0 only); return the last
+        logged values, the last evaluation's metrics (`eval/...`) and the `step`. `evaluate` runs
+        the cheap metrics at `eval_every`; `on_start(step)` is called once the checkpoint is
+        restored, before the loop writes anything; the caller closes `logger`."""
+        # --- setup ------------------------------------------------------------------------------
+        procs, device = procs or Processes(), loader.device
+        update = self._prepare(model, optimizers, device)
         examples = (normalize(loader.examples(self.num_samples)), None)
         fixed = model.fixed_inputs(self.num_samples, examples, seed=self.seed)
-        per_step = model.batches_per_step(loss)
-        total = self.total_steps(loader.batches_per_epoch, per_step)
-        images_per_step = loader.global_batch * per_step
-        start, skipped = 0, 0
+        total = self.total_steps(loader.batches_per_epoch, model.batches_per_step(loss))
+        images_per_step = loader.global_batch * model.batches_per_step(loss)
+        training = TrainingState(model, optimizers, schedulers, update, loader, procs, extra_state)
         if procs.distributed:  # every process draws its own noise
             seed_everything(self.seed + 1_000_003 * procs.rank)
+        start, skipped = training.load(state) if state is not None else (0, 0)
         if state is not None:
-            start, skipped = _restore(state, model, optimizers, schedulers, update, loader, procs)
             log.info("Resumed at step %d of %d", start, total)
         if self.compile:
             for net in model.compile_targets(loss):
@@ -210,35 +195,9 @@ class Trainer:
             model.distribute(distributed.wrapper(device))
         if on_start is not None:
             on_start(start)
-        ckpt_dir = run_dir / "checkpoints"
-        writer = BackgroundWriter()  # checkpoint files are written while training goes on
-        guard = _Guard(update, self.on_nan, start, skipped, ckpt_dir, writer, logger)
-
-        def checkpoint(step: int) -> Path:
-            guard.check(step)
-            path = ckpt_dir / f"step_{step:07d}.pt"
-            rngs = distributed.gather(rng_state(), procs)
-            if procs.main:
-                # serialized here: the next steps change the weights while the bytes are written
-                data = checkpoint_bytes(
-                    {
-                        "step": step,
-                        "model": model.state_dict(),
-                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                        "updater": update.state_dict(),
-                        "loader": loader.state_dict(),
-                        "rng": rngs[0],
-                        **({"rng_ranks": rngs} if procs.distributed else {}),
-                        "skipped": guard.skipped,
-                        **(extra_state or {}),
-                    }
-                )
-                writer.submit(partial(_write_checkpoint, data, path, self.keep_last))
-            return path
-
-        log.info("%d steps of %d images", total, images_per_step)
-        values: dict[str, float] = {}
+        checkpoints = Checkpoints(run_dir / "checkpoints", self.keep_last, training)
+        guard = NonFiniteGuard(update, self.on_nan, start, skipped, logger, checkpoints.last_good)
+        speed = _Speed(images_per_step, device)
         bar = tqdm(
             total=total,
             initial=start,
@@ -246,13 +205,16 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        window_start, window_steps = time.perf_counter(), 0
-        with _StopRequests() as stop, warnings.catch_warnings(), writer:
+        log.info("%d steps of %d images", total, images_per_step)
+        values: dict[str, float] = {}
+
+        # --- the loop ---------------------------------------------------------------------------
+        with StopRequests() as stop, warnings.catch_warnings(), checkpoints:
             # a frozen network, or a skipped update, steps its scheduler without its optimizer
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             for step in range(start + 1, total + 1):
-                last_step = step == total
-                log_step = step % self.log_every == 0 or last_step
+                last = step == total
+                log_step = self._due(step, self.log_every, last)
                 try:
                     metrics = model.train_step(loader, loss, update, metrics=log_step)
                 except NonFiniteError as e:
@@ -265,54 +227,19 @@ class Trainer:
                     ) from None
                 for scheduler in schedulers.values():
                     scheduler.step()
-                window_steps += 1
+                speed.steps += 1
                 if log_step:
                     guard.check(step, window_end=True)
-                if metrics is not None and log_step:
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    now = time.perf_counter()
-                    values = {k: float(v) for k, v in metrics.items()}
-                    values["perf/images_per_s"] = (
-                        window_steps * images_per_step / (now - window_start)
-                    )
-                    values["epoch"] = loader.epoch + loader.index / loader.batches_per_epoch
-                    values.update(
-                        {f"lr/{k}": o.param_groups[0]["lr"] for k, o in optimizers.items()}
-                    )
-                    if update.dtype is torch.float16:
-                        values.update({f"amp/scale_{k}": update.loss_scale(k) for k in optimizers})
-                        values["amp/overflows"] = update.overflows
-                    logger.log_scalars(values, step)
+                if log_step and metrics is not None:
+                    values = self._log(model, metrics, speed, loader, update, logger, step)
                     bar.set_postfix(_short(values), refresh=False)
-                    window_start, window_steps = now, 0
-                    model.on_log(values, step)
-                if procs.main and (
-                    (self.sample_every and step % self.sample_every == 0) or last_step
-                ):
-                    with own_random_streams():
-                        grids = model.sample_grids(fixed, loss)
-                    for name, grid in grids.items():
-                        path = run_dir / "samples" / f"{name}_{step:07d}.png"
-                        logger.log_png(name, save_png(grid, path), grid.shape, step)
-                if (self.ckpt_every and step % self.ckpt_every == 0) or last_step:
-                    checkpoint(step)  # before an evaluation, which a stop request may cut short
-                if (
-                    evaluate is not None
-                    and procs.main
-                    and self.eval_every is not None
-                    and ((self.eval_every and step % self.eval_every == 0) or last_step)
-                    and not stop
-                ):
-                    try:
-                        with stop.interruptible(), own_random_streams():
-                            scores = {f"eval/{k}": float(v) for k, v in evaluate().items()}
-                    except StopRequested as e:
-                        log.warning("step %d: %s stopped the evaluation", step, e)
-                    else:
-                        logger.log_scalars(scores, step)
-                        log.info("step %d: %s", step, _short(scores))
-                        values.update(scores)
+                if procs.main and self._due(step, self.sample_every, last):
+                    self._sample(model, fixed, loss, logger, run_dir, step)
+                if self._due(step, self.ckpt_every, last):  # before an evaluation, which a
+                    guard.check(step)  # signal may cut short
+                    checkpoints.save(step, guard.skipped)
+                if evaluate and procs.main and self._evaluates(step, last) and not stop:
+                    values.update(self._evaluate(evaluate, stop, logger, step))
                 bar.update(1)
                 # Under torchrun the processes agree on stopping at logging steps only.
                 stopping = (
@@ -320,12 +247,12 @@ class Trainer:
                     if not procs.distributed
                     else (log_step and distributed.any_rank(bool(stop), procs, device))
                 )
-                if stopping and not last_step:
-                    path = checkpoint(step)
-                    writer.wait()
+                if stopping and not last:
                     bar.close()
-                    signum = stop[0] if stop else signal.SIGTERM
-                    name = signal.Signals(signum).name
+                    guard.check(step)
+                    path = checkpoints.save(step, guard.skipped)
+                    checkpoints.wait()
+                    name = stop.signal.name
                     (log.warning if procs.main else log.debug)(
                         "%s at step %d: checkpoint saved to %s. Resume with:\n  %s",
                         name,
@@ -333,102 +260,82 @@ class Trainer:
                         path,
                         resume_hint or "genlab train ... trainer.resume=auto",
                     )
-                    raise Stopped(signum, f"{name} at step {step}; checkpoint saved to {path}")
+                    raise Stopped(stop.signal, f"{name} at step {step}; checkpoint saved to {path}")
         bar.close()
-        guard.finish(total)
+        guard.finish()
         log.info("Finished %d steps: %s", total, _short(values))
         return {**values, "step": total}
 
+    # --- the loop's parts -----------------------------------------------------------------------
 
-class Stopped(SystemExit):
-    """The run stopped at a signal after saving a checkpoint; the exit status is 128 + signal."""
+    def _prepare(self, model: Family, optimizers: dict, device: torch.device) -> Updater:
+        """The model on its device, in training mode and memory format; the updater."""
+        set_determinism(self.deterministic, device)
+        model.to(device).train()
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return Updater(optimizers, device, self.precision, self.grad_clip, model.roles)
 
-    def __init__(self, signum: int, reason: str) -> None:
-        super().__init__(128 + signum)
-        self.reason = reason
+    @staticmethod
+    def _due(step: int, every: int, last: bool) -> bool:
+        """Whether an action `every` steps (0: only at the end) is due at `step`."""
+        return bool(every and step % every == 0) or last
 
+    def _evaluates(self, step: int, last: bool) -> bool:
+        return self.eval_every is not None and self._due(step, self.eval_every, last)
 
-class StopRequested(BaseException):
-    """A signal arrived during an evaluation, which stops at once (a BaseException, as
-    KeyboardInterrupt is, so that no `except Exception` on the way swallows it)."""
+    @staticmethod
+    def _log(model, metrics, speed, loader, update, logger, step) -> dict[str, float]:
+        """The logging step's values (a host sync): the family's metrics, images/s, epoch,
+        learning rates and loss scales, to the logger and to the family's `on_log`."""
+        values = {k: float(v) for k, v in metrics.items()}
+        values["perf/images_per_s"] = speed.images_per_s()
+        values["epoch"] = loader.epoch + loader.index / loader.batches_per_epoch
+        values.update({f"lr/{k}": o.param_groups[0]["lr"] for k, o in update.optimizers.items()})
+        if update.dtype is torch.float16:
+            values.update({f"amp/scale_{k}": update.loss_scale(k) for k in update.optimizers})
+            values["amp/overflows"] = update.overflows
+        logger.log_scalars(values, step)
+        model.on_log(values, step)
+        return values
 
+    @staticmethod
+    def _sample(model, fixed, loss, logger, run_dir: Path, step: int) -> None:
+        """The family's grids from the run's fixed inputs, as PNGs and in TensorBoard."""
+        with own_random_streams():
+            grids = model.sample_grids(fixed, loss)
+        for name, grid in grids.items():
+            path = run_dir / "samples" / f"{name}_{step:07d}.png"
+            logger.log_png(name, save_png(grid, path), grid.shape, step)
 
-class _Guard:
-    """What the run does about non-finite updates: those the optimizers skipped on the device
-    (collected at `check`, a host sync) and those refused on the host (`host_skip`) stop the run
-    (`on_nan=stop`) or are counted and logged (`skip`). With `skip`, a run whose last logging
-    window skipped every update of a network has failed (`finish`)."""
-
-    def __init__(
-        self,
-        update: Updater,
-        on_nan: str,
-        start: int,
-        skipped: int,
-        ckpt_dir: Path,
-        writer: BackgroundWriter,
-        logger: NullLogger,
-    ) -> None:
-        self.update, self.on_nan, self.skipped = update, on_nan, skipped
-        self.ckpt_dir, self.writer, self.logger = ckpt_dir, writer, logger
-        self.since = self.window_start = start + 1
-        self.window: Counter[str] = Counter()  # skipped updates per network in this window
-        self.attempted = dict(update.attempted)
-        self.dead: tuple[int, int, list[str]] | None = None  # the last window, if all skipped
-
-    def _skip(self, step: int, counts: dict[str, int], what: str) -> None:
-        self.window.update(counts)
-        if self.on_nan == "stop":
-            what += " (skipped: the weights are untouched)"
-            raise _nan_stop(what, self.ckpt_dir, self.writer)
-        self.skipped += sum(counts.values())
-        log.warning("%s; skipped (%d so far)", what, self.skipped)
-        self.logger.log_scalars({"guard/skipped_updates": self.skipped}, step)
-
-    def host_skip(self, step: int, error: NonFiniteError) -> None:
-        self._skip(step, {error.name: 1}, f"step {step}: {error}")
-
-    def check(self, step: int, window_end: bool = False) -> None:
-        """Act on the updates skipped on the device since the last check; at the end of a
-        logging window, note whether every update of a network in it was skipped."""
-        counts, first = self.update.collect(), self.since
-        self.since = step + 1
-        if counts:
-            what = ", ".join(
-                f"{n} non-finite {self.update.names[k]} update{'s' * (n > 1)}"
-                for k, n in counts.items()
-            )
-            where = f"step {step}" if first == step else f"steps {first}-{step}"
-            self._skip(step, counts, f"{where}: {what}")
-        if window_end:
-            tried = {k: n - self.attempted.get(k, 0) for k, n in self.update.attempted.items()}
-            dead = [k for k, n in tried.items() if n and self.window[k] >= n]
-            self.dead = (self.window_start, step, dead) if dead else None
-            self.window_start, self.window = step + 1, Counter()
-            self.attempted = dict(self.update.attempted)
-
-    def finish(self, total: int) -> None:
-        """Fail a run whose last logging window skipped every update of a network."""
-        if self.dead is not None:
-            first, last, names = self.dead
-            who = " and ".join(self.update.names[k] for k in names)
-            where = f"step {last}" if first == last else f"steps {first}-{last}"
-            self.writer.wait()
-            raise GenlabError(
-                f"every {who} update of {where} was non-finite and skipped "
-                f"(trainer.on_nan=skip): the run failed. Its weights are those of the last finite "
-                f"update, in {self.ckpt_dir / 'last.pt'}; try a lower learning rate"
-            )
-        if self.skipped:
-            log.warning("%d non-finite updates were skipped in this run", self.skipped)
+    @staticmethod
+    def _evaluate(evaluate, stop: StopRequests, logger, step: int) -> dict[str, float]:
+        """The cheap metrics, on random streams of their own; a signal stops them at once."""
+        try:
+            with stop.interruptible(), own_random_streams():
+                scores = {f"eval/{k}": float(v) for k, v in evaluate().items()}
+        except StopRequested as e:
+            log.warning("step %d: %s stopped the evaluation", step, e)
+            return {}
+        logger.log_scalars(scores, step)
+        log.info("step %d: %s", step, _short(scores))
+        return scores
 
 
-def _write_checkpoint(data: bytes, path: Path, keep_last: int | None) -> None:
-    """Write a serialized checkpoint to `path`, point `last.pt` at it and prune old periodic
-    checkpoints."""
-    write_atomically(data, path)
-    copy_checkpoint(path, path.parent / "last.pt")
-    prune(path.parent, keep_last)
+class _Speed:
+    """Images per second over the steps since the last logging step."""
+
+    def __init__(self, images_per_step: int, device: torch.device) -> None:
+        self.images_per_step, self.device = images_per_step, device
+        self.start, self.steps = time.perf_counter(), 0
+
+    def images_per_s(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        rate = self.steps * self.images_per_step / (now - self.start)
+        self.start, self.steps = now, 0
+        return rate
 
 
 def set_determinism(deterministic: bool, device: torch.device) -> None:
@@ -437,137 +344,6 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at startup
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-
-
-def _nan_stop(what: str, ckpt_dir: Path, writer: BackgroundWriter) -> GenlabError:
-    """The error that ends a run at a non-finite update (`trainer.on_nan=stop`), once the
-    checkpoints being written are on disk."""
-    writer.wait()
-    last = ckpt_dir / "last.pt"
-    kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
-    return GenlabError(
-        f"{what}. The run stops; {kept}. Set trainer.on_nan=skip to skip such updates instead."
-    )
-
-
-# Scheduler state that counts progress; the rest of a scheduler's state is its settings.
-_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial"}
-
-
-def _restore(state, model, optimizers, schedulers, update, loader, procs) -> tuple[int, int]:
-    """Load a checkpoint into the run's objects; return (step, skipped updates).
-
-    The optimizers and schedulers keep the settings of this run's config: where the learning
-    rate, another optimizer setting or the schedule changed since the checkpoint, the change is
-    applied and logged, and the learning rate is that of the new schedule at this step."""
-    groups = {k: [_settings(g) for g in o.param_groups] for k, o in optimizers.items()}
-    fresh = {k: s.state_dict() for k, s in schedulers.items()}
-    lrs = {k: [g["lr"] for g in o.param_groups] for k, o in optimizers.items()}
-    try:
-        model.load_state_dict(state["model"])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        saved = {k: state.get("schedulers", {}).get(k, v) for k, v in fresh.items()}
-        for name, scheduler in schedulers.items():
-            scheduler.load_state_dict(saved[name])
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise GenlabError(f"the checkpoint does not fit this model: {e}") from None
-    step = int(state["step"])
-    for name, optimizer in optimizers.items():
-        role = update.names[name]
-        for group, settings in zip(optimizer.param_groups, groups[name], strict=True):
-            for key, value in settings.items():
-                if group.get(key) != value:
-                    old = group.get(key)
-                    group[key] = value
-                    shown = "lr" if key == "initial_lr" else key
-                    log.info("%s %s: %s -> %s from step %d", role, shown, old, value, step)
-        if _settings(saved[name]) != _settings(fresh[name]):
-            _replay(schedulers[name], optimizer, fresh[name], lrs[name], step)
-            changed = sorted(  # base_lrs follow the learning rate, logged above
-                k
-                for k in (saved[name].keys() | fresh[name].keys()) - _PROGRESS - {"base_lrs"}
-                if _settings(saved[name].get(k)) != _settings(fresh[name].get(k))
-            )
-            if changed:
-                old, new = saved[name], fresh[name]
-                log.info(
-                    "%s schedule changed (%s): learning rate %s at step %d",
-                    role,
-                    ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed),
-                    optimizer.param_groups[0]["lr"],
-                    step,
-                )
-    update.load_state_dict(state.get("updater", {}))
-    loader.load_state_dict(state["loader"])
-    rngs = state.get("rng_ranks", [state["rng"]])
-    if len(rngs) == procs.world:
-        set_rng_state(rngs[procs.rank])
-    else:  # saved by another number of processes: a fresh, distinct stream per process
-        log.info("random states of %d process(es) reseeded for %d", len(rngs), procs.world)
-        seed_everything(step * 1_000_003 + procs.rank)
-    return step, int(state.get("skipped", 0))
-
-
-def _settings(state: Any) -> Any:
-    """An optimizer param group's or a scheduler's settings (those of a chained scheduler's
-    parts too): what its config decides, without its progress."""
-    if isinstance(state, dict):
-        return {k: _settings(v) for k, v in state.items() if k not in {"params", "lr", *_PROGRESS}}
-    if isinstance(state, list):
-        return [_settings(v) for v in state]
-    return state
-
-
-def _replay(scheduler, optimizer, fresh: dict[str, Any], lrs: list[float], step: int) -> None:
-    """Put `scheduler` (and its optimizer's learning rates) where this run's schedule is after
-    `step` steps: from its start, stepped `step` times."""
-    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-        group["lr"] = lr
-    scheduler.load_state_dict(fresh)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # stepped without optimizer steps
-        for _ in range(step):
-            scheduler.step()
-
-
-class _StopRequests(list):
-    """Catch SIGINT and SIGTERM during training: the signals received, which the loop acts on
-    (it saves, then exits). A second signal stops at once (KeyboardInterrupt), and so does the
-    first during `interruptible()` (StopRequested: an evaluation)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._previous: dict[int, Any] = {}
-        self._interruptible = False
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self:
-            raise KeyboardInterrupt
-        self.append(signum)
-        name = signal.Signals(signum).name
-        if self._interruptible:
-            raise StopRequested(name)
-        log.warning("%s received: saving a checkpoint after this step", name)
-
-    @contextmanager
-    def interruptible(self):
-        self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
-
-    def __enter__(self) -> _StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {
-                s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)
-            }
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
 
 
 def _short(values: dict[str, float]) -> dict[str, str]:

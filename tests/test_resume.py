@@ -376,15 +376,15 @@ def test_streamed_image_folder_resumes_bit_identically(tmp_path):
 def test_a_checkpoint_holds_its_step_while_a_slow_disk_writes_it(tmp_path, monkeypatch):
     """Checkpoints are written while training goes on: the file of step 2 holds step 2's weights
     although the disk takes a second to start writing it (steps 3 and 4 run meanwhile)."""
-    from genlab import trainer
+    from genlab import training_state
 
-    write = trainer.write_atomically
+    write = training_state.write_atomically
 
     def write_late(data, path):
         time.sleep(1)
         write(data, path)
 
-    monkeypatch.setattr(trainer, "write_atomically", write_late)
+    monkeypatch.setattr(training_state, "write_atomically", write_late)
     train(make_cfg("model=gan", *FAST, "trainer.max_steps=4"), run_dir=tmp_path / "long")
     monkeypatch.undo()
     train(make_cfg("model=gan", *FAST, "trainer.max_steps=2"), run_dir=tmp_path / "short")

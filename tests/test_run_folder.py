@@ -240,12 +240,12 @@ def test_report_skips_unreadable_records_naming_them(tmp_path, caplog, monkeypat
 def test_a_full_disk_is_one_message(tmp_path, monkeypatch):
     """A checkpoint that cannot be written (written by the background thread) ends the run with
     one message naming the file, and run.json records it."""
-    from genlab import trainer
+    from genlab import training_state
 
     def full_disk(data, path):
         raise WriteError(f"cannot write {path}: the disk is full")
 
-    monkeypatch.setattr(trainer, "write_atomically", full_disk)
+    monkeypatch.setattr(training_state, "write_atomically", full_disk)
     with pytest.raises(WriteError, match="step_0000002.pt: the disk is full"):
         train(make_cfg(*TINY, "trainer.ckpt_every=2"), run_dir=tmp_path)
     record = json.loads((tmp_path / "run.json").read_text())

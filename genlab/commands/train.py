@@ -141,7 +141,6 @@ def _train(
             optimizers,
             schedulers,
             loader,
-            device=device,
             run_dir=run_dir,
             logger=logger,
             procs=procs,

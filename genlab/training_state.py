@@ -1,0 +1,210 @@
+"""A run's checkpoints: what they hold, how they are written while training goes on, and how a run
+continues from one.
+
+`TrainingState` is everything that makes a resumed run continue exactly: the weights (with
+BatchNorm statistics and EMA copies), optimizer and scheduler states, loss scalers, the data
+position, every process's RNG states and the count of skipped updates. `Checkpoints` serializes it
+at a checkpoint step and hands the bytes to a background thread (`BackgroundWriter`: write,
+fsync, rename, `last.pt`, pruning). `TrainingState.load` puts a checkpoint back, with the
+optimizer and schedule settings of the resuming config.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from genlab import distributed
+from genlab.background import BackgroundWriter
+from genlab.checkpoint import (
+    checkpoint_bytes,
+    copy_checkpoint,
+    prune,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_atomically,
+)
+from genlab.data import DeviceLoader
+from genlab.distributed import Processes
+from genlab.errors import GenlabError
+from genlab.models.base import Family
+from genlab.optim import Updater
+
+log = logging.getLogger(__name__)
+
+# Scheduler state that counts progress; the rest of a scheduler's state is its settings.
+_PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial"}
+
+
+class TrainingState:
+    """The objects of a run whose state a checkpoint holds."""
+
+    def __init__(
+        self,
+        model: Family,
+        optimizers: dict[str, Optimizer],
+        schedulers: dict[str, LRScheduler],
+        update: Updater,
+        loader: DeviceLoader,
+        procs: Processes,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.model, self.optimizers, self.schedulers = model, optimizers, schedulers
+        self.update, self.loader, self.procs, self.extra = update, loader, procs, extra or {}
+
+    def state_dict(self, step: int, skipped: int) -> dict[str, Any] | None:
+        """The checkpoint of `step` on the main process (None elsewhere); every process's RNG
+        states are gathered into it (a collective: every process calls this)."""
+        rngs = distributed.gather(rng_state(), self.procs)
+        if not self.procs.main:
+            return None
+        return {
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "updater": self.update.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": rngs[0],
+            **({"rng_ranks": rngs} if self.procs.distributed else {}),
+            "skipped": skipped,
+            **self.extra,
+        }
+
+    def load(self, state: dict[str, Any]) -> tuple[int, int]:
+        """Continue from a checkpoint; return (step, skipped updates).
+
+        The optimizers and schedulers keep the settings of this run's config: where the learning
+        rate, another optimizer setting or the schedule changed since the checkpoint, the change
+        is applied and logged, and the learning rate is that of the new schedule at this step."""
+        optimizers, schedulers = self.optimizers, self.schedulers
+        groups = {k: [_settings(g) for g in o.param_groups] for k, o in optimizers.items()}
+        fresh = {k: s.state_dict() for k, s in schedulers.items()}
+        lrs = {k: [g["lr"] for g in o.param_groups] for k, o in optimizers.items()}
+        try:
+            self.model.load_state_dict(state["model"])
+            for name, optimizer in optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+            saved = {k: state.get("schedulers", {}).get(k, v) for k, v in fresh.items()}
+            for name, scheduler in schedulers.items():
+                scheduler.load_state_dict(saved[name])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise GenlabError(f"the checkpoint does not fit this model: {e}") from None
+        step = int(state["step"])
+        for name, optimizer in optimizers.items():
+            network = self.update.names[name]
+            _apply_settings(optimizer, groups[name], network, step)
+            if _settings(saved[name]) != _settings(fresh[name]):
+                _replay(schedulers[name], optimizer, fresh[name], lrs[name], step)
+                _log_schedule_change(saved[name], fresh[name], optimizer, network, step)
+        self.update.load_state_dict(state.get("updater", {}))
+        self.loader.load_state_dict(state["loader"])
+        rngs = state.get("rng_ranks", [state["rng"]])
+        if len(rngs) == self.procs.world:
+            set_rng_state(rngs[self.procs.rank])
+        else:  # saved by another number of processes: a fresh, distinct stream per process
+            log.info("random states of %d process(es) reseeded for %d", len(rngs), self.procs.world)
+            seed_everything(step * 1_000_003 + self.procs.rank)
+        return step, int(state.get("skipped", 0))
+
+
+class Checkpoints:
+    """`folder`'s checkpoints (`step_<step>.pt`, `last.pt`, the newest `keep_last` kept),
+    serialized at their step and written in the background; as a context manager, leaving waits
+    for every write."""
+
+    def __init__(self, folder: Path, keep_last: int | None, state: TrainingState) -> None:
+        self.folder, self.keep_last, self.state = folder, keep_last, state
+        self.writer = BackgroundWriter()
+
+    def save(self, step: int, skipped: int) -> Path:
+        """Serialize the checkpoint of `step` now (the next steps change the weights while its
+        bytes are written) and queue its write; return its path."""
+        path = self.folder / f"step_{step:07d}.pt"
+        state = self.state.state_dict(step, skipped)
+        if state is not None:
+            data = checkpoint_bytes(state)
+            self.writer.submit(partial(_write_checkpoint, data, path, self.keep_last))
+        return path
+
+    def wait(self) -> None:
+        """Until every queued checkpoint is on disk (a failed write raises here)."""
+        self.writer.wait()
+
+    def last_good(self) -> str:
+        """Once the queued writes are on disk: where the last checkpoint is, for a message."""
+        self.wait()
+        last = self.folder / "last.pt"
+        if not last.is_file():
+            return "no checkpoint was written"
+        return f"the last good checkpoint is {last}"
+
+    def __enter__(self) -> Checkpoints:
+        self.writer.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.writer.__exit__(*exc)
+
+
+def _write_checkpoint(data: bytes, path: Path, keep_last: int | None) -> None:
+    """Write a serialized checkpoint to `path`, point `last.pt` at it and prune old periodic
+    checkpoints."""
+    write_atomically(data, path)
+    copy_checkpoint(path, path.parent / "last.pt")
+    prune(path.parent, keep_last)
+
+
+def _settings(state: Any) -> Any:
+    """An optimizer param group's or a scheduler's settings (those of a chained scheduler's
+    parts too): what its config decides, without its progress."""
+    if isinstance(state, dict):
+        return {k: _settings(v) for k, v in state.items() if k not in {"params", "lr", *_PROGRESS}}
+    if isinstance(state, list):
+        return [_settings(v) for v in state]
+    return state
+
+
+def _apply_settings(optimizer: Optimizer, groups: list[dict], network: str, step: int) -> None:
+    """Give the loaded param groups the config's settings (`groups`), logging each change."""
+    for group, settings in zip(optimizer.param_groups, groups, strict=True):
+        for key, value in settings.items():
+            if group.get(key) != value:
+                old, group[key] = group.get(key), value
+                shown = "lr" if key == "initial_lr" else key
+                log.info("%s %s: %s -> %s from step %d", network, shown, old, value, step)
+
+
+def _replay(scheduler, optimizer, fresh: dict[str, Any], lrs: list[float], step: int) -> None:
+    """Put `scheduler` (and its optimizer's learning rates) where this run's schedule is after
+    `step` steps: from its start, stepped `step` times."""
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler.load_state_dict(fresh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepped without optimizer steps
+        for _ in range(step):
+            scheduler.step()
+
+
+def _log_schedule_change(saved: dict, fresh: dict, optimizer, network: str, step: int) -> None:
+    changed = sorted(  # base_lrs follow the learning rate, logged with the optimizer's settings
+        k
+        for k in (saved.keys() | fresh.keys()) - _PROGRESS - {"base_lrs"}
+        if _settings(saved.get(k)) != _settings(fresh.get(k))
+    )
+    if changed:
+        log.info(
+            "%s schedule changed (%s): learning rate %s at step %d",
+            network,
+            ", ".join(f"{k}: {saved.get(k)} -> {fresh.get(k)}" for k in changed),
+            optimizer.param_groups[0]["lr"],
+            step,
+        )
