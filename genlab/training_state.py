@@ -1,5 +1,5 @@
 """A run's checkpoints: what they hold, how they are written while training goes on, and how a run
-continues from one.
+continues from one (`resume_point`: which checkpoint, refused when it means another run).
 
 `TrainingState` is everything that makes a resumed run continue exactly: the weights (with
 BatchNorm statistics and EMA copies), optimizer and scheduler states, loss scalers, the data
@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -25,15 +26,18 @@ from genlab.background import BackgroundWriter
 from genlab.checkpoint import (
     checkpoint_bytes,
     copy_checkpoint,
+    find_resume,
+    load_checkpoint,
     prune,
     rng_state,
     seed_everything,
     set_rng_state,
     write_atomically,
 )
+from genlab.config import meaning_changes, saved_config
 from genlab.data import DeviceLoader
 from genlab.distributed import Processes
-from genlab.errors import GenlabError
+from genlab.errors import ConfigError, GenlabError
 from genlab.models.base import Family
 from genlab.optim import Updater
 
@@ -41,6 +45,33 @@ log = logging.getLogger(__name__)
 
 # Scheduler state that counts progress; the rest of a scheduler's state is its settings.
 _PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial"}
+
+
+def resume_point(
+    resume: str | None, force: bool, run_dir: Path, cfg: DictConfig
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint that `trainer.resume` names and its state (None, None for a fresh run).
+    A checkpoint whose config differs from `cfg` in what it means (`config.MEANING`: the model,
+    loss, data set or optimizer class) is refused, unless `force` (`trainer.force_resume`)."""
+    path = find_resume(resume, run_dir)
+    if path is None:
+        if resume == "auto":
+            log.info(
+                "trainer.resume=auto: no checkpoint in %s, so training starts at step 0", run_dir
+            )
+        return None, None
+    state = load_checkpoint(path)
+    changes = meaning_changes(saved_config(state, str(path)), cfg)
+    if changes and not force:
+        raise ConfigError(
+            f"the config differs from the checkpoint {path} in what it means:\n  "
+            + "\n  ".join(changes)
+            + "\nResume with the checkpoint's settings, or set trainer.force_resume=true."
+        )
+    if changes:
+        log.warning("Resuming despite config changes: %s", "; ".join(changes))
+    log.info("Resuming from %s", path)
+    return path, state
 
 
 class TrainingState:

@@ -20,21 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab import distributed
 from genlab import record as record_lib
-from genlab.checkpoint import find_resume, load_checkpoint, seed_everything
-from genlab.config import (
-    CONF_DIR,
-    build,
-    build_model,
-    check_config,
-    choice,
-    meaning_changes,
-    saved_config,
-)
+from genlab.checkpoint import seed_everything
+from genlab.config import CONF_DIR, build, build_model, check_config, choice
 from genlab.distributed import Processes
 from genlab.errors import ConfigError, one_message
 from genlab.logger import NullLogger
 from genlab.optim import autocast_dtype
 from genlab.run_folder import RunFolder
+from genlab.training_state import resume_point
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +74,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
 def _train(
     cfg: DictConfig, trainer, device, procs, run_dir: Path, folder: RunFolder
 ) -> dict[str, float]:
-    resume_from = find_resume(trainer.resume, run_dir)
-    state = load_checkpoint(resume_from) if resume_from else None
-    if state is not None:
-        changes = meaning_changes(saved_config(state, str(resume_from)), cfg)
-        if changes and not trainer.force_resume:
-            raise ConfigError(
-                f"the config differs from the checkpoint {resume_from} in what it means:\n  "
-                + "\n  ".join(changes)
-                + "\nResume with the checkpoint's settings, or set trainer.force_resume=true."
-            )
-        if changes:
-            log.warning("Resuming despite config changes: %s", "; ".join(changes))
-        log.info("Resuming from %s", resume_from)
-    elif trainer.resume == "auto":
-        log.info("trainer.resume=auto: no checkpoint in %s, so training starts at step 0", run_dir)
+    resume_from, state = resume_point(trainer.resume, trainer.force_resume, run_dir, cfg)
     seed_everything(trainer.seed)
     data = build(cfg.dataset, "dataset")
     model = build_model(cfg.model, data)

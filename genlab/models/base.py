@@ -43,9 +43,9 @@ class Exported:
 
 
 class Family(nn.Module, ABC):
-    """A model family. Subclasses set `roles` and `abilities`, set `latent_dim`, `num_classes`
-    (0 for an unconditional model) and `shape` in `__init__`, and end `__init__` with
-    `self.finish(init_from, freeze)`."""
+    """A model family. Subclasses set `roles` and `abilities`; their `__init__` calls
+    `set_shape` (`latent_dim`, `num_classes`: 0 for an unconditional model, `shape`), builds the
+    networks and ends with `finish(init_from, freeze)`."""
 
     roles: ClassVar[dict[str, str]]  # optimizer key -> the network's name in messages
     abilities: ClassVar[frozenset[str]] = frozenset()  # keys of ABILITIES
@@ -53,6 +53,17 @@ class Family(nn.Module, ABC):
     latent_dim: int
     num_classes: int
     shape: dict[str, int]  # channels, image_size
+
+    def set_shape(
+        self, latent_dim: int, num_classes: int, channels: int, image_size: int
+    ) -> dict[str, int]:
+        """Set `latent_dim`, `num_classes` and `shape` (refusing a latent_dim below 1); return
+        the shape as the networks' keyword arguments."""
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.latent_dim, self.num_classes = latent_dim, num_classes
+        self.shape = {"channels": channels, "image_size": image_size}
+        return dict(self.shape)
 
     def finish(self, init_from: str | None, freeze: Sequence[str]) -> None:
         """Fine-tuning, once the networks exist: copy matching weights from a run or checkpoint

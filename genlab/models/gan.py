@@ -51,25 +51,15 @@ class GAN(Family):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         if conditional and not num_classes:
             raise ValueError(
                 "a class-conditional GAN needs class labels, and this data set has none "
                 "(for image_folder, put the images in one sub-folder per class)"
             )
-        self.latent_dim = latent_dim
-        self.num_classes = num_classes if conditional else 0
-        self.generator = generator(
-            latent_dim=latent_dim,
-            channels=channels,
-            image_size=image_size,
-            num_classes=self.num_classes,
-        )
-        self.discriminator = discriminator(
-            channels=channels, image_size=image_size, num_classes=self.num_classes
-        )
-        self.shape = {"channels": channels, "image_size": image_size}
+        classes = num_classes if conditional else 0
+        shape = self.set_shape(latent_dim, classes, channels, image_size)
+        self.generator = generator(latent_dim=latent_dim, num_classes=classes, **shape)
+        self.discriminator = discriminator(num_classes=classes, **shape)
         self.finish(init_from, freeze)
         # samples come from this average of G (weights and BatchNorm statistics) when set
         self.generator_ema = None

@@ -41,13 +41,9 @@ class VAE(Family):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
-        self.latent_dim, self.num_classes = latent_dim, 0
-        shape = {"channels": channels, "image_size": image_size}
+        shape = self.set_shape(latent_dim, 0, channels, image_size)
         self.encoder = encoder(latent_dim=latent_dim, **shape)
         self.decoder = decoder(latent_dim=latent_dim, **shape)
-        self.shape = shape
         self.finish(init_from, freeze)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
