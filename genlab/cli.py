@@ -10,10 +10,19 @@ import sys
 
 COMMANDS = {
     "train": "Train a model: genlab train model=dcgan dataset=mnist5k trainer.max_steps=2000",
-    "sample": "Sample grids from trained models: genlab sample run=PATH sampler.num=64",
+    "sample": "Sample grids from trained models: genlab sample run=PATH sampler.num_images=64",
     "export": "The generator as safetensors + config: genlab export run=PATH",
     "eval": "Metrics of a trained model: genlab eval run=outputs/dcgan_mnist5k/<date>_<time>",
     "report": "Rank the runs of a sweep: genlab report outputs/multirun/<date>_<time>",
+}
+
+# keys that were renamed so that each name means one thing: old -> new
+RENAMED = {
+    "trainer.num_samples": "trainer.grid_images",
+    "evaluator.num_samples": "evaluator.num_generated",
+    "evaluator.cheap_samples": "evaluator.num_generated_cheap",
+    "evaluator.features": "evaluator.extractor",
+    "sampler.num": "sampler.num_images",
 }
 
 USAGE = """usage: genlab <command> [Hydra overrides and flags]
@@ -45,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
             f"genlab: unknown command '{command}'; commands: {', '.join(COMMANDS)}", file=sys.stderr
         )
         sys.exit(2)
+    for word in rest:
+        key = word.lstrip("+~").partition("=")[0]
+        if key in RENAMED:
+            print(f"genlab {command}: {key} is now {RENAMED[key]}", file=sys.stderr)
+            sys.exit(2)
     signal.signal(signal.SIGTERM, _terminate)  # the training loop catches both signals itself
     try:
         module = importlib.import_module(f"genlab.commands.{command}")

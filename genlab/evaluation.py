@@ -65,17 +65,17 @@ def to_uint8(images: Tensor) -> Tensor:
 
 
 class Evaluator:
-    """Metric settings. `features`: `classifier` (trained on the data set once and cached) or
+    """Metric settings. `extractor`: `classifier` (trained on the data set once and cached) or
     `inception` (FID's weights, from `inception_weights` or downloaded into `cache_dir`).
-    `num_samples` generated images are compared with every image of the real `split`. The cheap
-    evaluation during training uses `cheap_samples` and skips KID, precision/recall and the
-    importance-sampled NLL."""
+    `num_generated` generated images are compared with every image of the real `split`. The
+    cheap evaluation during training uses `num_generated_cheap` and skips KID, precision/recall
+    and the importance-sampled NLL."""
 
     def __init__(
         self,
-        features: Literal["classifier", "inception"] = "classifier",
-        num_samples: int = 5000,
-        cheap_samples: int = 1000,
+        extractor: Literal["classifier", "inception"] = "classifier",
+        num_generated: int = 5000,
+        num_generated_cheap: int = 1000,
         split: Split = "test",
         batch_size: int = 500,
         seed: int = 0,
@@ -89,13 +89,13 @@ class Evaluator:
     ) -> None:
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
-        if features not in ("classifier", "inception"):
-            raise ValueError(f"features must be 'classifier' or 'inception', got {features!r}")
+        if extractor not in ("classifier", "inception"):
+            raise ValueError(f"extractor must be 'classifier' or 'inception', got {extractor!r}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         for name, value, low in (
-            ("num_samples", num_samples, 2),
-            ("cheap_samples", cheap_samples, 2),
+            ("num_generated", num_generated, 2),
+            ("num_generated_cheap", num_generated_cheap, 2),
             ("batch_size", batch_size, 1),
             ("kid_subsets", kid_subsets, 1),
             ("kid_subset_size", kid_subset_size, 2),
@@ -105,12 +105,9 @@ class Evaluator:
         ):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
-        self.features_name, self.split, self.seed = features, split, seed
-        self.num_samples, self.cheap_samples, self.batch_size = (
-            num_samples,
-            cheap_samples,
-            batch_size,
-        )
+        self.extractor, self.split, self.seed = extractor, split, seed
+        self.num_generated, self.num_generated_cheap = num_generated, num_generated_cheap
+        self.batch_size = batch_size
         self.kid_subsets, self.kid_subset_size, self.pr_k = kid_subsets, kid_subset_size, pr_k
         self.nll_samples, self.classifier_steps = nll_samples, classifier_steps
         self.inception_weights, self.cache_dir = inception_weights, Path(cache_dir).expanduser()
@@ -140,7 +137,7 @@ class Evaluator:
             classifier, record = classifier_for(
                 train, real, self.cache_dir, device, self.classifier_steps
             )
-        if self.features_name == "inception":
+        if self.extractor == "inception":
             from genlab.metrics.inception import RESIZE, InceptionFeatures, inception_weights
 
             path, digest = inception_weights(self.inception_weights, self.cache_dir)
@@ -149,8 +146,8 @@ class Evaluator:
         else:
             if classifier is None:
                 raise GenlabError(
-                    f"evaluator.features=classifier needs a labelled data set, and {train.name} "
-                    "has no labels: use evaluator.features=inception (or one folder per class)"
+                    f"evaluator.extractor=classifier needs a labelled data set, and {train.name} "
+                    "has no labels: use evaluator.extractor=inception (or one folder per class)"
                 )
             size = f"none (the data set's {train.image_size}x{train.image_size})"
             self._features = Features(
@@ -220,7 +217,7 @@ class Evaluator:
         train, real = self.load_real(dataset)
         features = self.feature_extractor(train, real, device)
         ref = self.real_features(features, real, device)
-        n = self.cheap_samples if cheap else self.num_samples
+        n = self.num_generated_cheap if cheap else self.num_generated
         fake, labels = self.generate(model, loss, n, device)
         f = self._extract(features, fake, device)
         metrics = {"fd": frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"])}

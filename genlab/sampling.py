@@ -26,10 +26,11 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 
 
 class Sampler:
-    """`mode`: `samples` (`num` images; a conditional model gives one row per class, or only
+    """`mode`: `samples` (`num_images` images; a conditional model gives one row per class, or only
     class `label`), `interpolate` (rows from seed to seed+1 latents in `steps` steps) or
     `reconstruct` (VAE: real test images above their reconstructions). The same `seed` gives
-    the same images. At most `batch_size` images are made at once, so any `num` fits in memory
+    the same images. At most `batch_size` images are made at once, so any `num_images` fits in
+    memory
     (a grid holds at most `MAX_GRID`; `genlab sample files=true` writes any number)."""
 
     MAX_GRID = 4096
@@ -37,7 +38,7 @@ class Sampler:
     def __init__(
         self,
         mode: Literal["samples", "interpolate", "reconstruct"] = "samples",
-        num: int = 64,
+        num_images: int = 64,
         seed: int = 0,
         label: int | None = None,
         steps: int = 8,
@@ -45,15 +46,16 @@ class Sampler:
     ) -> None:
         if mode not in ("samples", "interpolate", "reconstruct"):
             raise ValueError(f"mode must be samples, interpolate or reconstruct, got {mode!r}")
-        if num < 1:
-            raise ValueError(f"num must be >= 1, got {num}")
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
         if steps < 2:
             raise ValueError(f"steps must be >= 2, got {steps}")
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.mode, self.num, self.seed, self.label, self.steps = mode, num, seed, label, steps
+        self.mode, self.num_images, self.seed = mode, num_images, seed
+        self.label, self.steps = label, steps
         self.batch_size = batch_size
 
     def check(self, model: Family) -> None:
@@ -81,15 +83,15 @@ class Sampler:
         gen = torch.Generator(device=device).manual_seed(self.seed)
         classes = model.num_classes
         if self.mode == "samples":
-            labels = self.labels(model, self.num, device)
-            n = self.num if labels is None else len(labels)
+            labels = self.labels(model, self.num_images, device)
+            n = self.num_images if labels is None else len(labels)
             nrow = n // classes if classes and self.label is None else square_side(n)
             return self._samples(model, loss, gen, n, labels), nrow
         if self.mode == "interpolate":
-            rows = max(1, self.num // self.steps)
+            rows = max(1, self.num_images // self.steps)
             return self._interpolations(model, loss, gen, rows), self.steps
-        nrow = square_side(self.num)
-        count = min(len(real), max(nrow, self.num // nrow * nrow)) // nrow * nrow
+        nrow = square_side(self.num_images)
+        count = min(len(real), max(nrow, self.num_images // nrow * nrow)) // nrow * nrow
         return self._reconstructions(model, loss, device, real, nrow, count), nrow
 
     @torch.no_grad()

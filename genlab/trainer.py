@@ -65,7 +65,7 @@ class Trainer:
         ckpt_every: int = 1000,
         eval_every: int | None = 0,
         keep_last: int | None = 3,
-        num_samples: int = 64,
+        grid_images: int = 64,
         seed: int = 0,
         resume: str | None = None,
         force_resume: bool = False,
@@ -88,15 +88,15 @@ class Trainer:
             "ckpt_every": (ckpt_every, 0),
             "eval_every": (eval_every, 0),
             "keep_last": (keep_last, 1),
-            "num_samples": (num_samples, 1),
+            "grid_images": (grid_images, 1),
             "seed": (seed, 0),
             "num_workers": (num_workers, 0),
         }
         for name, (value, low) in checks.items():
             if value is not None and value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
-        if num_samples > 1024:
-            raise ValueError(f"num_samples must be <= 1024 (a sample grid), got {num_samples}")
+        if grid_images > 1024:
+            raise ValueError(f"grid_images must be <= 1024, got {grid_images}")
         if seed >= 2**32:
             raise ValueError(f"seed must be < 2**32 (4294967296), got {seed}")
         if max_steps is None and max_epochs is None:
@@ -106,7 +106,7 @@ class Trainer:
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
         self.max_steps, self.max_epochs = max_steps, max_epochs
-        self.batch_size, self.seed, self.num_samples = batch_size, seed, num_samples
+        self.batch_size, self.seed, self.grid_images = batch_size, seed, grid_images
         self.log_every, self.sample_every, self.ckpt_every = log_every, sample_every, ckpt_every
         self.eval_every = eval_every
         self.keep_last, self.resume, self.force_resume = keep_last, resume, force_resume
@@ -178,8 +178,8 @@ class Trainer:
         # --- setup ------------------------------------------------------------------------------
         procs, device = procs or Processes(), loader.device
         update = self._prepare(model, optimizers, device)
-        examples = (normalize(loader.examples(self.num_samples)), None)
-        fixed = model.fixed_inputs(self.num_samples, examples, seed=self.seed)
+        examples = (normalize(loader.examples(self.grid_images)), None)
+        fixed = model.fixed_inputs(self.grid_images, examples, seed=self.seed)
         total = self.total_steps(loader.batches_per_epoch, model.batches_per_step(loss))
         images_per_step = loader.global_batch * model.batches_per_step(loss)
         training = TrainingState(model, optimizers, schedulers, update, loader, procs, extra_state)

@@ -21,6 +21,12 @@ def test_genlab_help_lists_commands():
     assert "train" in result.stdout and "usage: genlab" in result.stdout
 
 
+def test_a_renamed_key_says_its_new_name():
+    result = run_cli("eval", "run=x", "evaluator.num_samples=10")
+    assert result.returncode == 2
+    assert "evaluator.num_samples is now evaluator.num_generated" in result.stderr
+
+
 def test_unknown_command_is_refused():
     result = run_cli("trian")
     assert result.returncode == 2 and "unknown command 'trian'" in result.stderr
@@ -114,7 +120,7 @@ ERRORS = [
     (["dataset=image_folder"], "dataset.root is required"),
     (["+model.generator.colour=red"], "model.generator.colour: unknown key"),
     (["trainer.seed=4294967296"], "trainer.seed must be < 2**32 (4294967296), got 4294967296"),
-    (["trainer.num_samples=5000"], "trainer.num_samples must be <= 1024"),
+    (["trainer.grid_images=5000"], "trainer.grid_images must be <= 1024"),
 ]
 # Through the real CLI (a process each): Hydra's composition errors and one of genlab's.
 CLI_ERRORS = [

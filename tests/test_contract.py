@@ -31,7 +31,7 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     cfg = make_cfg(
         f"model={name}",
         f"dataset={data.name}",
-        "evaluator.cheap_samples=100",
+        "evaluator.num_generated_cheap=100",
         "evaluator.classifier_steps=30",
         f"evaluator.cache_dir={tmp_path / 'cache'}",
     )

@@ -19,7 +19,7 @@ from tests.test_train import scalars
 
 CPU = torch.device("cpu")
 SMALL = [
-    "evaluator.num_samples=200",
+    "evaluator.num_generated=200",
     "evaluator.kid_subsets=10",
     "evaluator.kid_subset_size=100",
     "evaluator.nll_samples=4",
@@ -67,7 +67,9 @@ def test_eval_writes_metrics_with_their_protocol(runs):
 
 
 def test_vae_eval_reports_likelihoods(runs):
-    evaluator = Evaluator(num_samples=100, kid_subset_size=50, nll_samples=8, classifier_steps=200)
+    evaluator = Evaluator(
+        num_generated=100, kid_subset_size=50, nll_samples=8, classifier_steps=200
+    )
     from genlab.run_folder import load_run
 
     model, loss, cfg, _ = load_run(str(runs / "vae"), CPU)
@@ -112,7 +114,7 @@ def test_sample_is_reproducible_and_sized(runs, tmp_path):
     outs = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.png"
-        result = run_cli("sample", f"run={runs / 'cgan'}", "sampler.num=20", f"out={out}")
+        result = run_cli("sample", f"run={runs / 'cgan'}", "sampler.num_images=20", f"out={out}")
         assert result.returncode == 0, result.stderr
         outs.append(out)
     assert outs[0].read_bytes() == outs[1].read_bytes()
@@ -130,11 +132,15 @@ def test_sample_modes_and_ensembles(runs, tmp_path):
         with Image.open(sample(cfg)) as im:
             return im.size
 
-    reconstruct = size("sampler.mode=reconstruct", "sampler.num=16", f"out={tmp_path / 'r.png'}")
+    reconstruct = size(
+        "sampler.mode=reconstruct", "sampler.num_images=16", f"out={tmp_path / 'r.png'}"
+    )
     assert reconstruct == (2 + 4 * 34, 2 + 8 * 34)  # 4 pairs of rows of 4
-    interpolate = size("sampler.mode=interpolate", "sampler.num=16", f"out={tmp_path / 'i.png'}")
+    interpolate = size(
+        "sampler.mode=interpolate", "sampler.num_images=16", f"out={tmp_path / 'i.png'}"
+    )
     assert interpolate == (2 + 8 * 34, 2 + 2 * 34)  # 2 rows of 8 steps
-    ensemble = size(f"runs=[{vae},{vae}]", "sampler.num=4", f"out={tmp_path / 'e.png'}")
+    ensemble = size(f"runs=[{vae},{vae}]", "sampler.num_images=4", f"out={tmp_path / 'e.png'}")
     assert ensemble == (3 * (2 + 2 * 34) + 2 * 6, 2 + 2 * 34)  # three 2x2 grids, 6 px bars
 
 
@@ -163,7 +169,7 @@ def test_sample_writes_only_where_it_may(runs, tmp_path):
     from genlab.commands.sample import sample
 
     def make(*overrides):
-        cfg = make_cfg(f"run={runs / 'vae'}", "device=cpu", "sampler.num=4", *overrides,
+        cfg = make_cfg(f"run={runs / 'vae'}", "device=cpu", "sampler.num_images=4", *overrides,
                        config_name="sample")  # fmt: skip
         return sample(cfg)
 
@@ -196,12 +202,13 @@ def test_sampling_is_batched_so_any_number_fits(runs):
     sizes = []
     generate = model.generate
     model.generate = lambda n, *args: sizes.append(n) or generate(n, *args)
-    batches, nrow = Sampler(num=25, batch_size=10)(model, loss, CPU, None)
+    batches, nrow = Sampler(num_images=25, batch_size=10)(model, loss, CPU, None)
     assert torch.cat(list(batches)).shape == (25, 1, 32, 32) and nrow == 5
     assert sizes == [10, 10, 5]
-    rows, _ = Sampler(mode="interpolate", num=40, steps=4, batch_size=8)(model, loss, CPU, None)
+    interpolate = Sampler(mode="interpolate", num_images=40, steps=4, batch_size=8)
+    rows, _ = interpolate(model, loss, CPU, None)
     assert [len(b) for b in rows] == [8] * 5
-    cfg = make_cfg(f"run={runs / 'vae'}", "sampler.num=5000", config_name="sample")
+    cfg = make_cfg(f"run={runs / 'vae'}", "sampler.num_images=5000", config_name="sample")
     with pytest.raises(ConfigError, match="a grid holds at most 4096 images; set files=true"):
         sample(cfg)
 

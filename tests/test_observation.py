@@ -16,7 +16,7 @@ BASE = [
     "trainer.ckpt_every=0",
     "trainer.log_every=5",
     "evaluator.classifier_steps=20",
-    "evaluator.cheap_samples=100",
+    "evaluator.num_generated_cheap=100",
 ]
 
 

@@ -290,7 +290,7 @@ def test_eval_on_a_read_only_run_prints_its_metrics_then_one_message(tmp_path):
         train(cfg, run_dir=disk / "run")
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         result = run_cli(
-            "eval", f"run={disk / 'run'}", "device=cpu", "evaluator.num_samples=100",
+            "eval", f"run={disk / 'run'}", "device=cpu", "evaluator.num_generated=100",
             "evaluator.kid_subset_size=50", "evaluator.nll_samples=2",
             "evaluator.classifier_steps=50",
         )  # fmt: skip

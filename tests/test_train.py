@@ -155,7 +155,7 @@ def test_image_folder_rgb_classes_train_dcgan_and_cgan(tmp_path):
     train(make_cfg("model=dcgan", *common), run_dir=tmp_path / "dcgan")
     with Image.open(tmp_path / "dcgan" / "samples" / "samples_0000005.png") as grid:
         assert grid.mode == "RGB" and grid.size == (grid_side(4, 32), grid_side(4, 32))
-    train(make_cfg("model=cgan", *common, "trainer.num_samples=6"), run_dir=tmp_path / "cgan")
+    train(make_cfg("model=cgan", *common, "trainer.grid_images=6"), run_dir=tmp_path / "cgan")
     with Image.open(tmp_path / "cgan" / "samples" / "samples_0000005.png") as grid:
         assert grid.size == (grid_side(2, 32), grid_side(3, 32))  # 3 classes x 2 samples
 

@@ -20,11 +20,12 @@ def sample(cfg: DictConfig) -> Path:
     sampler = build(cfg.sampler, "sampler")
     device = build(cfg.device, "device")
     if cfg.out:
-        _check_out(Path(cfg.out), cfg, sampler.num)
-    if sampler.num > sampler.MAX_GRID and not cfg.files:
+        _check_out(Path(cfg.out), cfg, sampler.num_images)
+    if sampler.num_images > sampler.MAX_GRID and not cfg.files:
         raise ConfigError(
-            f"sampler.num={sampler.num}: a grid holds at most {sampler.MAX_GRID} images; set "
-            f"files=true to write each image (the grid then shows the first {sampler.MAX_GRID})"
+            f"sampler.num_images={sampler.num_images}: a grid holds at most {sampler.MAX_GRID} "
+            f"images; set files=true to write each image (the grid then shows the first "
+            f"{sampler.MAX_GRID})"
         )
     grids, written = [], 0
     for i, path in enumerate([run, *cfg.runs]):

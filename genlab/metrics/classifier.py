@@ -90,7 +90,7 @@ def train_classifier(
     if train.labels is None or train.num_classes is None:
         raise GenlabError(
             f"the classifier features need a labelled data set, and {train.name} has no labels "
-            "(use evaluator.features=inception, or one sub-folder per class)"
+            "(use evaluator.extractor=inception, or one sub-folder per class)"
         )
     steps = steps or default_steps(train, batch_size)
     torch.manual_seed(seed)

@@ -38,7 +38,7 @@ def inception_weights(path: str | Path | None, cache_dir: str | Path) -> tuple[P
             raise DataUnavailableError(
                 f"the FID Inception weights are not in {file.parent} and downloading them failed "
                 f"({e}). Fetch {WEIGHTS_URL} on a machine with internet access and pass "
-                "evaluator.inception_weights=PATH, or use evaluator.features=classifier."
+                "evaluator.inception_weights=PATH, or use evaluator.extractor=classifier."
             ) from None
     digest = sha256(file)
     if not digest.startswith(SHA256_PREFIX):
@@ -58,7 +58,8 @@ class InceptionFeatures(nn.Module):
             import torch_fidelity.feature_extractor_inceptionv3 as fidelity
         except ImportError:
             raise GenlabError(
-                "evaluator.features=inception needs torch-fidelity: pip install 'genlab[inception]'"
+                "evaluator.extractor=inception needs torch-fidelity: "
+                "pip install 'genlab[inception]'"
             ) from None
         from torchmetrics.image.fid import NoTrainInceptionV3
 
