@@ -69,3 +69,26 @@ def test_export_command_writes_safetensors(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "export" / "generator.safetensors").is_file()
     assert load_generator(tmp_path / "run" / "export")(torch.randn(2, 100)).shape == (2, 1, 32, 32)
+
+
+def test_an_export_from_before_the_family_contract_still_loads(tmp_path):
+    """Exports written before `Family.export_sampler` held the whole VAE and named its
+    likelihood (`output: bernoulli`): they load, and sample through the decoder."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    train(make_cfg("model=vae_mlp", *FAST), run_dir=tmp_path / "run")
+    net, loss, run_cfg, _ = load_run(str(tmp_path / "run"), torch.device("cpu"))
+    node = OmegaConf.to_container(run_cfg.model)
+    node.update(channels=1, image_size=32, num_classes=None)
+    for key in ("init_from", "freeze"):
+        node.pop(key, None)
+    old = {"network": node, "latent_dim": net.latent_dim, "num_classes": 0, "output": "bernoulli"}
+    (tmp_path / "old").mkdir()
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "old" / "generator.yaml")
+    weights = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(weights, str(tmp_path / "old" / "generator.safetensors"))
+    z = torch.randn(3, net.latent_dim)
+    with torch.no_grad():
+        expected = net.eval().decode_latents(z, loss)
+    assert torch.equal(load_generator(tmp_path / "old")(z), expected)
