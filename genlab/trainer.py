@@ -13,6 +13,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,106 +176,137 @@ class Trainer:
         logged values, the last evaluation's metrics (`eval/...`) and the `step`. `evaluate` runs
         the cheap metrics at `eval_every`; `on_start(step)` is called once the checkpoint is
         restored, before the loop writes anything; the caller closes `logger`."""
-        # --- setup ------------------------------------------------------------------------------
-        procs, device = procs or Processes(), loader.device
-        update = self._prepare(model, optimizers, device)
-        examples = (normalize(loader.examples(self.grid_images)), None)
-        fixed = model.fixed_inputs(self.grid_images, examples, seed=self.seed)
-        total = self.total_steps(loader.batches_per_epoch, model.batches_per_step(loss))
-        images_per_step = loader.global_batch * model.batches_per_step(loss)
-        training = TrainingState(model, optimizers, schedulers, update, loader, procs, extra_state)
-        if procs.distributed:  # every process draws its own noise
-            seed_everything(self.seed + 1_000_003 * procs.rank)
-        start, skipped = training.load(state) if state is not None else (0, 0)
-        if state is not None:
-            log.info("Resumed at step %d of %d", start, total)
-        if self.compile:
-            for net in model.compile_targets(loss):
-                net.compile(backend=self.compile)
-        if procs.distributed:
-            model.distribute(distributed.wrapper(device))
+        procs = procs or Processes()
+        run = self._setup(model, loss, optimizers, schedulers, loader, run_dir, logger, procs)
+        run.training.extra = extra_state or {}  # saved with every checkpoint
+        self._resume(run, state, procs)
         if on_start is not None:
-            on_start(start)
-        checkpoints = Checkpoints(run_dir / "checkpoints", self.keep_last, training)
-        guard = NonFiniteGuard(update, self.on_nan, start, skipped, logger, checkpoints.last_good)
-        speed = _Speed(images_per_step, device)
-        bar = tqdm(
-            total=total,
-            initial=start,
-            disable=not (self.progress and procs.main),
-            unit="step",
-            dynamic_ncols=True,
-        )
-        log.info("%d steps of %d images", total, images_per_step)
+            on_start(run.start)
+        log.info("%d steps of %d images", run.total, run.speed.images_per_step)
         values: dict[str, float] = {}
-
-        # --- the loop ---------------------------------------------------------------------------
-        with StopRequests() as stop, warnings.catch_warnings(), checkpoints:
+        with StopRequests() as stop, warnings.catch_warnings(), run.checkpoints:
             # a frozen network, or a skipped update, steps its scheduler without its optimizer
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-            for step in range(start + 1, total + 1):
-                last = step == total
+            bar = self._progress(run, procs)
+            for step in range(run.start + 1, run.total + 1):
+                last = step == run.total
                 log_step = self._due(step, self.log_every, last)
-                try:
-                    metrics = model.train_step(loader, loss, update, metrics=log_step)
-                except NonFiniteError as e:
-                    guard.host_skip(step, e)
-                    metrics = None
-                except torch._dynamo.exc.BackendCompilerFailed as e:
-                    raise GenlabError(
-                        f"trainer.compile={self.compile}: torch.compile failed on this machine "
-                        f"({str(e).strip().splitlines()[0]}); set trainer.compile=false"
-                    ) from None
-                for scheduler in schedulers.values():
-                    scheduler.step()
-                speed.steps += 1
-                if log_step:
-                    guard.check(step, window_end=True)
+                metrics = self._train_step(run, step, log_step)
                 if log_step and metrics is not None:
-                    values = self._log(model, metrics, speed, loader, update, logger, step)
+                    values = self._log(run, metrics, step)
                     bar.set_postfix(_short(values), refresh=False)
                 if procs.main and self._due(step, self.sample_every, last):
-                    self._sample(model, fixed, loss, logger, run_dir, step)
-                if self._due(step, self.ckpt_every, last):  # before an evaluation, which a
-                    guard.check(step)  # signal may cut short
-                    checkpoints.save(step, guard.skipped)
+                    self._sample(run, step)
+                if self._due(step, self.ckpt_every, last):  # before an evaluation (a signal
+                    run.save(step)  # may cut it short)
                 if evaluate and procs.main and self._evaluates(step, last) and not stop:
-                    values.update(self._evaluate(evaluate, stop, logger, step))
+                    values.update(self._evaluate(evaluate, stop, run.logger, step))
                 bar.update(1)
-                # Under torchrun the processes agree on stopping at logging steps only.
-                stopping = (
-                    bool(stop)
-                    if not procs.distributed
-                    else (log_step and distributed.any_rank(bool(stop), procs, device))
-                )
-                if stopping and not last:
+                if not last and self._stopping(stop, procs, run.device, log_step):
                     bar.close()
-                    guard.check(step)
-                    path = checkpoints.save(step, guard.skipped)
-                    checkpoints.wait()
-                    name = stop.signal.name
-                    (log.warning if procs.main else log.debug)(
-                        "%s at step %d: checkpoint saved to %s. Resume with:\n  %s",
-                        name,
-                        step,
-                        path,
-                        resume_hint or "genlab train ... trainer.resume=auto",
-                    )
-                    raise Stopped(stop.signal, f"{name} at step {step}; checkpoint saved to {path}")
-        bar.close()
-        guard.finish()
-        log.info("Finished %d steps: %s", total, _short(values))
-        return {**values, "step": total}
+                    self._stop(run, stop, step, procs, resume_hint)
+            bar.close()
+        run.guard.finish()
+        log.info("Finished %d steps: %s", run.total, _short(values))
+        return {**values, "step": run.total}
 
     # --- the loop's parts -----------------------------------------------------------------------
 
-    def _prepare(self, model: Family, optimizers: dict, device: torch.device) -> Updater:
-        """The model on its device, in training mode and memory format; the updater."""
+    def _setup(self, model, loss, optimizers, schedulers, loader, run_dir, logger, procs) -> _Run:
+        """The model on its device, in training mode and memory format, and what the loop uses."""
+        device = loader.device
         set_determinism(self.deterministic, device)
         model.to(device).train()
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        return Updater(optimizers, device, self.precision, self.grad_clip, model.roles)
+        update = Updater(optimizers, device, self.precision, self.grad_clip, model.roles)
+        examples = (normalize(loader.examples(self.grid_images)), None)
+        per_step = model.batches_per_step(loss)
+        training = TrainingState(model, optimizers, schedulers, update, loader, procs)
+        checkpoints = Checkpoints(run_dir / "checkpoints", self.keep_last, training)
+        return _Run(
+            model=model,
+            loss=loss,
+            schedulers=schedulers,
+            loader=loader,
+            update=update,
+            logger=logger,
+            run_dir=run_dir,
+            device=device,
+            training=training,
+            checkpoints=checkpoints,
+            speed=_Speed(loader.global_batch * per_step, device),
+            fixed=model.fixed_inputs(self.grid_images, examples, seed=self.seed),
+            total=self.total_steps(loader.batches_per_epoch, per_step),
+        )
+
+    def _resume(self, run: _Run, state: dict[str, Any] | None, procs: Processes) -> None:
+        """Seed each process, load the checkpoint (if any), then compile the family's networks
+        and wrap them for DDP."""
+        if procs.distributed:  # every process draws its own noise
+            seed_everything(self.seed + 1_000_003 * procs.rank)
+        run.start, skipped = run.training.load(state) if state is not None else (0, 0)
+        if state is not None:
+            log.info("Resumed at step %d of %d", run.start, run.total)
+        run.guard = NonFiniteGuard(
+            run.update, self.on_nan, run.start, skipped, run.logger, run.checkpoints.last_good
+        )
+        if self.compile:
+            for net in run.model.compile_targets(run.loss):
+                net.compile(backend=self.compile)
+        if procs.distributed:
+            run.model.distribute(distributed.wrapper(run.device))
+
+    def _progress(self, run: _Run, procs: Processes) -> tqdm:
+        return tqdm(
+            total=run.total,
+            initial=run.start,
+            disable=not (self.progress and procs.main),
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def _train_step(self, run: _Run, step: int, log_step: bool) -> dict[str, torch.Tensor] | None:
+        """One step of the family, the schedulers' step, and the guard at logging steps."""
+        try:
+            metrics = run.model.train_step(run.loader, run.loss, run.update, metrics=log_step)
+        except NonFiniteError as e:
+            run.guard.host_skip(step, e)
+            metrics = None
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            raise GenlabError(
+                f"trainer.compile={self.compile}: torch.compile failed on this machine "
+                f"({str(e).strip().splitlines()[0]}); set trainer.compile=false"
+            ) from None
+        for scheduler in run.schedulers.values():
+            scheduler.step()
+        run.speed.steps += 1
+        if log_step:
+            run.guard.check(step, window_end=True)
+        return metrics
+
+    @staticmethod
+    def _stopping(stop: StopRequests, procs: Processes, device, log_step: bool) -> bool:
+        """Whether a signal asks the run to stop (under torchrun the processes agree on it at
+        logging steps only)."""
+        if not procs.distributed:
+            return bool(stop)
+        return log_step and distributed.any_rank(bool(stop), procs, device)
+
+    @staticmethod
+    def _stop(run: _Run, stop: StopRequests, step: int, procs: Processes, hint: str) -> None:
+        """Save the checkpoint of `step`, say how to continue, and exit (`Stopped`)."""
+        path = run.save(step)
+        run.checkpoints.wait()
+        name = stop.signal.name
+        (log.warning if procs.main else log.debug)(
+            "%s at step %d: checkpoint saved to %s. Resume with:\n  %s",
+            name,
+            step,
+            path,
+            hint or "genlab train ... trainer.resume=auto",
+        )
+        raise Stopped(stop.signal, f"{name} at step {step}; checkpoint saved to {path}")
 
     @staticmethod
     def _due(step: int, every: int, last: bool) -> bool:
@@ -285,28 +317,29 @@ class Trainer:
         return self.eval_every is not None and self._due(step, self.eval_every, last)
 
     @staticmethod
-    def _log(model, metrics, speed, loader, update, logger, step) -> dict[str, float]:
+    def _log(run: _Run, metrics: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         """The logging step's values (a host sync): the family's metrics, images/s, epoch,
         learning rates and loss scales, to the logger and to the family's `on_log`."""
+        loader, update = run.loader, run.update
         values = {k: float(v) for k, v in metrics.items()}
-        values["perf/images_per_s"] = speed.images_per_s()
+        values["perf/images_per_s"] = run.speed.images_per_s()
         values["epoch"] = loader.epoch + loader.index / loader.batches_per_epoch
         values.update({f"lr/{k}": o.param_groups[0]["lr"] for k, o in update.optimizers.items()})
         if update.dtype is torch.float16:
             values.update({f"amp/scale_{k}": update.loss_scale(k) for k in update.optimizers})
             values["amp/overflows"] = update.overflows
-        logger.log_scalars(values, step)
-        model.on_log(values, step)
+        run.logger.log_scalars(values, step)
+        run.model.on_log(values, step)
         return values
 
     @staticmethod
-    def _sample(model, fixed, loss, logger, run_dir: Path, step: int) -> None:
+    def _sample(run: _Run, step: int) -> None:
         """The family's grids from the run's fixed inputs, as PNGs and in TensorBoard."""
         with own_random_streams():
-            grids = model.sample_grids(fixed, loss)
+            grids = run.model.sample_grids(run.fixed, run.loss)
         for name, grid in grids.items():
-            path = run_dir / "samples" / f"{name}_{step:07d}.png"
-            logger.log_png(name, save_png(grid, path), grid.shape, step)
+            path = run.run_dir / "samples" / f"{name}_{step:07d}.png"
+            run.logger.log_png(name, save_png(grid, path), grid.shape, step)
 
     @staticmethod
     def _evaluate(evaluate, stop: StopRequests, logger, step: int) -> dict[str, float]:
@@ -320,6 +353,32 @@ class Trainer:
         logger.log_scalars(scores, step)
         log.info("step %d: %s", step, _short(scores))
         return scores
+
+
+@dataclass
+class _Run:
+    """What one `fit` works with."""
+
+    model: Family
+    loss: Any
+    schedulers: dict[str, LRScheduler]
+    loader: DeviceLoader
+    update: Updater
+    logger: NullLogger
+    run_dir: Path
+    device: torch.device
+    training: TrainingState
+    checkpoints: Checkpoints
+    speed: _Speed
+    fixed: dict[str, Any]
+    total: int
+    start: int = 0
+    guard: NonFiniteGuard = field(init=False)  # once the checkpoint is loaded
+
+    def save(self, step: int) -> Path:
+        """The checkpoint of `step`, once the guard has seen the updates before it."""
+        self.guard.check(step)
+        return self.checkpoints.save(step, self.guard.skipped)
 
 
 class _Speed:

@@ -153,7 +153,7 @@ class Checkpoints:
 
     def __init__(self, folder: Path, keep_last: int | None, state: TrainingState) -> None:
         self.folder, self.keep_last, self.state = folder, keep_last, state
-        self.writer = BackgroundWriter()
+        self.writer: BackgroundWriter | None = None  # its thread runs while entered
 
     def save(self, step: int, skipped: int) -> Path:
         """Serialize the checkpoint of `step` now (the next steps change the weights while its
@@ -166,8 +166,10 @@ class Checkpoints:
         return path
 
     def wait(self) -> None:
-        """Until every queued checkpoint is on disk (a failed write raises here)."""
-        self.writer.wait()
+        """Until every queued checkpoint is on disk (a failed write raises here; once left, all
+        are)."""
+        if self.writer is not None:
+            self.writer.wait()
 
     def last_good(self) -> str:
         """Once the queued writes are on disk: where the last checkpoint is, for a message."""
@@ -178,11 +180,12 @@ class Checkpoints:
         return f"the last good checkpoint is {last}"
 
     def __enter__(self) -> Checkpoints:
-        self.writer.__enter__()
+        self.writer = BackgroundWriter().__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.writer.__exit__(*exc)
+        writer, self.writer = self.writer, None
+        writer.__exit__(*exc)
 
 
 def _write_checkpoint(data: bytes, path: Path, keep_last: int | None) -> None:
