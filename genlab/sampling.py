@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,27 +25,33 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     ) / torch.sin(omega)
 
 
+GENERIC_MODES = ("samples", "interpolate", "reconstruct")  # the latter two are abilities
+
+
 class Sampler:
-    """`mode`: `samples` (`num_images` images; a conditional model gives one row per class, or only
-    class `label`), `interpolate` (rows from seed to seed+1 latents in `steps` steps) or
-    `reconstruct` (VAE: real test images above their reconstructions). The same `seed` gives
-    the same images. At most `batch_size` images are made at once, so any `num_images` fits in
-    memory
-    (a grid holds at most `MAX_GRID`; `genlab sample files=true` writes any number)."""
+    """`mode`: `samples` (`num_images` images; a conditional model gives one row per class, or
+    only class `label`), `interpolate` (rows from seed to seed+1 latents in `steps` steps, for a
+    family that maps latents to images), `reconstruct` (real test images above their
+    reconstructions, for one that encodes images), or a mode of the family's own
+    (`Family.sample_modes`). The same `seed` gives the same images. At most `batch_size` images
+    are made at once, so any `num_images` fits in memory (a grid holds at most `MAX_GRID`;
+    `genlab sample files=true` writes any number)."""
 
     MAX_GRID = 4096
 
     def __init__(
         self,
-        mode: Literal["samples", "interpolate", "reconstruct"] = "samples",
+        mode: str = "samples",
         num_images: int = 64,
         seed: int = 0,
         label: int | None = None,
         steps: int = 8,
         batch_size: int = 500,
     ) -> None:
-        if mode not in ("samples", "interpolate", "reconstruct"):
-            raise ValueError(f"mode must be samples, interpolate or reconstruct, got {mode!r}")
+        if not mode.isidentifier():
+            raise ValueError(
+                f"mode must be {', '.join(GENERIC_MODES)} or a model's own, got {mode!r}"
+            )
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if steps < 2:
@@ -65,8 +71,15 @@ class Sampler:
             raise ValueError("sampler.label is only for class-conditional models (model=cgan)")
         if self.label is not None and not 0 <= self.label < classes:
             raise ValueError(f"sampler.label must be in 0..{classes - 1}, got {self.label}")
-        if self.mode != "samples":
+        if self.mode in ("interpolate", "reconstruct"):
             require(model, self.mode, f"sampler.mode={self.mode}")
+        elif self.mode != "samples" and self.mode not in model.sample_modes:
+            modes = ", ".join(["samples", *sorted(model.abilities & set(GENERIC_MODES))])
+            own = ", ".join(sorted(model.sample_modes))
+            raise ValueError(
+                f"sampler.mode={self.mode} is not a mode of {type(model).__name__}, which has "
+                f"{modes}{'; its own: ' + own if own else ''}"
+            )
 
     def labels(self, model: Family, n: int, device: torch.device) -> Tensor | None:
         classes = model.num_classes
@@ -77,9 +90,10 @@ class Sampler:
         return torch.arange(classes, device=device).repeat_interleave(max(1, n // classes))
 
     def __call__(
-        self, model: Family, loss: Any, device: torch.device, real: Tensor | None
+        self, model: Family, loss: Any, device: torch.device, real: Callable[[], Tensor]
     ) -> tuple[Iterator[Tensor], int]:
-        """Batches of images in [-1, 1] (on the CPU), and how many images go in a grid row."""
+        """Batches of images in [-1, 1] (on the CPU), and how many images go in a grid row.
+        `real()` gives the held-out uint8 images, for modes that start from real ones."""
         gen = torch.Generator(device=device).manual_seed(self.seed)
         classes = model.num_classes
         if self.mode == "samples":
@@ -90,6 +104,9 @@ class Sampler:
         if self.mode == "interpolate":
             rows = max(1, self.num_images // self.steps)
             return self._interpolations(model, loss, gen, rows), self.steps
+        if self.mode != "reconstruct":
+            return model.sample_mode(self.mode, self, loss, gen, real)
+        real = real()
         nrow = square_side(self.num_images)
         count = min(len(real), max(nrow, self.num_images // nrow * nrow)) // nrow * nrow
         return self._reconstructions(model, loss, device, real, nrow, count), nrow

@@ -213,6 +213,40 @@ def test_sampling_is_batched_so_any_number_fits(runs):
         sample(cfg)
 
 
+def test_a_family_brings_its_own_sampling_mode(runs):
+    """`sampler.mode` may name a mode of the family's own (`Family.sample_modes`), which draws
+    from the sampler's generator and the held-out images; another mode is refused with the
+    model's modes."""
+    from genlab.data.loader import normalize
+    from genlab.models import VAE
+    from genlab.run_folder import load_run
+    from genlab.sampling import Sampler
+
+    class Denoising(VAE):  # a VAE that also shows what it makes of noised test images
+        sample_modes = frozenset({"denoise"})
+
+        def sample_mode(self, mode, sampler, loss, generator, real):
+            x = normalize(real()[: sampler.num_images])
+            noisy = (x + 0.5 * torch.randn(x.shape, generator=generator)).clamp(-1, 1)
+            return iter([torch.cat([noisy, self.reconstruct(noisy, loss)])]), len(x)
+
+    model, loss, _, _ = load_run(runs / "vae", CPU)
+    model.__class__ = Denoising
+    sampler = Sampler(mode="denoise", num_images=4, seed=3)
+    sampler.check(model)
+
+    def make():
+        batches, nrow = sampler(model, loss, CPU, lambda: digits(split="test").images)
+        return torch.cat(list(batches)), nrow
+
+    (images, nrow), (again, _) = make(), make()
+    assert images.shape == (8, 1, 32, 32) and nrow == 4 and torch.equal(images, again)
+    with pytest.raises(ValueError, match="sampler.mode=complete is not a mode of Denoising, "):
+        Sampler(mode="complete").check(model)
+    with pytest.raises(ValueError, match="which has samples, interpolate, reconstruct; its own"):
+        Sampler(mode="complete").check(model)
+
+
 def test_the_classifier_trains_in_proportion_to_the_data(tmp_path, caplog):
     """1,000 steps for digits and mnist5k as before, 3 epochs of MNIST, 40 epochs of a small
     folder instead of 1,000 steps; and one line says what the evaluation is doing."""

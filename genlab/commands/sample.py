@@ -36,11 +36,10 @@ def sample(cfg: DictConfig) -> Path:
             raise ConfigError(f"{e} ({path})") from None
         if i == 0:  # the default is the run's own samples/ folder, genlab's to write
             out = Path(cfg.out) if cfg.out else _default_out(state, sampler)
-        real = (
-            build(run_cfg.dataset, "dataset", split="test").images
-            if sampler.mode == "reconstruct"
-            else None
-        )
+
+        def real(node=run_cfg.dataset):  # the held-out images, for modes that start from them
+            return build(node, "dataset", split="test").images
+
         batches, nrow = sampler(model, loss, device, real)
         shown = []
         for images in batches:  # at most sampler.batch_size images in memory besides the grid

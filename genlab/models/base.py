@@ -49,6 +49,7 @@ class Family(nn.Module, ABC):
 
     roles: ClassVar[dict[str, str]]  # optimizer key -> the network's name in messages
     abilities: ClassVar[frozenset[str]] = frozenset()  # keys of ABILITIES
+    sample_modes: ClassVar[frozenset[str]] = frozenset()  # `sampler.mode`s of its own
 
     latent_dim: int
     num_classes: int
@@ -134,6 +135,14 @@ class Family(nn.Module, ABC):
     @abstractmethod
     def export_sampler(self, loss: Any, node: DictConfig) -> Exported:
         """What `genlab export` writes: the network that samples, from this run's `model` node."""
+
+    def sample_mode(
+        self, mode: str, sampler: Any, loss: Any, generator: torch.Generator, real: Callable
+    ) -> tuple[Iterator[Tensor], int]:
+        """A `sampler.mode` of the family's own (one of `sample_modes`): batches of at most
+        `sampler.batch_size` images in [-1, 1] on the CPU, drawing from `generator` (or, from
+        the held-out uint8 images `real()`), and how many images go in a grid row."""
+        raise NotImplementedError
 
     # --- abilities ----------------------------------------------------------------------------
 
