@@ -178,7 +178,7 @@ class Trainer:
         restored, before the loop writes anything; the caller closes `logger`."""
         procs = procs or Processes()
         run = self._setup(model, loss, optimizers, schedulers, loader, run_dir, logger, procs)
-        run.training.extra = extra_state or {}  # saved with every checkpoint
+        run.training.extra = extra_state or {}  # written into every checkpoint
         self._resume(run, state, procs)
         if on_start is not None:
             on_start(run.start)
