@@ -106,10 +106,10 @@ class Sampler:
             return self._interpolations(model, loss, gen, rows), self.steps
         if self.mode != "reconstruct":
             return model.sample_mode(self.mode, self, loss, gen, real)
-        real = real()
+        images = real()
         nrow = square_side(self.num_images)
-        count = min(len(real), max(nrow, self.num_images // nrow * nrow)) // nrow * nrow
-        return self._reconstructions(model, loss, device, real, nrow, count), nrow
+        count = min(len(images), max(nrow, self.num_images // nrow * nrow)) // nrow * nrow
+        return self._reconstructions(model, loss, device, images, nrow, count), nrow
 
     @torch.no_grad()
     def _samples(self, model, loss, gen, n: int, labels: Tensor | None) -> Iterator[Tensor]:
@@ -124,7 +124,7 @@ class Sampler:
         device = gen.device
         ends = torch.randn(2, rows, model.latent_dim, device=device, generator=gen)
         t = torch.linspace(0, 1, self.steps, device=device)
-        classes = getattr(model, "num_classes", 0)
+        classes = model.num_classes
         row_labels = (
             self.labels(model, rows * classes, device)[::classes][:rows] if classes else None
         )
