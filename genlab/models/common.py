@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+
+from genlab.images import square_side
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -28,3 +31,16 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+def class_rows(num_classes: int, num: int, device: torch.device) -> Tensor | None:
+    """Labels for a grid of about `num` images with one row per class (None: unconditional)."""
+    if not num_classes:
+        return None
+    per_class = max(1, num // num_classes)
+    return torch.arange(num_classes, device=device).repeat_interleave(per_class)
+
+
+def row_length(num: int, num_classes: int) -> int:
+    """Images per grid row: a class's images for a conditional model, else a square's side."""
+    return num // num_classes if num_classes else square_side(num)

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 
 from genlab.data.loader import Batch
 from genlab.ema import EMA
-from genlab.images import square_side, to_grid
+from genlab.images import to_grid
 from genlab.losses import AdversarialLoss, gradient_penalty
 from genlab.models.base import Exported, Family, complete
-from genlab.models.common import eval_mode
+from genlab.models.common import class_rows, eval_mode, row_length
 from genlab.optim import OptimizerSpec, Updater
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,8 @@ class GAN(Family):
     def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
         """Noise (and labels: one row per class for a conditional GAN) reused at every grid."""
         device = examples[0].device
-        labels = None
-        if self.num_classes:
-            per_class = max(1, num // self.num_classes)
-            labels = torch.arange(self.num_classes, device=device).repeat_interleave(per_class)
-            num = len(labels)
+        labels = class_rows(self.num_classes, num, device)
+        num = num if labels is None else len(labels)
         gen = torch.Generator(device=device).manual_seed(seed)
         return {"z": self.noise(num, device, gen), "labels": labels}
 
@@ -218,8 +215,7 @@ class GAN(Family):
     def sample_grids(self, fixed: dict, loss: AdversarialLoss) -> dict[str, Tensor]:
         with eval_mode(self):
             images = self.sampler()(fixed["z"], fixed["labels"])
-        nrow = len(images) // self.num_classes if self.num_classes else square_side(len(images))
-        return {"samples": to_grid(images, nrow)}
+        return {"samples": to_grid(images, row_length(len(images), self.num_classes))}
 
     def export_sampler(self, loss: AdversarialLoss, node: DictConfig) -> Exported:
         """The generator (its EMA when there is one), which maps latents and labels to images."""
