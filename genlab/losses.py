@@ -95,6 +95,14 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).flatten(1).sum(1)
 
 
+# --- diffusion: the denoising objective -------------------------------------------------------
+
+
+def weighted_mse(out: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Mean over images of `weight` times the image's mean squared error."""
+    return (weight * ((out - target) ** 2).flatten(1).mean(1)).mean()
+
+
 # --- what the `loss` config group builds -------------------------------------------------------
 
 
@@ -188,3 +196,21 @@ class ELBO:
         """Batch means: `loss` (to minimise, beta-weighted), `neg_elbo`, `nll` and `kl`."""
         nll, kl = self.nll(decoded, x).mean(), gaussian_kl(mu, logvar).mean()
         return {"loss": nll + self.beta * kl, "neg_elbo": nll + kl, "nll": nll, "kl": kl}
+
+
+class DenoisingLoss:
+    """The diffusion family's objective: the squared error of the network's prediction target,
+    weighted per image by its timestep. `weighting`: `uniform` (Ho et al.'s simple loss) or
+    `min_snr` (Hang et al. 2023: the x_0 error weighted by min(SNR, `gamma`), which stops the
+    low-noise steps from dominating)."""
+
+    def __init__(
+        self, weighting: Literal["uniform", "min_snr"] = "uniform", gamma: float = 5.0
+    ) -> None:
+        if weighting not in ("uniform", "min_snr"):
+            raise ValueError(f"weighting must be 'uniform' or 'min_snr', got {weighting!r}")
+        if gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.weighting, self.gamma = weighting, float(gamma)
+
+    __call__ = staticmethod(weighted_mse)

@@ -1,0 +1,166 @@
+"""The `solver` config group: how a diffusion model turns noise into images, from diffusers'
+schedulers. Used by the grids during training, `genlab eval` and `genlab sample` (which take the
+run's solver unless the command line chooses another: `solver=dpm_solver solver.steps=10`).
+
+(genlab calls them solvers because `scheduler` is the learning-rate group and `sampler` the
+settings of `genlab sample`; diffusers calls them schedulers.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from torch import Tensor
+
+Spacing = Literal["leading", "trailing", "linspace"]
+# (x_t, t) -> the network's output at that step, guided
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+class Solver:
+    """A sampler of the reverse process in `steps` network evaluations, with classifier-free
+    guidance scale `guidance` for class-conditional models (Ho & Salimans 2022: the output is
+    unconditional + guidance * (conditional - unconditional); 1 is the conditional model alone,
+    0 the unconditional one)."""
+
+    name: ClassVar[str]
+    scheduler_class: ClassVar[type[SchedulerMixin]]
+    deterministic: ClassVar[bool] = True  # the same noise always gives the same image
+
+    def __init__(self, steps: int, guidance: float = 1.0, spacing: Spacing = "trailing") -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance}")
+        if spacing not in ("leading", "trailing", "linspace"):
+            raise ValueError(f"spacing must be leading, trailing or linspace, got {spacing!r}")
+        self.steps, self.guidance, self.spacing = steps, float(guidance), spacing
+
+    def scheduler(self, schedule: Mapping[str, Any]) -> SchedulerMixin:
+        """A fresh diffusers scheduler for the model's training `schedule` (a scheduler config),
+        set to this solver's steps."""
+        steps = min(self.steps, schedule["num_train_timesteps"])
+        scheduler = self.scheduler_class.from_config(
+            schedule, timestep_spacing=self.spacing, **self.options()
+        )
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    def options(self) -> dict[str, Any]:
+        """Settings of the diffusers scheduler beyond the training schedule."""
+        return {}
+
+    def step_options(self) -> dict[str, Any]:
+        """Arguments of each `scheduler.step` beyond the model output, timestep and sample."""
+        return {}
+
+    @torch.no_grad()
+    def solve(
+        self,
+        denoise: Denoiser,
+        noise: Tensor,
+        schedule: Mapping[str, Any],
+        generator: torch.Generator | None = None,
+        keep: int = 0,
+    ) -> tuple[Tensor, list[tuple[int, Tensor]]]:
+        """Images from `noise` (x_T), and `keep` evenly spaced (timestep, x_t) pairs of the
+        trajectory ending with the result at timestep -1. Randomness comes only from
+        `generator`."""
+        scheduler = self.scheduler(schedule)
+        timesteps = scheduler.timesteps.tolist()
+        marks = {round(i * (len(timesteps) - 1) / max(keep - 1, 1)) for i in range(keep - 1)}
+        x = noise * scheduler.init_noise_sigma
+        trajectory = []
+        for i, t in enumerate(timesteps):
+            if i in marks:
+                trajectory.append((t, x))
+            step_t = torch.full((len(x),), t, device=x.device, dtype=torch.long)
+            out = denoise(scheduler.scale_model_input(x, t), step_t)
+            x = scheduler.step(
+                out.float(), t, x, generator=generator, **self.step_options()
+            ).prev_sample
+        if keep:
+            trajectory.append((-1, x))
+        return x.clamp(-1, 1), trajectory
+
+    def protocol(self, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        """How the images were made, written beside every metric."""
+        steps = min(self.steps, schedule["num_train_timesteps"])
+        return {"sampler": self.name, "sampler_steps": steps, "guidance": self.guidance}
+
+
+class DDPM(Solver):
+    """Ancestral sampling (Ho et al. 2020) through every training timestep (`steps` null)."""
+
+    name = "ddpm"
+    scheduler_class = DDPMScheduler
+    deterministic = False
+
+    def __init__(
+        self, steps: int | None = None, guidance: float = 1.0, spacing: Spacing = "leading"
+    ) -> None:
+        super().__init__(steps or 10**9, guidance, spacing)
+
+
+class DDIM(Solver):
+    """DDIM (Song et al. 2021): deterministic at `eta` 0, ancestral-like at 1."""
+
+    name = "ddim"
+    scheduler_class = DDIMScheduler
+
+    def __init__(
+        self,
+        steps: int = 50,
+        eta: float = 0.0,
+        guidance: float = 1.0,
+        spacing: Spacing = "trailing",
+    ) -> None:
+        super().__init__(steps, guidance, spacing)
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        self.eta = float(eta)
+        self.deterministic = eta == 0
+
+    def step_options(self) -> dict[str, Any]:
+        return {"eta": self.eta}
+
+    def protocol(self, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super().protocol(schedule), "eta": self.eta}
+
+
+class DPMSolver(Solver):
+    """DPM-Solver++ (2M) (Lu et al. 2022): second-order multistep, good in 10-20 steps."""
+
+    name = "dpm_solver"
+    scheduler_class = DPMSolverMultistepScheduler
+
+    def __init__(
+        self, steps: int = 20, guidance: float = 1.0, spacing: Spacing = "trailing"
+    ) -> None:
+        super().__init__(steps, guidance, spacing)
+
+    def options(self) -> dict[str, Any]:
+        return {"algorithm_type": "dpmsolver++", "solver_order": 2}
+
+
+def training_schedule(
+    timesteps: int, schedule: str, prediction: str, beta_start: float, beta_end: float
+) -> DDPMScheduler:
+    """The noise schedule a model trains with, as diffusers' DDPM scheduler (whose config every
+    solver and the exported pipeline start from): `linear` (Ho et al.) or `cosine` (Nichol &
+    Dhariwal 2021, diffusers' `squaredcos_cap_v2`)."""
+    from genlab.models.denoising import DIFFUSERS_PREDICTION
+
+    names = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+    return DDPMScheduler(
+        num_train_timesteps=timesteps,
+        beta_schedule=names[schedule],
+        beta_start=beta_start,
+        beta_end=beta_end,
+        prediction_type=DIFFUSERS_PREDICTION[prediction],
+        clip_sample=True,
+    )
