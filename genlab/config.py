@@ -18,7 +18,7 @@ from typing import Any, Literal, Union
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from genlab.errors import ConfigError, GenlabError
@@ -146,10 +146,36 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
         raise
 
 
-def build_model(node: DictConfig, data: Any) -> Any:
-    """The model a `model` node names, shaped for a data set (channels, image size, classes)."""
+def solver_group(cfg: DictConfig) -> tuple[str, ...]:
+    """("solver",) when the command line chose a solver (eval, sample, export), else ()."""
+    return ("solver",) if cfg.get("solver") is not None else ()
+
+
+def model_node(cfg: DictConfig) -> DictConfig:
+    """The node that builds a run's model: `model`, with the run's `solver` (a group of its own,
+    which eval and sample may choose anew) inside for a diffusion model."""
+    solver = cfg.get("solver")
+    if solver is None:
+        return cfg.model
+    target = get_object(cfg.model._target_)
+    if "solver" not in inspect.signature(target).parameters:
+        raise ConfigError(
+            f"solver={choice('solver')} is for diffusion models; model={choice('model')} "
+            f"({cfg.model._target_}) samples without one"
+        )
+    node = cfg.model.copy()
+    with open_dict(node):
+        node.solver = solver
+    return node
+
+
+def build_model(cfg: DictConfig, data: Any) -> Any:
+    """The model a run config names (`model_node`), shaped for a data set (channels, image
+    size, classes)."""
+    if cfg.get("solver") is not None:  # its own messages name solver.*, not model.solver.*
+        build(cfg.solver, "solver")
     return build(
-        node,
+        model_node(cfg),
         "model",
         channels=data.channels,
         image_size=data.image_size,

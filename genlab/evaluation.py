@@ -233,11 +233,11 @@ class Evaluator:
             metrics.update(kid=kid, kid_std=kid_std, precision=precision, recall=recall)
         if features.classifier is not None:
             metrics.update(self.class_metrics(features.classifier, fake, labels, device))
-        likelihood = "likelihood" in model.abilities
-        k = 0 if cheap else self.nll_samples
-        if likelihood:
+        k, bound = 0 if cheap else self.nll_samples, {}
+        if "likelihood" in model.abilities:  # k = 0: what the family measures cheaply, if any
             images = normalize(real.images.to(device))
-            metrics.update(model.likelihood_metrics(loss, images, k, self.seed))
+            bound = model.likelihood_metrics(loss, images, k, self.seed)
+            metrics.update(bound)
         protocol = {
             "features": features.name,
             "features_sha256": features.sha256,
@@ -249,6 +249,7 @@ class Evaluator:
             "num_generated": n,
             "seed": self.seed,
             "covariance_dtype": "float64",
+            **model.sampling_protocol(),
         }
         if not cheap:
             protocol.update(
@@ -260,7 +261,7 @@ class Evaluator:
         if features.record:
             protocol["classifier_accuracy"] = features.record["accuracy"]
             protocol["classifier_split"] = features.record.get("test_split", "test")
-        if likelihood:
+        if bound:
             protocol.update(model.likelihood_protocol(loss, k))
         return Report(metrics, protocol)
 

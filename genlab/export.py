@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from genlab.checkpoint import write_atomically
-from genlab.config import build
+from genlab.config import build, model_node
 from genlab.errors import GenlabError
 from genlab.models.base import Family
 from genlab.trust import check_targets, read_config
@@ -52,10 +52,11 @@ class Generator(nn.Module):
         return OUTPUTS[self.output](x)
 
 
-def export(model: Family, loss: Any, run_cfg: DictConfig, source: dict, folder: Path) -> Path:
+def export(model: Family, loss: Any, run_cfg: DictConfig, source: dict, folder: Path) -> list[str]:
     """Write the network that samples (`Family.export_sampler`: a GAN's generator, its EMA
-    when there is one; a VAE's decoder) and the config that builds it to `folder`."""
-    exported = model.export_sampler(loss, run_cfg.model)
+    when there is one; a VAE's decoder; a diffusion model) and the config that builds it to
+    `folder`, and what the family writes besides; return what was written."""
+    exported = model.export_sampler(loss, model_node(run_cfg))
     network, node, output = exported.network, exported.node, exported.output
     tensors = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
     write_atomically(save(tensors), folder / "generator.safetensors")
@@ -67,7 +68,10 @@ def export(model: Family, loss: Any, run_cfg: DictConfig, source: dict, folder: 
         "source": source,
     }
     write_atomically(OmegaConf.to_yaml(OmegaConf.create(spec)).encode(), folder / "generator.yaml")
-    return folder
+    written = [f"{folder}/generator.safetensors and generator.yaml"]
+    if exported.extra is not None:
+        written.append(exported.extra(folder))
+    return written
 
 
 def load_generator(

@@ -288,11 +288,15 @@ def run_of(checkpoint: Path) -> Path:
 
 
 def load_run(
-    run: str | Path, device: torch.device, trust_code: bool = False
+    run: str | Path,
+    device: torch.device,
+    trust_code: bool = False,
+    solver: DictConfig | None = None,
 ) -> tuple[Any, Any, DictConfig, dict]:
     """The model (weights loaded, on `device`), loss, run config and checkpoint of a run folder
-    or checkpoint. The config stored in the checkpoint builds only allow-listed targets
-    (`genlab.trust`) unless `trust_code`; the checkpoint's `path` is added to the state."""
+    or checkpoint; a diffusion model samples with `solver` when given, else with the run's. The
+    config stored in the checkpoint builds only allow-listed targets (`genlab.trust`) unless
+    `trust_code`; the checkpoint's `path` is added to the state."""
     path = find_resume(str(run), Path(run), key="run")
     state = load_checkpoint(path)
     source = str(path)
@@ -301,9 +305,17 @@ def load_run(
         if not isinstance(cfg.get(group), DictConfig):
             raise GenlabError(f"{source}: its stored config has no {group}")
         check_targets(cfg[group], group, source, trust_code)
+    if isinstance(cfg.get("solver"), DictConfig):
+        check_targets(cfg.solver, "solver", source, trust_code)
+    if solver is not None:
+        if "solver" not in cfg:
+            raise GenlabError(
+                f"solver= is for diffusion models; {source} holds a model that samples without one"
+            )
+        cfg.solver = solver
     cfg.model.pop("init_from", None)  # the weights come from this checkpoint
     data = build(cfg.dataset, "dataset")
-    model = build_model(cfg.model, data)
+    model = build_model(cfg, data)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

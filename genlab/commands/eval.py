@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from genlab.checkpoint import write_atomically
-from genlab.config import CONF_DIR, build, check_config, required
+from genlab.config import CONF_DIR, build, check_config, required, solver_group
 from genlab.errors import GenlabError, one_message
 from genlab.evaluation import Report, format_table
 from genlab.run_folder import load_run, run_of
@@ -19,7 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Path:
-    out = run_dir / "eval" / f"{report.protocol['features']}_step{step:07d}.json"
+    """RUN/eval/<features>[_<solver><steps>[_g<guidance>]]_step<step>.json: evaluations with
+    other features or another diffusion solver keep files of their own."""
+    p = report.protocol
+    how = f"_{p['sampler']}{p['sampler_steps']}" if "sampler" in p else ""
+    if p.get("guidance", 1) != 1:
+        how += f"_g{p['guidance']:g}"
+    out = run_dir / "eval" / f"{p['features']}{how}_step{step:07d}.json"
     record = {"step": step, "checkpoint": checkpoint, **report.__dict__}
     write_atomically(json.dumps(record, indent=2).encode(), out)
     return out
@@ -27,10 +33,10 @@ def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Pa
 
 def evaluate(cfg: DictConfig) -> Report:
     run = required(cfg, "run", "genlab eval run=RUN_FOLDER_OR_CHECKPOINT")
-    check_config(cfg, ("evaluator", "device"))
+    check_config(cfg, ("evaluator", "device", *solver_group(cfg)))
     evaluator = build(cfg.evaluator, "evaluator")
     device = build(cfg.device, "device")
-    model, loss, run_cfg, state = load_run(run, device, cfg.trust_code)
+    model, loss, run_cfg, state = load_run(run, device, cfg.trust_code, cfg.get("solver"))
     report = evaluator(model, loss, run_cfg.dataset, device)
     step = int(state["step"])
     print(f"{state['path']} (step {step})\n{format_table(report)}", flush=True)

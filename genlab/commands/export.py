@@ -8,7 +8,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from genlab.config import CONF_DIR, required
+from genlab.config import CONF_DIR, check_config, required, solver_group
 from genlab.errors import one_message
 from genlab.export import export
 from genlab.run_folder import load_run, run_of
@@ -18,12 +18,16 @@ from genlab.run_folder import load_run, run_of
 @one_message
 def main(cfg: DictConfig) -> None:
     run = required(cfg, "run", "genlab export run=RUN_FOLDER_OR_CHECKPOINT")
-    model, loss, run_cfg, state = load_run(run, torch.device("cpu"), cfg.trust_code)
+    check_config(cfg, solver_group(cfg))
+    model, loss, run_cfg, state = load_run(
+        run, torch.device("cpu"), cfg.trust_code, cfg.get("solver")
+    )
     folder = Path(cfg.out) if cfg.out else run_of(Path(state["path"])) / "export"
     source = {"checkpoint": state["path"], "step": int(state["step"])}
-    export(model, loss, run_cfg, source, folder)
+    written = export(model, loss, run_cfg, source, folder)
     print(
-        f"Wrote {folder}/generator.safetensors and generator.yaml (step {state['step']}). "
-        f"Load with:\n  from genlab.export import load_generator; "
-        f"g = load_generator({str(folder)!r})"
+        f"Wrote {written[0]} (step {state['step']}). Load with:\n"
+        f"  from genlab.export import load_generator; g = load_generator({str(folder)!r})"
     )
+    for line in written[1:]:
+        print(line)

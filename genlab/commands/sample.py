@@ -8,7 +8,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from genlab.config import CONF_DIR, build, check_config, required
+from genlab.config import CONF_DIR, build, check_config, required, solver_group
 from genlab.errors import ConfigError, one_message
 from genlab.images import save_png, to_grid, written_by_genlab
 from genlab.run_folder import load_run, run_of
@@ -16,7 +16,7 @@ from genlab.run_folder import load_run, run_of
 
 def sample(cfg: DictConfig) -> Path:
     run = required(cfg, "run", "genlab sample run=RUN_FOLDER_OR_CHECKPOINT")
-    check_config(cfg, ("sampler", "device"))
+    check_config(cfg, ("sampler", "device", *solver_group(cfg)))
     sampler = build(cfg.sampler, "sampler")
     device = build(cfg.device, "device")
     if cfg.out:
@@ -29,7 +29,7 @@ def sample(cfg: DictConfig) -> Path:
         )
     grids, written = [], 0
     for i, path in enumerate([run, *cfg.runs]):
-        model, loss, run_cfg, state = load_run(path, device, cfg.trust_code)
+        model, loss, run_cfg, state = load_run(path, device, cfg.trust_code, cfg.get("solver"))
         try:
             sampler.check(model)
         except ValueError as e:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from genlab import distributed
 from genlab import record as record_lib
 from genlab.checkpoint import seed_everything
-from genlab.config import CONF_DIR, build, build_model, check_config, choice
+from genlab.config import CONF_DIR, build, build_model, check_config, choice, solver_group
 from genlab.distributed import Processes
 from genlab.errors import ConfigError, one_message
 from genlab.logger import NullLogger
@@ -57,7 +57,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
         keep_failed=_multirun(),  # a sweep's report lists the jobs that failed
     )
     with folder:
-        check_config(cfg, GROUPS)
+        check_config(cfg, (*GROUPS, *solver_group(cfg)))
         _check_objective(cfg)
         trainer = build(cfg.trainer, "trainer")
         device = build(cfg.device, "device")
@@ -77,7 +77,7 @@ def _train(
     resume_from, state = resume_point(trainer.resume, trainer.force_resume, run_dir, cfg)
     seed_everything(trainer.seed)
     data = build(cfg.dataset, "dataset")
-    model = build_model(cfg.model, data)
+    model = build_model(cfg, data)
     loss = build(cfg.loss, "loss")
     _refuse(model.check_loss, loss, f"loss={choice('loss')} does not fit model={choice('model')}")
     spec = build(cfg.optimizer, "optimizer")
@@ -134,7 +134,11 @@ def _train(
         )
         if device.type == "cuda":
             values["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        hparams = {g: choice(g) for g in GROUPS if g not in ("trainer", "device", "logger")}
+        hparams = {
+            g: choice(g)
+            for g in (*GROUPS, *solver_group(cfg))
+            if g not in ("trainer", "device", "logger")
+        }
         if HydraConfig.initialized():
             hparams.update(record_lib.parse_overrides(list(HydraConfig.get().overrides.task)))
         hparams.update(seed=trainer.seed, batch_size=trainer.batch_size, lr=spec.lr)
@@ -231,7 +235,7 @@ def _describe(cfg: DictConfig) -> dict[str, Any]:
     return {
         "overrides": overrides,
         "params": record_lib.parse_overrides(overrides),
-        "choices": {g: choices.get(g) for g in GROUPS if g in choices},
+        "choices": {g: choices.get(g) for g in (*GROUPS, "solver") if choices.get(g)},
         "seed": OmegaConf.select(cfg, "trainer.seed", default=None),
         "objective": {
             "name": cfg.get("optimized_metric"),

@@ -1,7 +1,8 @@
 """Model families (`base.Family`: the contract; GAN, VAE) and the networks they are built from."""
 
 from genlab.models.base import Family
+from genlab.models.diffusion import Diffusion
 from genlab.models.gan import GAN
 from genlab.models.vae import VAE
 
-__all__ = ["Family", "GAN", "VAE"]
+__all__ = ["Diffusion", "Family", "GAN", "VAE"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -35,11 +36,13 @@ ABILITIES = {
 class Exported:
     """What `genlab export` writes for a family: the network that samples, the config node that
     builds it (allow-listed targets only), and how its output becomes an image in [-1, 1]
-    (`export.OUTPUTS`: `image` as is, `sigmoid` then mapped, or `clamp`)."""
+    (`export.OUTPUTS`: `image` as is, `sigmoid` then mapped, or `clamp`); `extra` writes more
+    into the export folder (a diffusion model's diffusers pipeline) and says what it wrote."""
 
     network: nn.Module
     node: dict[str, Any]
     output: str
+    extra: Callable[[Path], str] | None = None
 
 
 class Family(nn.Module, ABC):
@@ -144,6 +147,11 @@ class Family(nn.Module, ABC):
         the held-out uint8 images `real()`), and how many images go in a grid row."""
         raise NotImplementedError
 
+    def sampling_protocol(self) -> dict[str, Any]:
+        """How `generate` makes images beyond the seed (a diffusion model's solver and steps),
+        written beside every metric."""
+        return {}
+
     # --- abilities ----------------------------------------------------------------------------
 
     def decode_latents(self, z: Tensor, loss: Any, labels: Tensor | None = None) -> Tensor:
@@ -156,7 +164,8 @@ class Family(nn.Module, ABC):
 
     def likelihood_metrics(self, loss: Any, images: Tensor, k: int, seed: int) -> dict[str, float]:
         """`likelihood`: per-image means on `images` (in [-1, 1]), nats and bits per dimension;
-        `k` importance samples where the family estimates (0: the cheap metrics only)."""
+        `k` samples where the family estimates (importance samples, a diffusion bound's
+        timesteps; 0: the cheap metrics only, or none)."""
         raise NotImplementedError
 
     def likelihood_protocol(self, loss: Any, k: int) -> dict[str, Any]:

@@ -1,0 +1,361 @@
+"""The diffusion family (Ho et al. 2020): a network learns to undo Gaussian noise added to images
+over `timesteps` steps; a solver (`genlab.solvers`) runs the learnt reverse process from noise.
+
+`model=ddpm` takes diffusers' U-Net (`genlab.models.unet`), `model=dit` a Diffusion Transformer
+(`genlab.models.dit`); both are this class. The noise schedule is diffusers' DDPM scheduler, so
+the exported diffusers pipeline samples exactly as genlab does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from genlab.data.loader import Batch
+from genlab.ema import EMA
+from genlab.errors import writing
+from genlab.images import to_grid
+from genlab.losses import DenoisingLoss
+from genlab.models import denoising
+from genlab.models.base import Exported, Family, complete
+from genlab.models.common import class_rows, eval_mode, row_length
+from genlab.optim import OptimizerSpec, Updater
+from genlab.solvers import DDIM, Solver, training_schedule
+
+TRAJECTORY_ROWS = 8  # timesteps shown by the trajectory grid, the last one the result
+
+
+class Diffusion(Family):
+    """A denoising `network` (x_t, t, labels) -> the `prediction` target (`eps`, `v` or `x0`),
+    trained on the `schedule` (`linear` from `beta_start` to `beta_end`, or `cosine`) of
+    `timesteps` steps, and sampled by `solver`. With `conditional`, labels are dropped to the
+    null label with probability `label_dropout`, so the solver's `guidance` can mix the
+    conditional and unconditional outputs. `ema_decay`: samples come from an exponential moving
+    average of the network (null: the network itself)."""
+
+    roles: ClassVar[dict[str, str]] = {"model": "denoiser"}
+    abilities: ClassVar[frozenset[str]] = frozenset({"interpolate", "likelihood"})
+    sample_modes: ClassVar[frozenset[str]] = frozenset({"trajectory"})
+
+    def __init__(
+        self,
+        network: Callable[..., nn.Module],
+        solver: Solver | None = None,
+        prediction: denoising.Prediction = "eps",
+        schedule: Literal["linear", "cosine"] = "linear",
+        timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        conditional: bool = False,
+        label_dropout: float = 0.1,
+        ema_decay: float | None = 0.999,
+        ema_start: int = 0,
+        init_from: str | None = None,
+        freeze: Sequence[str] = (),
+        *,
+        channels: int,
+        image_size: int,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if solver is None:
+            raise ValueError(
+                "a diffusion model samples through a solver: solver=ddim (or ddpm, dpm_solver)"
+            )
+        if prediction not in denoising.DIFFUSERS_PREDICTION:
+            raise ValueError(f"prediction must be eps, v or x0, got {prediction!r}")
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be linear or cosine, got {schedule!r}")
+        if timesteps < 2:
+            raise ValueError(f"timesteps must be >= 2, got {timesteps}")
+        if not 0 < beta_start < beta_end < 1:
+            raise ValueError(
+                f"beta_start and beta_end need 0 < beta_start < beta_end < 1, got {beta_start} "
+                f"and {beta_end}"
+            )
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if conditional and not num_classes:
+            raise ValueError(
+                "a class-conditional diffusion model needs class labels, and this data set has "
+                "none (for image_folder, put the images in one sub-folder per class)"
+            )
+        classes = num_classes if conditional else 0
+        if solver.guidance != 1 and not classes:
+            raise ValueError(
+                f"solver.guidance={solver.guidance} needs a class-conditional model "
+                "(model.conditional=true); an unconditional one samples with guidance 1"
+            )
+        shape = self.set_shape(channels * image_size * image_size, classes, channels, image_size)
+        self.prediction, self.label_dropout, self.solver = prediction, label_dropout, solver
+        self.noise_schedule = training_schedule(
+            timesteps, schedule, prediction, beta_start, beta_end
+        )
+        alpha_bar = self.noise_schedule.alphas_cumprod.float()
+        self.register_buffer("alpha_bar", alpha_bar, persistent=False)
+        self.network = network(num_classes=classes, **shape)
+        self.finish(init_from, freeze)
+        self.network_ema = None if ema_decay is None else EMA(self.network, ema_decay, ema_start)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def timesteps(self) -> int:
+        return len(self.alpha_bar)
+
+    def sampling_network(self) -> nn.Module:
+        """The network that samples: its EMA once averaging has begun, else itself."""
+        ema = self.network_ema
+        return self.network if ema is None else ema.or_network(self.network)
+
+    # --- training -------------------------------------------------------------------------------
+
+    def check_loss(self, loss: object) -> None:
+        if not isinstance(loss, DenoisingLoss):
+            raise ValueError("diffusion models take the denoising loss: loss=denoising")
+
+    def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
+        return {"model": spec(self.network.parameters())}
+
+    def compile_targets(self, loss: DenoisingLoss) -> list[nn.Module]:
+        return [self.network]
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        self.replicas["network"] = wrap(self.network)
+
+    def train_step(
+        self, batches: Iterator[Batch], loss: DenoisingLoss, update: Updater, metrics: bool = True
+    ) -> dict[str, Tensor]:
+        """One update: each image noised to a uniformly drawn timestep, the network's output
+        against the prediction target, weighted per image by `loss`."""
+        x0, labels = next(batches)
+        n, device = len(x0), x0.device
+        t = torch.randint(0, self.timesteps, (n,), device=device)
+        eps = torch.randn_like(x0)
+        x_t = denoising.add_noise(x0, eps, t, self.alpha_bar)
+        if self.num_classes:
+            dropped = torch.rand(n, device=device) < self.label_dropout
+            labels = torch.where(dropped, self.num_classes, labels)
+        else:
+            labels = None
+        target = denoising.target(self.prediction, x0, eps, t, self.alpha_bar)
+        weight = denoising.loss_weight(
+            self.prediction, denoising.snr(self.alpha_bar)[t], loss.weighting, loss.gamma
+        )
+        with update.autocast():
+            out = self.replicas.get("network", self.network)(x_t, t, labels)
+            value = loss(out.float(), target, weight)
+        norm = update(value, "model", measure=metrics)
+        self.updates += 1
+        if self.network_ema is not None:
+            self.network_ema.update(self.network, self.updates)
+        values = {"loss/denoising": value.detach()}
+        if metrics:
+            values["grad_norm/model"] = norm
+        return values
+
+    # --- sampling -------------------------------------------------------------------------------
+
+    def denoiser(
+        self, labels: Tensor | None, guidance: float
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """(x_t, t) -> the sampling network's output, with classifier-free guidance: the
+        unconditional output + `guidance` * (conditional - unconditional)."""
+        net = self.sampling_network()
+        if labels is None or guidance == 1:
+            return lambda x, t: net(x, t, labels)
+        null = torch.full_like(labels, self.num_classes)
+        if guidance == 0:
+            return lambda x, t: net(x, t, null)
+
+        def guided(x: Tensor, t: Tensor) -> Tensor:
+            cond, uncond = net(
+                torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])
+            ).chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        return guided
+
+    def solve(
+        self,
+        noise: Tensor,
+        labels: Tensor | None,
+        generator: torch.Generator | None,
+        solver: Solver | None = None,
+        keep: int = 0,
+    ) -> tuple[Tensor, list[tuple[int, Tensor]]]:
+        """Images from noise by `solver` (the model's own by default), in eval mode."""
+        solver = solver or self.solver
+        if self.num_classes and labels is None:
+            raise ValueError("a class-conditional diffusion model needs labels to sample")
+        labels = labels if self.num_classes else None
+        with eval_mode(self):
+            denoise = self.denoiser(labels, solver.guidance)
+            return solver.solve(denoise, noise, self.noise_schedule.config, generator, keep)
+
+    def _noise(self, n: int, generator: torch.Generator | None) -> Tensor:
+        c, s = self.shape["channels"], self.shape["image_size"]
+        device = self.alpha_bar.device
+        return torch.randn(n, c, s, s, device=device, generator=generator)
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, loss: Any, generator: torch.Generator, labels: Tensor | None = None
+    ) -> Tensor:
+        """`n` images in [-1, 1] by the model's solver, its noise from `generator`."""
+        return self.solve(self._noise(n, generator), labels, generator)[0]
+
+    def interpolation_solver(self) -> Solver:
+        """The solver that maps noise to images deterministically (the probability-flow ODE): the
+        model's own, or for a stochastic one DDIM with eta 0 in as many steps."""
+        if self.solver.deterministic:
+            return self.solver
+        steps = min(self.solver.steps, self.timesteps)
+        return DDIM(steps=steps, guidance=self.solver.guidance)
+
+    @torch.no_grad()
+    def decode_latents(self, z: Tensor, loss: Any, labels: Tensor | None = None) -> Tensor:
+        """Images for flattened noise `z` by the deterministic solver: nearby noise gives nearby
+        images, so latents interpolate."""
+        noise = z.view(len(z), self.shape["channels"], *[self.shape["image_size"]] * 2)
+        return self.solve(noise, labels, None, self.interpolation_solver())[0]
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """An exported diffusion model samples: flattened noise (and labels) to images."""
+        return self.decode_latents(z, None, labels)
+
+    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
+        """Noise (and labels: one row per class for a conditional model) reused at every grid."""
+        device = examples[0].device
+        labels = class_rows(self.num_classes, num, device)
+        num = num if labels is None else len(labels)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return {"noise": self._noise(num, gen).to(device), "labels": labels, "seed": seed}
+
+    @torch.no_grad()
+    def sample_grids(self, fixed: dict, loss: Any) -> dict[str, Tensor]:
+        """The samples, and the denoising trajectory of the first images (a row per timestep,
+        from noise to the result)."""
+        gen = torch.Generator(device=fixed["noise"].device).manual_seed(fixed["seed"])
+        images, trajectory = self.solve(fixed["noise"], fixed["labels"], gen, keep=TRAJECTORY_ROWS)
+        nrow = row_length(len(images), self.num_classes)
+        return {"samples": to_grid(images, nrow), "trajectory": _trajectory_grid(trajectory, nrow)}
+
+    def sample_mode(
+        self, mode: str, sampler: Any, loss: Any, generator: torch.Generator, real: Callable
+    ) -> tuple[Iterator[Tensor], int]:
+        """`trajectory`: `sampler.num_images` images (at most a row of 16), a row per timestep
+        from noise to the result."""
+        n = min(sampler.num_images, 16)
+        labels = sampler.labels(self, n, self.alpha_bar.device)
+        n = n if labels is None else len(labels)
+        _, trajectory = self.solve(
+            self._noise(n, generator), labels, generator, keep=TRAJECTORY_ROWS
+        )
+        rows = torch.cat([x.clamp(-1, 1).cpu() for _, x in trajectory])
+        return iter([rows]), n
+
+    def sampling_protocol(self) -> dict[str, Any]:
+        """The solver, its steps and guidance."""
+        return self.solver.protocol(self.noise_schedule.config)
+
+    def export_sampler(self, loss: Any, node: DictConfig) -> Exported:
+        """The model without its EMA, holding the sampling network's weights: its `forward` maps
+        noise to images with the deterministic solver."""
+        built = complete(node, **self.shape, num_classes=self.num_classes)
+        built.update(ema_decay=None, init_from=None, freeze=[])
+        exported = nn.Module()  # the state_dict keys of a model without EMA
+        exported.network = self.sampling_network()
+        exported.register_buffer("updates", self.updates)
+        return Exported(exported, built, "image", self._write_pipeline)
+
+    def _write_pipeline(self, folder: Path) -> str:
+        """A diffusers `DDPMPipeline` in `folder/diffusers` for a U-Net: the sampling network and
+        the training schedule, loadable offline with `DDPMPipeline.from_pretrained`."""
+        unet = getattr(self.sampling_network(), "unet", None)
+        if not isinstance(unet, UNet2DModel):
+            return "No diffusers pipeline: diffusers has no class for this network (genlab's "
+            "export above samples it)."
+        target = folder / "diffusers"
+        with writing(target):
+            tmp = tempfile.mkdtemp(dir=folder, prefix=".diffusers-")
+            try:
+                scheduler = DDPMScheduler.from_config(self.noise_schedule.config)
+                pipe = DDPMPipeline(unet=copy.deepcopy(unet).eval(), scheduler=scheduler)
+                pipe.save_pretrained(tmp)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        note = ""
+        if self.num_classes:
+            note = (
+                f" (class-conditional: DDPMPipeline passes no labels; sample with "
+                f"pipe.unet(x, t, class_labels=labels), label {self.num_classes} unconditional)"
+            )
+        return (
+            f"Wrote {target}: from diffusers import DDPMPipeline; "
+            f"pipe = DDPMPipeline.from_pretrained({str(target)!r}){note}"
+        )
+
+    # --- likelihood -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def likelihood_metrics(self, loss: Any, images: Tensor, k: int, seed: int) -> dict[str, float]:
+        """The variational bound (Ho et al. eq. 5) on `images`: the prior term, the decoder's
+        discrete likelihood of the 8-bit values at t = 0, and the KL terms of t = 1..T-1, of
+        which `k` (one per stratum of equal width) are drawn per image and scaled to their
+        stratum: an unbiased estimate, exact when k >= T - 1. k = 0: none (too costly for the
+        evaluation during training)."""
+        if not k:
+            return {}
+        gen = torch.Generator(device=images.device).manual_seed(seed)
+        strata = min(k, self.timesteps - 1)
+        edges = torch.linspace(1, self.timesteps, strata + 1).round().long().tolist()
+        net, total = self.sampling_network(), 0.0
+        with eval_mode(self):
+            for x0 in images.split(500):
+                x0 = x0.float()
+                first = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+                nats = denoising.prior_kl(x0, self.alpha_bar) + self._term(net, x0, first, gen)
+                for low, high in zip(edges[:-1], edges[1:], strict=True):
+                    t = torch.randint(low, high, (len(x0),), device=x0.device, generator=gen)
+                    nats = nats + (high - low) * self._term(net, x0, t, gen)
+                total += float(nats.sum())
+        nats = total / len(images)
+        return {"neg_elbo": nats, "neg_elbo_bits_per_dim": nats / (images[0].numel() * math.log(2))}
+
+    def _term(self, net: nn.Module, x0: Tensor, t: Tensor, gen: torch.Generator) -> Tensor:
+        eps = torch.randn(x0.shape, device=x0.device, generator=gen)
+        x_t = denoising.add_noise(x0, eps, t, self.alpha_bar)
+        labels = None
+        if self.num_classes:  # the bound of the unconditional model the null label gives
+            labels = torch.full_like(t, self.num_classes)
+        out = net(x_t, t, labels).float()
+        x0_pred = denoising.to_x0(self.prediction, out, x_t, t, self.alpha_bar).clamp(-1, 1)
+        return denoising.bound_term(x0, x_t, x0_pred, t, self.alpha_bar)
+
+    def likelihood_protocol(self, loss: Any, k: int) -> dict[str, Any]:
+        strata = min(k, self.timesteps - 1)
+        return {
+            "likelihood": "variational bound of the 8-bit values (discrete decoder at t=0; "
+            "no dequantization)",
+            "bound_timesteps": f"{strata} of {self.timesteps - 1} KL terms, stratified"
+            if strata < self.timesteps - 1
+            else "all",
+        }
+
+
+def _trajectory_grid(trajectory: list[tuple[int, Tensor]], nrow: int) -> Tensor:
+    """A row per kept timestep of the first `nrow` images."""
+    return to_grid(torch.cat([x[:nrow].clamp(-1, 1) for _, x in trajectory]), nrow)
