@@ -17,6 +17,25 @@ from genlab.config import CONF_DIR
 ROOT = Path(__file__).resolve().parents[1]
 # Classifiers and reference statistics are cached per session, never in the user's ~/.cache.
 os.environ["GENLAB_CACHE"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
+# Nothing is downloaded: diffusers and huggingface_hub may read only local files.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+# Overrides for networks of a few thousand parameters and few solver steps: tests that run
+# every conf/model stay short.
+TINY_NETWORKS = {
+    "ddpm": [
+        "model.network.features=[8,16]",
+        "model.network.attention=[false,true]",
+        "model.network.groups=4",
+        "solver.steps=4",
+    ],
+    "dit": [
+        "model.network.width=16",
+        "model.network.depth=1",
+        "model.network.heads=2",
+        "solver.steps=4",
+    ],
+}
 
 
 def make_cfg(*overrides: str, config_name: str = "train") -> DictConfig:

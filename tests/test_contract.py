@@ -3,6 +3,8 @@ built from the composed config on both offline data sets, trains a step, generat
 grids, survives a checkpoint, exports, and is evaluated. A new family gets all of this by adding
 its yaml."""
 
+import math
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from genlab.export import export, load_generator
 from genlab.models.base import ABILITIES, Family, require
 from genlab.models.common import eval_mode
 from genlab.optim import Updater
-from tests.conftest import make_cfg
+from tests.conftest import TINY_NETWORKS, make_cfg
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 CPU = torch.device("cpu")
@@ -34,9 +36,10 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
         "evaluator.num_generated_cheap=100",
         "evaluator.classifier_steps=30",
         f"evaluator.cache_dir={tmp_path / 'cache'}",
+        *TINY_NETWORKS.get(name, []),
     )
     torch.manual_seed(0)
-    model = build_model(cfg.model, data)
+    model = build_model(cfg, data)
     loss = build(cfg.loss, "loss")
     assert isinstance(model, Family) and model.abilities <= set(ABILITIES)
     model.check_loss(loss)
@@ -67,12 +70,13 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     # a checkpoint rebuilds the same model
     save_checkpoint({"model": model.state_dict()}, tmp_path / "model.pt")
     torch.manual_seed(123)
-    twin = build_model(cfg.model, data)
+    twin = build_model(cfg, data)
     twin.load_state_dict(load_checkpoint(tmp_path / "model.pt")["model"])
     assert torch.equal(twin.generate(4, loss, torch.Generator().manual_seed(1), labels), images)
 
     # the export samples as the model does, without genlab's trainer
-    folder = export(model, loss, cfg, {"step": 1}, tmp_path / "export")
+    folder = tmp_path / "export"
+    export(model, loss, cfg, {"step": 1}, folder)
     exported = load_generator(folder)
     assert (exported.latent_dim, exported.num_classes) == (model.latent_dim, model.num_classes)
     z = torch.randn(4, model.latent_dim)
@@ -95,4 +99,9 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     report = evaluator(model, loss, node, CPU, cheap=True)
     assert report.metrics["fd"] > 0
     if "likelihood" in model.abilities:
-        assert report.metrics["neg_elbo"] > 0 and "likelihood" in report.protocol
+        assert "likelihood" in model.likelihood_protocol(loss, 2)
+        bound = model.likelihood_metrics(loss, real, 2, seed=0)
+        assert bound["neg_elbo_bits_per_dim"] > 0
+        assert bound["neg_elbo"] == pytest.approx(
+            bound["neg_elbo_bits_per_dim"] * real[0].numel() * math.log(2)
+        )

@@ -59,7 +59,7 @@ def test_cuda_training_step_never_waits_for_the_gpu(setup):
     cfg = make_cfg(*setup, "dataset=digits")
     data = build(cfg.dataset, "dataset")
     device = torch.device("cuda")
-    net = build_model(cfg.model, data).to(device)
+    net = build_model(cfg, data).to(device)
     loss = build(cfg.loss, "loss")
     update = Updater(net.configure_optimizers(build(cfg.optimizer, "optimizer")), device)
     assert all(update.on_device.values())

@@ -121,7 +121,7 @@ def test_ema_matches_torchs_averaged_model():
     cfg = make_cfg("model=dcgan", "dataset=digits", "model.ema_decay=0.9", "model.ema_start=2")
     data = build(cfg.dataset, "dataset")
     torch.manual_seed(0)
-    net = build_model(cfg.model, data)
+    net = build_model(cfg, data)
     loss = build(cfg.loss, "loss")
     cpu = torch.device("cpu")
     update = Updater(net.configure_optimizers(build(cfg.optimizer, "optimizer")), cpu)

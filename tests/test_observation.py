@@ -5,7 +5,7 @@ import pytest
 
 from genlab.commands.train import train
 from genlab.config import CONF_DIR
-from tests.conftest import make_cfg
+from tests.conftest import TINY_NETWORKS, make_cfg
 from tests.test_resume import assert_identical, weights
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -33,6 +33,7 @@ def test_grids_and_evaluations_do_not_change_the_weights(model, tmp_path):
     for name, extra in observed.items():
         cfg = make_cfg(
             f"model={model}",
+            *TINY_NETWORKS.get(model, []),
             *BASE,
             *extra,
             "trainer.max_steps=30",
@@ -49,6 +50,7 @@ def test_a_finished_run_resumed_equals_one_run(model, tmp_path):
     the weights of 40 steps in one go."""
     common = [
         f"model={model}",
+        *TINY_NETWORKS.get(model, []),
         *BASE,
         "trainer.eval_every=0",
         f"evaluator.cache_dir={tmp_path / 'cache'}",

@@ -143,7 +143,8 @@ def test_the_allow_list_is_genlabs_own_config_tree():
 
 def test_an_export_builds_only_allow_listed_networks(run, tmp_path):
     model, loss, run_cfg, state = load_run(run, CPU)
-    folder = export(model, loss, run_cfg, {"step": 2}, tmp_path / "export")
+    folder = tmp_path / "export"
+    export(model, loss, run_cfg, {"step": 2}, folder)
     assert load_generator(folder)(torch.randn(2, model.latent_dim)).shape == (2, 1, 32, 32)
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")
