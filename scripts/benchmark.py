@@ -15,9 +15,13 @@ Four loops train the identical model (built from genlab's config), optimizer and
   `DataLoader` over PIL images through torchvision transforms, with that script's transforms and
   workers (`REFERENCE`): PyTorch-GAN's gan.py and cgan.py (`Resize`, `ToTensor`, `Normalize`, no
   workers), the PyTorch examples' dcgan (the same transforms, 2 workers) and vae (`ToTensor` only,
-  no workers; 1 worker with pinned memory on CUDA).
+  no workers; 1 worker with pinned memory on CUDA), diffusers' train_unconditional.py for the
+  diffusion models (`Resize`, `ToTensor`, `Normalize`, no workers).
 - dataloader: a tuned version of that loop, the same for every model: 2 forked workers, `ToTensor`
   and `Normalize` (and `Resize` where the model size differs from 28 px).
+
+For the diffusion models a second table gives sampling throughput (images/s, `--sample-images`
+per solver) for each solver and step count.
 
 Each measurement runs in its own process, so its peak memory (resident set, or CUDA allocation) is
 its own. The ratios come from one run on one machine. Compare them, not absolute times, across
@@ -72,10 +76,24 @@ REFERENCE = {  # model: how its reference script loads MNIST
     ),
 }
 REFERENCE["vae_mlp"] = REFERENCE["vae"]  # the example's own (fully connected) network
+# diffusers' examples/unconditional_image_generation/train_unconditional.py: Resize, CenterCrop,
+# ToTensor, Normalize([0.5], [0.5]); --dataloader_num_workers defaults to 0
+REFERENCE["ddpm"] = Loading("diffusers train_unconditional.py", True, True, workers=0)
+REFERENCE["dit"] = REFERENCE["ddpm"]  # the same recipe, another network
+DIFFUSION = ("ddpm", "dit")
+SOLVERS = (("ddpm", None), ("ddim", 50), ("ddim", 20), ("dpm_solver", 20), ("dpm_solver", 10))
 TUNED = Loading("DataLoader, 2 workers", resize=False, normalize=True, workers=2)
 
 
-def _build(model_name: str, dataset: str, size: int, batch: int, device: str, root: str | None):
+def _build(
+    model_name: str,
+    dataset: str,
+    size: int,
+    batch: int,
+    device: str,
+    root: str | None,
+    extra: tuple | list = (),
+):
     from hydra import compose, initialize_config_dir
 
     from genlab.config import CONF_DIR, build
@@ -91,6 +109,7 @@ def _build(model_name: str, dataset: str, size: int, batch: int, device: str, ro
     ]
     if root:
         overrides.append(f"dataset.root={root}")
+    overrides += extra
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     return cfg, build(cfg.dataset, "dataset")
@@ -147,7 +166,7 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
     cfg, data = _build(model_name, dataset, size, batch, device_name, root)
     device = build(cfg.device, "device")
     torch.manual_seed(0)
-    model = build_model(cfg.model, data).to(device).train()
+    model = build_model(cfg, data).to(device).train()
     loss = build(cfg.loss, "loss")
     update = PlainUpdate(model.configure_optimizers(build(cfg.optimizer, "optimizer")))
     per_step = model.batches_per_step(loss)
@@ -235,10 +254,35 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
     )
 
 
-def measure(variant: str, case: tuple, steps: int, device: str, root: str | None = None) -> dict:
+def _measure_sampling(variant: str, case: tuple, images: int, device_name: str, root, queue):
+    """Images per second of a freshly built diffusion model's `generate` with one solver
+    (`variant`: name:steps)."""
+    import torch
+
+    from genlab.config import build, build_model
+
+    name, steps = variant.split(":")
+    cfg, data = _build(case[0], case[1], case[2], case[3], device_name, root, [f"solver={name}"])
+    if steps != "None":
+        cfg.solver.steps = int(steps)
+    device = build(cfg.device, "device")
+    torch.manual_seed(0)
+    model = build_model(cfg, data).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    model.generate(2, None, gen)  # warm-up
+    start = time.perf_counter()
+    model.generate(images, None, gen)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    queue.put({"images_per_s": images / (time.perf_counter() - start)})
+
+
+def measure(
+    variant: str, case: tuple, steps: int, device: str, root: str | None = None, target=None
+) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(variant, case, steps, device, root, queue))
+    proc = ctx.Process(target=target or _measure, args=(variant, case, steps, device, root, queue))
     proc.start()
     while True:  # a child that dies (an error, out of memory) ends the benchmark, not hangs it
         try:
@@ -271,6 +315,9 @@ def main() -> None:
         "--root", help="a folder holding torchvision's MNIST: also benchmark full MNIST"
     )
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--sample-images", type=int, default=64, help="images per diffusion sampling measurement"
+    )
     parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
     args = parser.parse_args()
 
@@ -317,6 +364,26 @@ def main() -> None:
         )
         lines.append(row)
         print(row, flush=True)
+    sampled = [c for c in cases.values() if c[0] in DIFFUSION]
+    if sampled and args.sample_images:
+        table = [
+            "",
+            f"Diffusion sampling, images/s ({args.sample_images} images in one batch):",
+            "",
+            "| model | " + " | ".join(f"{n} {s or 'all'}" for n, s in SOLVERS) + " |",
+            "|---|" + "---|" * len(SOLVERS),
+        ]
+        print("\n".join(table), flush=True)
+        for case in sampled:
+            speeds = [
+                measure(
+                    f"{n}:{s}", case, args.sample_images, args.device, args.root, _measure_sampling
+                )["images_per_s"]
+                for n, s in SOLVERS
+            ]
+            table.append(f"| {case[0]} | " + " | ".join(f"{v:.2f}" for v in speeds) + " |")
+            print(table[-1], flush=True)
+        lines += table
     if args.scaling:
         scale = [
             "",
