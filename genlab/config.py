@@ -147,7 +147,8 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
 
 
 def solver_group(cfg: DictConfig) -> tuple[str, ...]:
-    """("solver",) when the command line chose a solver (eval, sample, export), else ()."""
+    """("solver",) when the config holds a solver (a diffusion run's, or one an eval, sample or
+    export command line chose), else ()."""
     return ("solver",) if cfg.get("solver") is not None else ()
 
 
