@@ -44,3 +44,14 @@ def class_rows(num_classes: int, num: int, device: torch.device) -> Tensor | Non
 def row_length(num: int, num_classes: int) -> int:
     """Images per grid row: a class's images for a conditional model, else a square's side."""
     return num // num_classes if num_classes else square_side(num)
+
+
+def conditional_classes(conditional: bool, num_classes: int | None, family: str) -> int:
+    """The classes a model is conditioned on: the data set's with `conditional`, else 0;
+    refusing `conditional` on a data set without labels."""
+    if conditional and not num_classes:
+        raise ValueError(
+            f"a class-conditional {family} needs class labels, and this data set has none "
+            "(for image_folder, put the images in one sub-folder per class)"
+        )
+    return num_classes if conditional else 0

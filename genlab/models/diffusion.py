@@ -29,7 +29,7 @@ from genlab.images import to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
 from genlab.models.base import Exported, Family, complete
-from genlab.models.common import class_rows, eval_mode, row_length
+from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import OptimizerSpec, Updater
 from genlab.solvers import DDIM, Solver, training_schedule
 
@@ -86,12 +86,7 @@ class Diffusion(Family):
             )
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
-        if conditional and not num_classes:
-            raise ValueError(
-                "a class-conditional diffusion model needs class labels, and this data set has "
-                "none (for image_folder, put the images in one sub-folder per class)"
-            )
-        classes = num_classes if conditional else 0
+        classes = conditional_classes(conditional, num_classes, "diffusion model")
         if solver.guidance != 1 and not classes:
             raise ValueError(
                 f"solver.guidance={solver.guidance} needs a class-conditional model "

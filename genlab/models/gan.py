@@ -19,7 +19,7 @@ from genlab.ema import EMA
 from genlab.images import to_grid
 from genlab.losses import AdversarialLoss, gradient_penalty
 from genlab.models.base import Exported, Family, complete
-from genlab.models.common import class_rows, eval_mode, row_length
+from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import OptimizerSpec, Updater
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,7 @@ class GAN(Family):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if conditional and not num_classes:
-            raise ValueError(
-                "a class-conditional GAN needs class labels, and this data set has none "
-                "(for image_folder, put the images in one sub-folder per class)"
-            )
-        classes = num_classes if conditional else 0
+        classes = conditional_classes(conditional, num_classes, "GAN")
         shape = self.set_shape(latent_dim, classes, channels, image_size)
         self.generator = generator(latent_dim=latent_dim, num_classes=classes, **shape)
         self.discriminator = discriminator(num_classes=classes, **shape)
