@@ -152,36 +152,38 @@ def solver_group(cfg: DictConfig) -> tuple[str, ...]:
     return ("solver",) if cfg.get("solver") is not None else ()
 
 
-def model_node(cfg: DictConfig) -> DictConfig:
-    """The node that builds a run's model: `model`, with the run's `solver` (a group of its own,
-    which eval and sample may choose anew) inside for a diffusion model."""
-    solver = cfg.get("solver")
-    if solver is None:
-        return cfg.model
-    target = get_object(cfg.model._target_)
-    if "solver" not in inspect.signature(target).parameters:
+def _check_takes_solver(cfg: DictConfig) -> None:
+    if "solver" not in inspect.signature(get_object(cfg.model._target_)).parameters:
         raise ConfigError(
             f"solver={choice('solver')} is for diffusion models; model={choice('model')} "
             f"({cfg.model._target_}) samples without one"
         )
+
+
+def model_node(cfg: DictConfig) -> DictConfig:
+    """The node that builds a run's model: `model`, with the run's `solver` (a group of its own,
+    which eval and sample may choose anew) inside for a diffusion model."""
+    if cfg.get("solver") is None:
+        return cfg.model
+    _check_takes_solver(cfg)
     node = cfg.model.copy()
     with open_dict(node):
-        node.solver = solver
+        node.solver = cfg.solver
     return node
 
 
 def build_model(cfg: DictConfig, data: Any) -> Any:
     """The model a run config names (`model_node`), shaped for a data set (channels, image
     size, classes)."""
-    if cfg.get("solver") is not None:  # its own messages name solver.*, not model.solver.*
-        build(cfg.solver, "solver")
-    return build(
-        model_node(cfg),
-        "model",
-        channels=data.channels,
-        image_size=data.image_size,
-        num_classes=data.num_classes,
-    )
+    shape = {
+        "channels": data.channels,
+        "image_size": data.image_size,
+        "num_classes": data.num_classes,
+    }
+    if cfg.get("solver") is not None:  # built alone: its messages name solver.*
+        _check_takes_solver(cfg)
+        shape["solver"] = build(cfg.solver, "solver")
+    return build(cfg.model, "model", **shape)
 
 
 def _find_key(node: DictConfig, key: str, path: str) -> str | None:

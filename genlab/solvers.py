@@ -31,9 +31,11 @@ class Solver:
     scheduler_class: ClassVar[type[SchedulerMixin]]
     deterministic: ClassVar[bool] = True  # the same noise always gives the same image
 
-    def __init__(self, steps: int, guidance: float = 1.0, spacing: Spacing = "trailing") -> None:
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+    def __init__(
+        self, steps: int | None, guidance: float = 1.0, spacing: Spacing = "trailing"
+    ) -> None:
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1 or null (every training timestep), got {steps}")
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
         if spacing not in ("leading", "trailing", "linspace"):
@@ -43,12 +45,17 @@ class Solver:
     def scheduler(self, schedule: Mapping[str, Any]) -> SchedulerMixin:
         """A fresh diffusers scheduler for the model's training `schedule` (a scheduler config),
         set to this solver's steps."""
-        steps = min(self.steps, schedule["num_train_timesteps"])
+        steps = self.steps_for(schedule)
         scheduler = self.scheduler_class.from_config(
             schedule, timestep_spacing=self.spacing, **self.options()
         )
         scheduler.set_timesteps(steps)
         return scheduler
+
+    def steps_for(self, schedule: Mapping[str, Any]) -> int:
+        """Network evaluations per image: `steps`, at most the training timesteps (all if null)."""
+        total = schedule["num_train_timesteps"]
+        return total if self.steps is None else min(self.steps, total)
 
     def options(self) -> dict[str, Any]:
         """Settings of the diffusers scheduler beyond the training schedule."""
@@ -89,8 +96,11 @@ class Solver:
 
     def protocol(self, schedule: Mapping[str, Any]) -> dict[str, Any]:
         """How the images were made, written beside every metric."""
-        steps = min(self.steps, schedule["num_train_timesteps"])
-        return {"sampler": self.name, "sampler_steps": steps, "guidance": self.guidance}
+        return {
+            "sampler": self.name,
+            "sampler_steps": self.steps_for(schedule),
+            "guidance": self.guidance,
+        }
 
 
 class DDPM(Solver):
@@ -103,7 +113,7 @@ class DDPM(Solver):
     def __init__(
         self, steps: int | None = None, guidance: float = 1.0, spacing: Spacing = "leading"
     ) -> None:
-        super().__init__(steps or 10**9, guidance, spacing)
+        super().__init__(steps, guidance, spacing)
 
 
 class DDIM(Solver):

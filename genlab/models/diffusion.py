@@ -215,7 +215,7 @@ class Diffusion(Family):
         model's own, or for a stochastic one DDIM with eta 0 in as many steps."""
         if self.solver.deterministic:
             return self.solver
-        steps = min(self.solver.steps, self.timesteps)
+        steps = self.solver.steps_for(self.noise_schedule.config)
         return DDIM(steps=steps, guidance=self.solver.guidance)
 
     @torch.no_grad()
@@ -306,7 +306,9 @@ class Diffusion(Family):
     # --- likelihood -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def likelihood_metrics(self, loss: Any, images: Tensor, k: int, seed: int) -> dict[str, float]:
+    def likelihood_metrics(
+        self, loss: Any, images: Tensor, k: int, seed: int, batch_size: int = 250
+    ) -> dict[str, float]:
         """The variational bound (Ho et al. eq. 5) on `images`: the prior term, the decoder's
         discrete likelihood of the 8-bit values at t = 0, and the KL terms of t = 1..T-1, of
         which `k` (one per stratum of equal width) are drawn per image and scaled to their
@@ -319,7 +321,7 @@ class Diffusion(Family):
         edges = torch.linspace(1, self.timesteps, strata + 1).round().long().tolist()
         net, total = self.sampling_network(), 0.0
         with eval_mode(self):
-            for x0 in images.split(500):
+            for x0 in images.split(batch_size):
                 x0 = x0.float()
                 first = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
                 nats = denoising.prior_kl(x0, self.alpha_bar) + self._term(net, x0, first, gen)
