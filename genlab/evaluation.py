@@ -1,10 +1,10 @@
 """The `evaluator` config group: metrics of a trained model, with their protocol beside them.
 
-Every model family gets the Fréchet distance, KID and precision/recall between generated and real
-images in a feature space: the data set's own classifier (offline) or FID's Inception-v3. With
-labelled data, the classifier also scores class-conditional samples (accuracy per class) or the
-class coverage of unconditional ones. Families with the `likelihood` ability (the VAE) add their
-likelihood metrics on the held-out split, with their protocol.
+Every model family gets the Fréchet distance, KID, precision/recall and density/coverage between
+generated and real images in a feature space: the data set's own classifier (offline) or FID's
+Inception-v3. With labelled data, the classifier also scores class-conditional samples (accuracy
+per class) or the class coverage of unconditional ones. Families with the `likelihood` ability
+(the VAE, diffusion) add their likelihood metrics on the held-out split, with their protocol.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from genlab.data.loader import normalize
 from genlab.errors import GenlabError
 from genlab.metrics.classifier import Classifier, classifier_for
 from genlab.metrics.distances import (
+    density_coverage,
     feature_stats,
     frechet_distance,
     kernel_distance,
@@ -68,8 +69,8 @@ class Evaluator:
     """Metric settings. `extractor`: `classifier` (trained on the data set once and cached) or
     `inception` (FID's weights, from `inception_weights` or downloaded into `cache_dir`).
     `num_generated` generated images are compared with every image of the real `split`. The
-    cheap evaluation during training uses `num_generated_cheap` and skips KID, precision/recall
-    and the importance-sampled NLL."""
+    cheap evaluation during training uses `num_generated_cheap` and skips KID, precision/recall,
+    density/coverage and the importance-sampled NLL."""
 
     def __init__(
         self,
@@ -82,6 +83,7 @@ class Evaluator:
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
         pr_k: int = 3,
+        dc_k: int = 5,
         nll_samples: int = 100,
         classifier_steps: int | None = None,
         inception_weights: str | None = None,
@@ -100,6 +102,7 @@ class Evaluator:
             ("kid_subsets", kid_subsets, 1),
             ("kid_subset_size", kid_subset_size, 2),
             ("pr_k", pr_k, 1),
+            ("dc_k", dc_k, 1),
             ("nll_samples", nll_samples, 1),
             ("classifier_steps", classifier_steps or 1, 1),
         ):
@@ -109,6 +112,7 @@ class Evaluator:
         self.num_generated, self.num_generated_cheap = num_generated, num_generated_cheap
         self.batch_size = batch_size
         self.kid_subsets, self.kid_subset_size, self.pr_k = kid_subsets, kid_subset_size, pr_k
+        self.dc_k = dc_k
         self.nll_samples, self.classifier_steps = nll_samples, classifier_steps
         self.inception_weights, self.cache_dir = inception_weights, Path(cache_dir).expanduser()
         self._features: Features | None = None
@@ -229,8 +233,17 @@ class Evaluator:
             pick = torch.randperm(
                 len(ref["features"]), generator=torch.Generator().manual_seed(self.seed)
             )
-            precision, recall = precision_recall(ref["features"][pick[:m]], f[:m], self.pr_k)
-            metrics.update(kid=kid, kid_std=kid_std, precision=precision, recall=recall)
+            real_f, fake_f = ref["features"][pick[:m]], f[:m]
+            precision, recall = precision_recall(real_f, fake_f, self.pr_k)
+            density, coverage = density_coverage(real_f, fake_f, self.dc_k)
+            metrics.update(
+                kid=kid,
+                kid_std=kid_std,
+                precision=precision,
+                recall=recall,
+                density=density,
+                coverage=coverage,
+            )
         if features.classifier is not None:
             metrics.update(self.class_metrics(features.classifier, fake, labels, device))
         k, bound = 0 if cheap else self.nll_samples, {}
@@ -257,6 +270,7 @@ class Evaluator:
                 kid_subset_size=min(self.kid_subset_size, len(real), n),
                 pr_k=self.pr_k,
                 pr_samples=min(n, len(real)),
+                dc_k=self.dc_k,
             )
         if features.record:
             protocol["classifier_accuracy"] = features.record["accuracy"]

@@ -58,6 +58,7 @@ def test_eval_writes_metrics_with_their_protocol(runs):
     metrics, protocol = record["metrics"], record["protocol"]
     assert record["step"] == 20
     assert metrics["fd"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert metrics["density"] >= 0 and 0 <= metrics["coverage"] <= 1 and protocol["dc_k"] == 5
     assert {f"class_accuracy/{c}" for c in range(10)} <= metrics.keys()
     assert protocol["num_generated"] == 200 and protocol["num_real"] == 179
     assert protocol["real_split"] == "test" and protocol["covariance_dtype"] == "float64"

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from genlab.metrics.distances import (
+    density_coverage,
     feature_stats,
     frechet_distance,
     kernel_distance,
@@ -81,3 +82,28 @@ def test_precision_recall_on_sets_with_known_overlap():
     p, r = precision_recall(real, torch.randn(1000, 2) + 10.0, k=3)
     assert p == 0.0 and r == 0.0
     assert math.isfinite(p)
+
+
+def test_density_coverage_by_hand_and_on_known_sets():
+    # by hand, k=1 on a line: real 0, 1, 3 have 1-NN radii 1, 1, 2
+    real = torch.tensor([[0.0], [1.0], [3.0]])
+    fake = torch.tensor([[0.5], [2.5], [10.0]])
+    # 0.5 lies in the balls of 0 and 1; 2.5 in the ball of 3 only; 10 in none: 3 hits / (1 * 3)
+    # samples; balls holding a sample: all three
+    assert density_coverage(real, fake, k=1) == pytest.approx((1.0, 1.0))
+    assert density_coverage(real, fake[1:], k=1) == pytest.approx((0.5, 1 / 3))
+    torch.manual_seed(0)
+    real = torch.randn(2000, 8)
+    density, coverage = density_coverage(real, torch.randn(2000, 8), k=5)
+    assert density == pytest.approx(1.0, abs=0.1) and coverage == pytest.approx(1 - 2**-5, abs=0.03)
+    density, coverage = density_coverage(real, torch.randn(2000, 8) + 20.0, k=5)
+    assert density == 0.0 and coverage == 0.0
+    # half the data dropped (a fresh sample folded onto x < 0, in 2-D where the balls are small):
+    # about half the balls covered; the samples still follow the data where they are: density 1
+    real, fake = torch.randn(4000, 2), torch.randn(4000, 2)
+    fake[:, 0] = -fake[:, 0].abs()
+    density, coverage = density_coverage(real, fake, k=5)
+    assert coverage == pytest.approx(0.5, abs=0.05) and density == pytest.approx(1.0, abs=0.1)
+    # collapsed onto the mode: each sample still lies in about k real balls, few balls covered
+    density, coverage = density_coverage(real, 0.2 * torch.randn(4000, 2), k=5)
+    assert density == pytest.approx(1.0, abs=0.15) and coverage < 0.3

@@ -4,6 +4,7 @@
 - Kernel distance (KID): the unbiased MMD^2 with the cubic polynomial kernel, averaged over
   random subsets.
 - Improved precision and recall (Kynkäänniemi et al., 2019) from k-nearest-neighbour balls.
+- Density and coverage (Naeem et al., 2020) from the real samples' k-NN balls only.
 """
 
 from __future__ import annotations
@@ -93,3 +94,24 @@ def precision_recall(
     precision = _covered(fake, real, _knn_radii(real, k, chunk), chunk).double().mean()
     recall = _covered(real, fake, _knn_radii(fake, k, chunk), chunk).double().mean()
     return float(precision), float(recall)
+
+
+def density_coverage(
+    real: Tensor, fake: Tensor, k: int = 5, chunk: int = 1024
+) -> tuple[float, float]:
+    """Density: how many real k-NN balls hold each generated sample, over k (about 1 for any
+    sample inside the data's support, 0 outside; above 1 for samples crowding real ones).
+    Coverage: the share of real balls holding at least one generated sample (falls when modes
+    are dropped; about 1 - 2^-k for two equal-sized samples of one distribution). Only real
+    balls are used, so outlying generated samples cannot inflate either."""
+    real, fake = real.double(), fake.double()
+    if len(real) <= k or not len(fake):
+        raise ValueError(f"density/coverage with k={k} needs more than {k} real samples")
+    radii = _knn_radii(real, k, chunk)
+    counts = torch.zeros(len(real), dtype=torch.long)  # generated samples inside each real ball
+    inside = 0
+    for block in fake.split(chunk):
+        hits = torch.cdist(block, real) <= radii
+        inside += int(hits.sum())
+        counts += hits.sum(dim=0)
+    return inside / (k * len(fake)), float((counts > 0).double().mean())
