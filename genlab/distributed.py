@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
@@ -108,3 +108,13 @@ def any_rank(flag: bool, procs: Processes, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def mean_over_ranks(t: Tensor) -> Tensor:
+    """`t` averaged over the training processes (a collective when distributed; else `t`), for
+    state every rank must hold alike, such as running averages kept outside a wrapped network."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()

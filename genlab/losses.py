@@ -54,6 +54,18 @@ def wasserstein_g_loss(fake: Tensor) -> Tensor:
     return -fake.mean()
 
 
+def input_gradients(out: Tensor, inputs: Tensor, loss_scale: float = 1.0) -> Tensor:
+    """The gradient of each output (one per image) with respect to its own input, in float32,
+    kept in the graph so a penalty on it can be trained through.
+
+    Under float16 autocast, pass the loss scale: the output is scaled before the gradient is
+    taken (so small gradients do not underflow) and the gradient unscaled after, as in PyTorch's
+    AMP recipe; d(mean)/d(out) = 1/n keeps a scaled gradient within float16's range (65504).
+    """
+    (grad,) = torch.autograd.grad(out.float().mean() * loss_scale, inputs, create_graph=True)
+    return grad.float() * (len(out) / loss_scale)
+
+
 def gradient_penalty(
     critic: nn.Module,
     real: Tensor,
@@ -61,19 +73,26 @@ def gradient_penalty(
     labels: Tensor | None = None,
     loss_scale: float = 1.0,
 ) -> Tensor:
-    """WGAN-GP penalty E[(||grad D(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani et al.).
-
-    Under float16 autocast, pass the loss scale: the critic's output is scaled before the
-    gradient is taken (so small gradients do not underflow) and the gradient unscaled after,
-    as in PyTorch's AMP recipe; the norm is computed in float32.
-    """
+    """WGAN-GP penalty E[(||grad D(x_hat)||_2 - 1)^2] on random interpolates (Gulrajani et al.);
+    `loss_scale` as in `input_gradients`."""
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
     mixed = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    out = critic(mixed, labels)
-    # d(mean)/d(out) = 1/n keeps a scaled gradient within float16's range (max 65504)
-    (grad,) = torch.autograd.grad(out.float().mean() * loss_scale, mixed, create_graph=True)
-    grad = grad.float() * (len(out) / loss_scale)
+    grad = input_gradients(critic(mixed, labels), mixed, loss_scale)
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def squared_gradient_norm(out: Tensor, inputs: Tensor, loss_scale: float = 1.0) -> Tensor:
+    """E[||grad_x D(x)||^2]: Mescheder et al.'s R1 on real images and R2 on generated ones,
+    without their gamma / 2 (`out` = D(inputs), one output per image)."""
+    return input_gradients(out, inputs, loss_scale).flatten(1).pow(2).sum(1).mean()
+
+
+def lecam_penalty(real: Tensor, fake: Tensor, anchor_real: Tensor, anchor_fake: Tensor) -> Tensor:
+    """LeCam regularization (Tseng et al. 2021), as in the authors' code:
+    E[relu(D(x) - a_F)^2] + E[relu(a_R - D(G(z)))^2], where a_R and a_F are moving averages of
+    D's outputs on real and generated images. It keeps D's outputs near the other side's
+    average, which limits how far D can overfit a small data set."""
+    return F.relu(real - anchor_fake).pow(2).mean() + F.relu(anchor_real - fake).pow(2).mean()
 
 
 # --- VAE: per-image sums in nats ----------------------------------------------------------------
@@ -107,10 +126,36 @@ def weighted_mse(out: Tensor, target: Tensor, weight: Tensor) -> Tensor:
 
 
 class AdversarialLoss:
-    """A GAN objective: discriminator and generator losses on logits."""
+    """A GAN objective: discriminator and generator losses on logits, and the discriminator's
+    regularizers (`conf/gan_regularizers.yaml` says what each key means)."""
 
     n_critic: int = 1  # discriminator updates per generator update
     gp_weight: float = 0.0  # weight of the gradient penalty (0: none)
+    r1 = r2 = lecam = 0.0  # regularizer weights (0: none); WGAN-GP has its own penalty instead
+    reg_every, lecam_decay = 1, 0.99
+
+    def __init__(
+        self,
+        r1: float = 0.0,
+        r2: float = 0.0,
+        reg_every: int = 1,
+        lecam: float = 0.0,
+        lecam_decay: float = 0.99,
+    ) -> None:
+        for name, value in (("r1", r1), ("r2", r2), ("lecam", lecam)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if reg_every < 1:
+            raise ValueError(f"reg_every must be >= 1, got {reg_every}")
+        if not 0 <= lecam_decay < 1:
+            raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
+        self.r1, self.r2, self.reg_every = float(r1), float(r2), int(reg_every)
+        self.lecam, self.lecam_decay = float(lecam), float(lecam_decay)
+
+    @property
+    def input_gradients(self) -> bool:
+        """Whether D is trained through gradients with respect to its inputs (GP, R1, R2)."""
+        return bool(self.gp_weight or self.r1 or self.r2)
 
     def d_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         raise NotImplementedError
@@ -144,7 +189,8 @@ class LeastSquares(AdversarialLoss):
 
 
 class WassersteinGP(AdversarialLoss):
-    """Wasserstein loss with gradient penalty and several critic steps per generator step."""
+    """Wasserstein loss with gradient penalty and several critic steps per generator step (the
+    penalty is its regularizer: no R1, R2 or LeCam)."""
 
     d_loss = staticmethod(wasserstein_d_loss)
     g_loss = staticmethod(wasserstein_g_loss)

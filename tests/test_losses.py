@@ -57,6 +57,45 @@ def test_gradient_penalty_of_a_linear_critic(w, expected):
     close(losses.gradient_penalty(Linear(w), real, fake), expected)
 
 
+@pytest.mark.parametrize("w", [0.5, 2.0])
+def test_squared_gradient_norm_of_a_linear_critic(w):
+    x = torch.randn(5, 1, 2, 2, requires_grad=True)  # grad = w at 4 pixels: ||grad||^2 = 4 w^2
+    close(losses.squared_gradient_norm(Linear(w)(x), x).detach(), 4 * w * w)
+
+
+def test_squared_gradient_norm_by_hand_and_under_a_loss_scale():
+    # D(x) = sum(tanh(a * x)): dD/dx = a (1 - tanh(a x)^2), per image
+    x = torch.randn(6, 1, 3, 3, requires_grad=True)
+    a = 1.7
+    out = torch.tanh(a * x).flatten(1).sum(1)
+    by_hand = (a * (1 - torch.tanh(a * x) ** 2)).flatten(1).pow(2).sum(1).mean()
+    by_hand = float(by_hand.detach())
+    close(losses.squared_gradient_norm(out, x).detach(), by_hand)
+    scaled = losses.squared_gradient_norm(torch.tanh(a * x).flatten(1).sum(1), x, loss_scale=1024)
+    close(scaled.detach(), by_hand)
+    # it stays in the graph: R1 trains the critic
+    w = torch.tensor(a, requires_grad=True)
+    losses.squared_gradient_norm(torch.tanh(w * x).flatten(1).sum(1), x).backward()
+    assert w.grad is not None and w.grad != 0
+
+
+def test_lecam_penalty_by_hand():
+    real, fake = torch.tensor([1.0, 3.0, -2.0]), torch.tensor([-1.0, 0.5, 4.0])
+    # relu(real - a_F)^2 with a_F = 0: 1, 9, 0; relu(a_R - fake)^2 with a_R = 2: 9, 2.25, 0
+    expected = (1 + 9 + 0) / 3 + (9 + 2.25 + 0) / 3
+    close(losses.lecam_penalty(real, fake, torch.tensor(2.0), torch.tensor(0.0)), expected)
+
+
+def test_regularizer_settings_are_checked():
+    loss = losses.Hinge(r1=10, r2=1, reg_every=16, lecam=0.3, lecam_decay=0.9)
+    assert (loss.r1, loss.r2, loss.reg_every, loss.lecam, loss.lecam_decay) == (10, 1, 16, 0.3, 0.9)
+    assert loss.input_gradients and not losses.Hinge(lecam=1).input_gradients
+    assert losses.WassersteinGP().input_gradients and losses.WassersteinGP().r1 == 0
+    for bad in ({"r1": -1}, {"reg_every": 0}, {"lecam": -0.1}, {"lecam_decay": 1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            losses.NonSaturating(**bad)
+
+
 def test_gaussian_kl():
     # 0.5 * [(1 + 1 - 0 - 1) + (0 + 2 - ln 2 - 1)]
     kl = losses.gaussian_kl(t([[1.0, 0.0]]), t([[0.0, math.log(2)]]))

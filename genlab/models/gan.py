@@ -15,9 +15,15 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from genlab.data.loader import Batch
+from genlab.distributed import mean_over_ranks
 from genlab.ema import EMA
 from genlab.images import to_grid
-from genlab.losses import AdversarialLoss, gradient_penalty
+from genlab.losses import (
+    AdversarialLoss,
+    gradient_penalty,
+    lecam_penalty,
+    squared_gradient_norm,
+)
 from genlab.models.base import Exported, Family, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import OptimizerSpec, Updater
@@ -61,6 +67,8 @@ class GAN(Family):
         if ema_decay is not None:
             self.generator_ema = EMA(self.generator, ema_decay, ema_start)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
+        # LeCam's moving averages of D's mean output on real and on generated images
+        self.register_buffer("lecam_anchors", torch.zeros(2))
         self.d_input: Callable[[Tensor], Tensor] = _identity  # DiffAugment, see `set_augment`
         self._d_params: list[nn.Parameter] = []  # D's parameters, listed at the first step
 
@@ -69,12 +77,12 @@ class GAN(Family):
     def check_loss(self, loss: object) -> None:
         if not isinstance(loss, AdversarialLoss):
             raise ValueError("GAN models take an adversarial loss: bce, hinge, lsgan or wgan_gp")
-        if loss.gp_weight and any(
+        if loss.input_gradients and any(
             isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) for m in self.discriminator.modules()
         ):
             raise ValueError(
-                "the gradient penalty needs a discriminator without BatchNorm: "
-                "set model.discriminator.norm=layer (or none)"
+                "gradient penalties (loss.gp_weight, loss.r1, loss.r2) need a discriminator "
+                "without BatchNorm: set model.discriminator.norm=layer (or none)"
             )
 
     def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
@@ -106,9 +114,9 @@ class GAN(Family):
         self.d_input = augment.discriminator_input
 
     def compile_targets(self, loss: AdversarialLoss) -> list[nn.Module]:
-        """Networks that `torch.compile` can take (not a critic under the gradient penalty's
-        double backward, which compiled autograd does not support)."""
-        return [self.generator] if loss.gp_weight else [self.generator, self.discriminator]
+        """Networks that `torch.compile` can take (not a critic under a gradient penalty's double
+        backward, which compiled autograd does not support)."""
+        return [self.generator] if loss.input_gradients else [self.generator, self.discriminator]
 
     def train_step(
         self, batches: Iterator[Batch], loss: AdversarialLoss, update: Updater, metrics: bool = True
@@ -124,6 +132,11 @@ class GAN(Family):
         for i in range(loss.n_critic):
             real, labels = next(batches)
             labels = self._labels(labels)
+            # lazy regularization: R1 / R2 on every `reg_every`-th discriminator step (reading
+            # the step count is a host sync, only paid when it matters)
+            regularize = loss.reg_every == 1 or (
+                (int(self.generator_updates) * loss.n_critic + i) % loss.reg_every == 0
+            )
             with update.autocast():
                 z = self.noise(len(real), real.device)
                 if i == loss.n_critic - 1:
@@ -131,13 +144,14 @@ class GAN(Family):
                 else:
                     with torch.no_grad():
                         fake = G(z, labels)
-                real_out = train_d(self.d_input(real), labels)
-                fake_out = train_d(self.d_input(fake.detach()), labels)
+                real_in = real.detach().requires_grad_(bool(loss.r1) and regularize)
+                fake_in = fake.detach().requires_grad_(bool(loss.r2) and regularize)
+                real_out = train_d(self.d_input(real_in), labels)
+                fake_out = train_d(self.d_input(fake_in), labels)
                 d_loss = loss.d_loss(real_out, fake_out)
-                if loss.gp_weight:
-                    gp = gradient_penalty(train_d, real, fake, labels, update.loss_scale("d"))
-                    d_loss = d_loss + loss.gp_weight * gp
-                    values["loss/gp"] = gp.detach()
+                d_loss = d_loss + self._regularizers(
+                    loss, update, train_d, values, real_in, fake_in, real_out, fake_out, labels
+                )
             d_norm = update(d_loss, "d", measure=metrics)
 
         # The generator step needs no discriminator weight gradients; frozen parts stay frozen.
@@ -168,6 +182,46 @@ class GAN(Family):
                 }
             )
         return values
+
+    def _regularizers(
+        self,
+        loss: AdversarialLoss,
+        update: Updater,
+        train_d: nn.Module,
+        values: dict[str, Tensor],
+        real: Tensor,
+        fake: Tensor,
+        real_out: Tensor,
+        fake_out: Tensor,
+        labels: Tensor | None,
+    ) -> Tensor | float:
+        """The discriminator's penalties on this step (their values go to `values`): WGAN-GP's;
+        R1 / R2 (gamma / 2, times `reg_every` on the steps they run) through the gradients of
+        the outputs already computed; LeCam against moving averages updated first."""
+        total: Tensor | float = 0.0
+        scale = update.loss_scale("d")
+        if loss.gp_weight:
+            gp = gradient_penalty(train_d, real, fake, labels, scale)
+            total = total + loss.gp_weight * gp
+            values["loss/gp"] = gp.detach()
+        for name, weight, inputs, out in (
+            ("r1", loss.r1, real, real_out),
+            ("r2", loss.r2, fake, fake_out),
+        ):
+            if weight and inputs.requires_grad:
+                penalty = squared_gradient_norm(out, inputs, scale)
+                total = total + weight / 2 * loss.reg_every * penalty
+                values[f"loss/{name}"] = penalty.detach()
+        if loss.lecam:
+            means = torch.stack(
+                [real_out.detach().float().mean(), fake_out.detach().float().mean()]
+            )
+            self.lecam_anchors.lerp_(mean_over_ranks(means), 1 - loss.lecam_decay)
+            anchor_real, anchor_fake = self.lecam_anchors
+            penalty = lecam_penalty(real_out.float(), fake_out.float(), anchor_real, anchor_fake)
+            total = total + loss.lecam * penalty
+            values["loss/lecam"] = penalty.detach()
+        return total
 
     def on_log(self, values: dict[str, float], step: int) -> None:
         if values.get("diversity", 1.0) < COLLAPSE_WARNING:
