@@ -46,10 +46,13 @@ def test_fine_tune_bad_inputs_are_clear(tmp_path):
         train(make_cfg("model=gan", *FAST, "model.freeze=[critic]"), run_dir=tmp_path / "b")
 
 
-@pytest.mark.parametrize("model", ["cgan", "vae"])
+@pytest.mark.parametrize("model", ["cgan", "vae", "dcgan"])
 def test_exported_generator_gives_the_same_images(model, tmp_path):
-    ema = ["model.ema_decay=0.9", "model.ema_start=1"] if model == "cgan" else []
-    cfg = make_cfg(f"model={model}", *FAST, *ema)
+    extra = {
+        "cgan": ["model.ema_decay=0.9", "model.ema_start=1"],
+        "dcgan": ["model.spectral_norm=[generator,discriminator]"],  # exported as a plain G
+    }.get(model, [])
+    cfg = make_cfg(f"model={model}", *FAST, *extra)
     train(cfg, run_dir=tmp_path / "run")
     net, loss, run_cfg, state = load_run(str(tmp_path / "run"), torch.device("cpu"))
     export(net, loss, run_cfg, {"step": state["step"]}, tmp_path / "export")

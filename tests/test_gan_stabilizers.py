@@ -57,3 +57,35 @@ def test_r1_needs_a_discriminator_without_batchnorm():
     model = build(cfg.model, "model", channels=1, image_size=32, num_classes=None)
     with pytest.raises(ValueError, match="loss.r1.*without BatchNorm"):
         model.check_loss(build(cfg.loss, "loss"))
+
+
+def test_spectral_norm_makes_every_weight_of_largest_singular_value_one():
+    cfg = make_cfg("model=dcgan", "model.spectral_norm=[generator,discriminator]")
+    model = build(cfg.model, "model", channels=1, image_size=32, num_classes=None)
+    x, z = torch.randn(8, 1, 32, 32), torch.randn(8, 100)
+    with torch.no_grad():  # raw weights far from a unit spectral norm
+        for m in model.modules():
+            if hasattr(m, "parametrizations"):
+                m.parametrizations.weight.original.mul_(10.0)
+    for _ in range(100):  # each training forward pass runs one power iteration
+        model.discriminator(x)
+        model.generator(z)
+    normalized = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+    assert len(normalized) == 8  # 4 transposed convolutions in G, 4 convolutions in D
+    for name, m in normalized:
+        out_dim = 1 if isinstance(m, torch.nn.ConvTranspose2d) else 0
+        w = m.weight.detach().transpose(0, out_dim).flatten(1)
+        raw = m.parametrizations.weight.original.detach().transpose(0, out_dim).flatten(1)
+        sigma = torch.linalg.matrix_norm(w, ord=2)
+        assert sigma == pytest.approx(1.0, abs=0.02), name
+        assert torch.linalg.matrix_norm(raw, ord=2) > 1.5, name
+
+
+def test_spectral_norm_names_networks():
+    cfg = make_cfg("model=gan", "model.spectral_norm=[critic]")
+    with pytest.raises(Exception, match="spectral_norm: 'critic' is not a network.*discriminator"):
+        build(cfg.model, "model", channels=1, image_size=32, num_classes=None)

@@ -65,6 +65,7 @@ def assert_resume_is_bit_identical(overrides, tmp_path, total=6, first=3):
         ["model=gan", "trainer.precision=16-mixed", "dataset=digits"],
         # lazy R1 every 2 steps across the resume at step 3, and LeCam's moving averages
         ["model=gan", "loss=hinge", "loss.r1=1", "loss.reg_every=2", "loss.lecam=0.1"],
+        ["model=dcgan", "model.spectral_norm=[generator,discriminator]", "dataset=digits"],
     ],
     ids=[
         "gan",
@@ -76,6 +77,7 @@ def assert_resume_is_bit_identical(overrides, tmp_path, total=6, first=3):
         "dcgan_bf16",
         "gan_fp16",
         "gan_r1_lecam",
+        "dcgan_spectral_norm",
     ],
 )
 def test_half_plus_resume_plus_half_is_bit_identical(setup, tmp_path):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations, parametrize
 
 from genlab.data.loader import Batch
 from genlab.distributed import mean_over_ranks
@@ -36,7 +38,8 @@ COLLAPSE_WARNING = 0.2  # generated batch diversity below this fraction of the r
 class GAN(Family):
     """A generator and a discriminator trained adversarially (`loss`: bce, hinge, lsgan,
     wgan_gp); with `conditional`, both take class labels. `ema_decay` samples from an
-    exponential moving average of G (from `ema_start` generator updates on)."""
+    exponential moving average of G (from `ema_start` generator updates on). `spectral_norm`
+    names the networks whose convolution and linear weights are spectrally normalized."""
 
     roles: ClassVar[dict[str, str]] = {"g": "generator", "d": "discriminator"}
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate"})
@@ -49,6 +52,7 @@ class GAN(Family):
         conditional: bool = False,
         ema_decay: float | None = None,
         ema_start: int = 0,
+        spectral_norm: Sequence[str] = (),
         init_from: str | None = None,
         freeze: Sequence[str] = (),
         *,
@@ -61,6 +65,13 @@ class GAN(Family):
         shape = self.set_shape(latent_dim, classes, channels, image_size)
         self.generator = generator(latent_dim=latent_dim, num_classes=classes, **shape)
         self.discriminator = discriminator(num_classes=classes, **shape)
+        for name in spectral_norm:
+            if name not in ("generator", "discriminator"):
+                raise ValueError(
+                    f"spectral_norm: {name!r} is not a network of this model; "
+                    "networks: generator, discriminator"
+                )
+            apply_spectral_norm(getattr(self, name))
         self.finish(init_from, freeze)
         # samples come from this average of G (weights and BatchNorm statistics) when set
         self.generator_ema = None
@@ -269,7 +280,34 @@ class GAN(Family):
     def export_sampler(self, loss: AdversarialLoss, node: DictConfig) -> Exported:
         """The generator (its EMA when there is one), which maps latents and labels to images."""
         shape = {**self.shape, "num_classes": self.num_classes, "latent_dim": self.latent_dim}
-        return Exported(self.sampler(), complete(node.generator, **shape), "image")
+        built = complete(node.generator, **shape)
+        return Exported(plain_copy(self.sampler(), built), built, "image")
+
+
+def apply_spectral_norm(network: nn.Module) -> None:
+    """Spectral normalization (Miyato et al. 2018) of every convolution and linear weight of
+    `network`: W / sigma(W), sigma estimated by one power iteration per training forward pass
+    (its vectors are buffers: checkpointed, so resume stays exact)."""
+    for module in list(network.modules()):
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            parametrizations.spectral_norm(module)
+
+
+def plain_copy(network: nn.Module, node: dict[str, Any]) -> nn.Module:
+    """`network`, or, when some of its weights are parametrized (spectral norm), the network
+    `node` builds without them, holding their current values (computed in eval mode, so no
+    power iteration runs)."""
+    if not any(parametrize.is_parametrized(m) for m in network.modules()):
+        return network
+    state = {k: v for k, v in network.state_dict().items() if ".parametrizations." not in k}
+    with eval_mode(network), torch.no_grad():
+        for name, module in network.named_modules():
+            if parametrize.is_parametrized(module):
+                for tensor in module.parametrizations:
+                    state[f"{name}.{tensor}" if name else tensor] = getattr(module, tensor).clone()
+    plain = instantiate(node)
+    plain.load_state_dict(state)
+    return plain.to(next(network.parameters()).device)
 
 
 def diversity(fake: Tensor, real: Tensor) -> Tensor:
