@@ -95,6 +95,13 @@ def lecam_penalty(real: Tensor, fake: Tensor, anchor_real: Tensor, anchor_fake: 
     return F.relu(real - anchor_fake).pow(2).mean() + F.relu(anchor_real - fake).pow(2).mean()
 
 
+def top_k(fake_scores: Tensor, fraction: float) -> Tensor:
+    """Top-k training (Sinha et al. 2020): the `fraction` of D's scores on generated images that
+    are highest (the most realistic samples; at least one), for the generator's loss."""
+    k = max(1, round(fraction * len(fake_scores)))
+    return fake_scores if k >= len(fake_scores) else fake_scores.topk(k, dim=0).values
+
+
 # --- VAE: per-image sums in nats ----------------------------------------------------------------
 
 
@@ -126,13 +133,14 @@ def weighted_mse(out: Tensor, target: Tensor, weight: Tensor) -> Tensor:
 
 
 class AdversarialLoss:
-    """A GAN objective: discriminator and generator losses on logits, and the discriminator's
-    regularizers (`conf/gan_regularizers.yaml` says what each key means)."""
+    """A GAN objective: discriminator and generator losses on logits, the discriminator's
+    regularizers and top-k training (`conf/gan_loss.yaml` says what each key means)."""
 
     n_critic: int = 1  # discriminator updates per generator update
     gp_weight: float = 0.0  # weight of the gradient penalty (0: none)
     r1 = r2 = lecam = 0.0  # regularizer weights (0: none); WGAN-GP has its own penalty instead
     reg_every, lecam_decay = 1, 0.99
+    top_k_min, top_k_decay = 1.0, 0.99  # top-k training off
 
     def __init__(
         self,
@@ -141,6 +149,8 @@ class AdversarialLoss:
         reg_every: int = 1,
         lecam: float = 0.0,
         lecam_decay: float = 0.99,
+        top_k_min: float = 1.0,
+        top_k_decay: float = 0.99,
     ) -> None:
         for name, value in (("r1", r1), ("r2", r2), ("lecam", lecam)):
             if value < 0:
@@ -149,8 +159,17 @@ class AdversarialLoss:
             raise ValueError(f"reg_every must be >= 1, got {reg_every}")
         if not 0 <= lecam_decay < 1:
             raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
+        for name, value in (("top_k_min", top_k_min), ("top_k_decay", top_k_decay)):
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
         self.r1, self.r2, self.reg_every = float(r1), float(r2), int(reg_every)
         self.lecam, self.lecam_decay = float(lecam), float(lecam_decay)
+        self.top_k_min, self.top_k_decay = float(top_k_min), float(top_k_decay)
+
+    def top_k_fraction(self, epoch: int) -> float:
+        """The share of generated images the generator learns from in `epoch` (Sinha et al.:
+        all at first, times `top_k_decay` each epoch, down to `top_k_min`)."""
+        return max(self.top_k_min, self.top_k_decay**epoch)
 
     @property
     def input_gradients(self) -> bool:

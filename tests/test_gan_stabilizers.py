@@ -1,18 +1,18 @@
-"""GAN stabilizers inside the family's step: lazy R1 / R2 and LeCam's moving averages."""
+"""GAN stabilizers: lazy R1 / R2, LeCam's moving averages, spectral norm, top-k training."""
 
 import pytest
 import torch
 
 from genlab.config import build
 from genlab.data import DeviceLoader, digits
-from genlab.losses import Hinge
+from genlab.losses import Hinge, top_k
 from genlab.optim import Updater
 from tests.conftest import make_cfg
 
 CPU = torch.device("cpu")
 
 
-def steps(loss: Hinge, n: int) -> tuple[list[dict], torch.nn.Module]:
+def steps(loss: Hinge, n: int, epoch: int = 0) -> tuple[list[dict], torch.nn.Module]:
     """`n` steps of model=gan on digits at learning rate 0 (the networks never change), with the
     same batches and noise for any loss settings."""
     torch.manual_seed(0)
@@ -24,6 +24,7 @@ def steps(loss: Hinge, n: int) -> tuple[list[dict], torch.nn.Module]:
     }
     update = Updater(sgd, CPU)
     loader = DeviceLoader(digits(), 16, CPU)
+    loader.epoch = epoch  # what top-k's schedule reads
     torch.manual_seed(1)
     out = [
         {k: float(v) for k, v in model.train_step(loader, loss, update).items()} for _ in range(n)
@@ -89,3 +90,19 @@ def test_spectral_norm_names_networks():
     cfg = make_cfg("model=gan", "model.spectral_norm=[critic]")
     with pytest.raises(Exception, match="spectral_norm: 'critic' is not a network.*discriminator"):
         build(cfg.model, "model", channels=1, image_size=32, num_classes=None)
+
+
+def test_top_k_keeps_the_highest_scores_on_a_decaying_share():
+    scores = torch.tensor([0.1, 3.0, -2.0, 1.0])
+    assert top_k(scores, 0.5).tolist() == [3.0, 1.0]
+    assert top_k(scores, 0.1).tolist() == [3.0]  # at least one
+    assert torch.equal(top_k(scores, 1.0), scores)
+    loss = Hinge(top_k_min=0.5, top_k_decay=0.9)
+    assert [loss.top_k_fraction(e) for e in (0, 1, 2, 100)] == pytest.approx([1, 0.9, 0.81, 0.5])
+
+
+def test_top_k_trains_the_generator_on_its_best_samples():
+    plain, _ = steps(Hinge(), 1, epoch=50)
+    best, _ = steps(Hinge(top_k_min=0.5), 1, epoch=50)  # 0.99^50 = 0.6 of the batch
+    assert best[0]["loss/d"] == plain[0]["loss/d"]  # the discriminator's step is unchanged
+    assert best[0]["loss/g"] < plain[0]["loss/g"]  # hinge: -mean of the highest 60% of scores

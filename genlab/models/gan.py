@@ -25,6 +25,7 @@ from genlab.losses import (
     gradient_penalty,
     lecam_penalty,
     squared_gradient_norm,
+    top_k,
 )
 from genlab.models.base import Exported, Family, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
@@ -172,7 +173,11 @@ class GAN(Family):
             p.requires_grad_(False)
         try:
             with update.autocast():
-                g_loss = loss.g_loss(D(self.d_input(fake), labels))
+                fake_scores = D(self.d_input(fake), labels)
+                if loss.top_k_min < 1:  # the epoch of the batches, where the loader says it
+                    fraction = loss.top_k_fraction(getattr(batches, "epoch", 0))
+                    fake_scores = top_k(fake_scores, fraction)
+                g_loss = loss.g_loss(fake_scores)
             g_norm = update(g_loss, "g", measure=metrics)
         finally:
             for p, flag in zip(d_params, trainable, strict=True):
