@@ -25,6 +25,12 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     ) / torch.sin(omega)
 
 
+def truncated_normal(n: int, dim: int, threshold: float, generator: torch.Generator) -> Tensor:
+    """`n` latents from N(0, I) truncated to [-threshold, threshold] in every coordinate."""
+    z = torch.empty(n, dim, device=generator.device)
+    return torch.nn.init.trunc_normal_(z, a=-threshold, b=threshold, generator=generator)
+
+
 GENERIC_MODES = ("samples", "interpolate", "reconstruct")  # the latter two are abilities
 
 
@@ -35,7 +41,9 @@ class Sampler:
     reconstructions, for one that encodes images), or a mode of the family's own
     (`Family.sample_modes`). The same `seed` gives the same images. At most `batch_size` images
     are made at once, so any `num_images` fits in memory (a grid holds at most `MAX_GRID`;
-    `genlab sample files=true` writes any number)."""
+    `genlab sample files=true` writes any number). `truncation` t: samples decoded from latents
+    drawn from N(0, I) truncated to [-t, t] (the truncation trick of BigGAN, Brock et al. 2019:
+    fidelity for variety), for a family that maps latents to images."""
 
     MAX_GRID = 4096
 
@@ -47,6 +55,7 @@ class Sampler:
         label: int | None = None,
         steps: int = 8,
         batch_size: int = 500,
+        truncation: float | None = None,
     ) -> None:
         if not mode.isidentifier():
             raise ValueError(
@@ -60,6 +69,9 @@ class Sampler:
             raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if truncation is not None and truncation <= 0:
+            raise ValueError(f"truncation must be > 0 (or null: none), got {truncation}")
+        self.truncation = truncation
         self.mode, self.num_images, self.seed = mode, num_images, seed
         self.label, self.steps = label, steps
         self.batch_size = batch_size
@@ -71,6 +83,10 @@ class Sampler:
             raise ValueError("sampler.label is only for class-conditional models (model=cgan)")
         if self.label is not None and not 0 <= self.label < classes:
             raise ValueError(f"sampler.label must be in 0..{classes - 1}, got {self.label}")
+        if self.truncation is not None:
+            require(model, "interpolate", "sampler.truncation")
+            if self.mode != "samples":
+                raise ValueError(f"sampler.truncation is for sampler.mode=samples, not {self.mode}")
         if self.mode in ("interpolate", "reconstruct"):
             require(model, self.mode, f"sampler.mode={self.mode}")
         elif self.mode != "samples" and self.mode not in model.sample_modes:
@@ -116,7 +132,12 @@ class Sampler:
         for start in range(0, n, self.batch_size):
             part = None if labels is None else labels[start : start + self.batch_size]
             count = min(self.batch_size, n - start)
-            yield model.generate(count, loss, gen, part).cpu()
+            if self.truncation is None:
+                yield model.generate(count, loss, gen, part).cpu()
+                continue
+            z = truncated_normal(count, model.latent_dim, self.truncation, gen)
+            with eval_mode(model):
+                yield model.decode_latents(z, loss, part).cpu()
 
     @torch.no_grad()
     def _interpolations(self, model, loss, gen, rows: int) -> Iterator[Tensor]:

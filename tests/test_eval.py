@@ -214,6 +214,34 @@ def test_sampling_is_batched_so_any_number_fits(runs):
         sample(cfg)
 
 
+def test_truncation_draws_latents_inside_the_threshold_and_narrows_the_samples(runs):
+    from genlab.run_folder import load_run
+    from genlab.sampling import Sampler
+
+    model, loss, _, _ = load_run(runs / "cgan", CPU)
+    seen = []
+    decode = model.decode_latents
+    model.decode_latents = lambda z, *args: seen.append(z) or decode(z, *args)
+
+    def spread(truncation):
+        sampler = Sampler(num_images=100, truncation=truncation, seed=1)
+        sampler.check(model)
+        images = torch.cat(list(sampler(model, loss, CPU, None)[0]))
+        return torch.pdist(images.flatten(1)).mean()
+
+    narrow, wide = spread(0.1), spread(None)
+    assert seen[0].abs().max() <= 0.1 and seen[0].shape == (100, model.latent_dim)
+    assert narrow < 0.9 * wide  # nearly one latent per class: nearly one image per class
+    assert torch.equal(
+        torch.cat(list(Sampler(num_images=20, truncation=0.1, seed=1)(model, loss, CPU, None)[0])),
+        torch.cat(list(Sampler(num_images=20, truncation=0.1, seed=1)(model, loss, CPU, None)[0])),
+    )
+    with pytest.raises(ValueError, match="truncation must be > 0"):
+        Sampler(truncation=0)
+    with pytest.raises(ValueError, match="truncation is for sampler.mode=samples"):
+        Sampler(mode="interpolate", truncation=0.5).check(model)
+
+
 def test_a_family_brings_its_own_sampling_mode(runs):
     """`sampler.mode` may name a mode of the family's own (`Family.sample_modes`), which draws
     from the sampler's generator and the held-out images; another mode is refused with the
