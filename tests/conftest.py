@@ -23,6 +23,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Overrides for networks of a few thousand parameters and few solver steps: tests that run
 # every conf/model stay short.
 TINY_NETWORKS = {
+    "sngan": ["model.generator.features=16", "model.discriminator.features=16"],
+    "sngan_projection": ["model.generator.features=16", "model.discriminator.features=16"],
     "ddpm": [
         "model.network.features=[8,16]",
         "model.network.attention=[false,true]",

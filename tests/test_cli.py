@@ -34,7 +34,7 @@ def test_unknown_command_is_refused():
 
 def test_train_help_lists_groups_and_options():
     out = run_cli("train", "--help").stdout
-    assert "model: cgan, dcgan, ddpm, dit, gan, vae, vae_mlp" in out
+    assert "model: cgan, dcgan, ddpm, dit, gan, sngan, sngan_projection, vae, vae_mlp" in out
     assert "model/network: dit, unet" in out
     assert "solver: ddim, ddpm, dpm_solver" in out
     assert "loss: bce, denoising, elbo, hinge, lsgan, wgan_gp" in out

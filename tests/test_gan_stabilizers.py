@@ -106,3 +106,40 @@ def test_top_k_trains_the_generator_on_its_best_samples():
     best, _ = steps(Hinge(top_k_min=0.5), 1, epoch=50)  # 0.99^50 = 0.6 of the batch
     assert best[0]["loss/d"] == plain[0]["loss/d"]  # the discriminator's step is unchanged
     assert best[0]["loss/g"] < plain[0]["loss/g"]  # hinge: -mean of the highest 60% of scores
+
+
+def test_projection_discriminator_adds_the_label_embedding_times_the_features():
+    from genlab.models.resnet import ResNetDiscriminator
+
+    torch.manual_seed(0)
+    d = ResNetDiscriminator(1, 28, num_classes=10, features=16).eval()
+    x = torch.randn(4, 1, 28, 28)
+    h = torch.relu(d.blocks(x)).sum(dim=(2, 3))
+    for y in (torch.tensor([0, 1, 2, 3]), torch.tensor([9, 9, 9, 9])):
+        expected = d.output(h).squeeze(1) + (d.projection.weight[y] * h).sum(1)
+        assert torch.allclose(d(x, y), expected, atol=1e-5)
+    a, b = torch.zeros(4, dtype=torch.long), torch.full((4,), 7)
+    change = ((d.projection.weight[7] - d.projection.weight[0]) * h).sum(1)
+    assert torch.allclose(d(x, b) - d(x, a), change, atol=1e-5) and change.abs().min() > 0
+
+
+def test_conditional_batchnorm_scales_and_shifts_per_class():
+    from genlab.models.resnet import ResNetGenerator
+
+    torch.manual_seed(0)
+    g = ResNetGenerator(8, 1, 28, num_classes=10, features=16).eval()
+    z = torch.randn(1, 8).expand(10, 8)
+    labels = torch.arange(10)
+    out = g(z, labels)
+    assert torch.allclose(out, out[:1].expand_as(out))  # scale 1, shift 0 for every class at first
+    with torch.no_grad():
+        g.blocks[0].norm1.shift.weight[3] += 1.0
+    changed = (g(z, labels) - out).flatten(1).abs().amax(1) > 1e-4
+    assert changed.tolist() == [c == 3 for c in range(10)]
+
+
+def test_resnet_networks_name_themselves_for_a_wrong_size():
+    from genlab.models.resnet import ResNetGenerator
+
+    with pytest.raises(ValueError, match="The ResNet generator cannot work at image_size=30"):
+        ResNetGenerator(8, 1, 30)

@@ -9,14 +9,15 @@ from torch import Tensor, nn
 from genlab.models.common import dcgan_init
 
 
-def dcgan_layout(image_size: int) -> tuple[int, int]:
-    """(base, doublings) with base * 2**doublings == image_size, base 4 or 7, doublings >= 2."""
+def dcgan_layout(image_size: int, name: str = "DCGAN") -> tuple[int, int]:
+    """(base, doublings) with base * 2**doublings == image_size, base 4 or 7, doublings >= 2;
+    else a ValueError naming the networks (`name`)."""
     base, doublings = image_size, 0
     while base % 2 == 0 and base > 7:
         base, doublings = base // 2, doublings + 1
     if base not in (4, 7) or doublings < 2:
         raise ValueError(
-            f"DCGAN cannot work at image_size={image_size}; allowed sizes are 4 or 7 times a "
+            f"{name} cannot work at image_size={image_size}; allowed sizes are 4 or 7 times a "
             "power of two, at least 4x: 16, 28, 32, 56, 64, 112, 128, ... "
             "(set dataset.image_size)"
         )
