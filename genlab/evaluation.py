@@ -3,7 +3,8 @@
 Every model family gets the Fréchet distance, KID, precision/recall and density/coverage between
 generated and real images in a feature space: the data set's own classifier (offline) or FID's
 Inception-v3. With labelled data, the classifier also scores class-conditional samples (accuracy
-per class) or the class coverage of unconditional ones. Families with the `likelihood` ability
+per class, intra-class Fréchet distance and the classification accuracy score) or the class
+coverage of unconditional ones. Families with the `likelihood` ability
 (the VAE, diffusion) add their likelihood metrics on the held-out split, with their protocol.
 """
 
@@ -24,11 +25,12 @@ from genlab.data import ImageData
 from genlab.data.datasets import Split
 from genlab.data.loader import normalize
 from genlab.errors import GenlabError
-from genlab.metrics.classifier import Classifier, classifier_for
+from genlab.metrics.classifier import Classifier, classifier_for, train_classifier
 from genlab.metrics.distances import (
     density_coverage,
     feature_stats,
     frechet_distance,
+    intra_class_fd,
     kernel_distance,
     precision_recall,
 )
@@ -246,6 +248,8 @@ class Evaluator:
             )
         if features.classifier is not None:
             metrics.update(self.class_metrics(features.classifier, fake, labels, device))
+        if labels is not None and real.labels is not None and not cheap:
+            metrics.update(self.conditional_metrics(ref["features"], real, f, fake, labels, device))
         k, bound = 0 if cheap else self.nll_samples, {}
         if "likelihood" in model.abilities:  # k = 0: what the family measures cheaply, if any
             images = normalize(real.images.to(device))
@@ -272,12 +276,42 @@ class Evaluator:
                 pr_samples=min(n, len(real)),
                 dc_k=self.dc_k,
             )
+        if "cas" in metrics:
+            protocol["cas"] = (
+                "evaluator's classifier trained on the generated images and their labels "
+                f"({self.classifier_steps or 'default'} steps), accuracy on the real "
+                f"{real.split} split"
+            )
         if features.record:
             protocol["classifier_accuracy"] = features.record["accuracy"]
             protocol["classifier_split"] = features.record.get("test_split", "test")
         if bound:
             protocol.update(model.likelihood_protocol(loss, k))
         return Report(metrics, protocol)
+
+    def conditional_metrics(
+        self,
+        real_features: Tensor,
+        real: ImageData,
+        fake_features: Tensor,
+        fake: Tensor,
+        labels: Tensor,
+        device: torch.device,
+    ) -> dict[str, float]:
+        """A conditional model's intra-class Fréchet distance (mean and per class) and its
+        classification accuracy score (Ravuri & Vinyals 2019): a classifier of the evaluator's
+        kind trained on the generated images and their requested labels, scored on the real
+        split. A model that ignores its labels, or draws one image per class, scores low."""
+        per_class = intra_class_fd(
+            real_features, real.labels, fake_features, labels, int(real.num_classes or 0)
+        )
+        generated = ImageData("generated", fake, labels, real.num_classes, "generated")
+        _, cas = train_classifier(generated, real, device, self.classifier_steps, seed=self.seed)
+        return {
+            "intra_fd": sum(per_class.values()) / max(len(per_class), 1),
+            **{f"intra_fd/{c}": v for c, v in per_class.items()},
+            "cas": cas,
+        }
 
     @torch.no_grad()
     def class_metrics(

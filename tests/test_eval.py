@@ -59,6 +59,11 @@ def test_eval_writes_metrics_with_their_protocol(runs):
     assert record["step"] == 20
     assert metrics["fd"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert metrics["density"] >= 0 and 0 <= metrics["coverage"] <= 1 and protocol["dc_k"] == 5
+    assert (
+        metrics["intra_fd"] > 0
+        and 0 <= metrics["cas"] <= 1
+        and "real test split" in protocol["cas"]
+    )
     assert {f"class_accuracy/{c}" for c in range(10)} <= metrics.keys()
     assert protocol["num_generated"] == 200 and protocol["num_real"] == 179
     assert protocol["real_split"] == "test" and protocol["covariance_dtype"] == "float64"
@@ -82,6 +87,30 @@ def test_vae_eval_reports_likelihoods(runs):
     )
     assert 0 < m["ssim"] <= 1 and m["psnr"] > 0 and m["recon_mse"] > 0
     assert report.protocol["binarised"] is False and report.protocol["nll_samples"] == 8
+
+
+def test_conditional_metrics_separate_a_model_that_follows_its_labels_from_one_that_ignores_them():
+    """Intra-class FD and the classification accuracy score on a trivially separable case: the
+    generated images are real training digits, given their own labels or shuffled ones."""
+    from genlab.data import digits
+
+    train, test = digits(), digits(split="test")
+
+    def pooled(images):  # any feature space will do: 8x8 average-pooled pixels
+        return torch.nn.functional.avg_pool2d(images.float(), 4).flatten(1)
+
+    fake = train.images[:1000]
+    right, shuffled = train.labels[:1000], train.labels[:1000][torch.randperm(1000)]
+    evaluator = Evaluator(classifier_steps=300)
+    follows, ignores = (
+        evaluator.conditional_metrics(pooled(test.images), test, pooled(fake), fake, y, CPU)
+        for y in (right, shuffled)
+    )
+    assert follows["cas"] > 0.9 and ignores["cas"] < 0.3
+    assert {f"intra_fd/{c}" for c in range(10)} <= follows.keys()
+    assert follows["intra_fd"] < 0.5 * ignores["intra_fd"]
+    by_hand = sum(follows[f"intra_fd/{c}"] for c in range(10)) / 10
+    assert follows["intra_fd"] == pytest.approx(by_hand)
 
 
 class Collapsed(nn.Module):

@@ -5,6 +5,7 @@
   random subsets.
 - Improved precision and recall (Kynkäänniemi et al., 2019) from k-nearest-neighbour balls.
 - Density and coverage (Naeem et al., 2020) from the real samples' k-NN balls only.
+- Intra-class Fréchet distance: the Fréchet distance within each class, averaged.
 """
 
 from __future__ import annotations
@@ -115,3 +116,17 @@ def density_coverage(
         inside += int(hits.sum())
         counts += hits.sum(dim=0)
     return inside / (k * len(fake)), float((counts > 0).double().mean())
+
+
+def intra_class_fd(
+    real: Tensor, real_labels: Tensor, fake: Tensor, fake_labels: Tensor, num_classes: int
+) -> dict[int, float]:
+    """The Fréchet distance between the generated and the real features of each class (classes
+    with fewer than 2 of either are left out): a conditional model that draws the right
+    variety for every class scores low on all of them."""
+    out = {}
+    for c in range(num_classes):
+        r, f = real[real_labels == c], fake[fake_labels == c]
+        if min(len(r), len(f)) >= 2:
+            out[c] = frechet_distance(*feature_stats(f), *feature_stats(r))
+    return out
