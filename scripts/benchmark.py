@@ -1,6 +1,7 @@
 """Benchmark genlab's trainer against a bare PyTorch loop and DataLoader + torchvision loops.
 
-    python scripts/benchmark.py      # gan, cgan, dcgan, vae, vae_mlp on mnist5k; dcgan at 64 px
+    python scripts/benchmark.py --models gan,cgan,dcgan,vae,vae_mlp --no-scaling --out bench.md
+    python scripts/benchmark.py --models dcgan --steps 400 --features   # what each feature costs
     python scripts/benchmark.py --device cuda --out benchmark.md
     python scripts/benchmark.py --root ~/data          # also full MNIST, if ~/data holds it
 
@@ -23,6 +24,13 @@ Four loops train the identical model (built from genlab's config), optimizer and
 For the diffusion models a second table gives sampling throughput (images/s, `--sample-images`
 per solver) for each solver and step count.
 
+genlab, bare and the bare loop again run in alternating rounds (scripts/benchstats.py): ms/step
+are medians over rounds, ratios are medians of per-round ratios with their quartiles, and the bare
+loop against itself gives the noise floor that genlab's overhead must clear to count, in wall time
+and in process CPU time (user + system: less sensitive to other load on a shared machine). With
+`--features`, genlab also runs with logging, grids, checkpoints and guards each turned off, so
+each feature's cost is a measured line.
+
 Each measurement runs in its own process, so its peak memory (resident set, or CUDA allocation) is
 its own. The ratios come from one run on one machine. Compare them, not absolute times, across
 machines.
@@ -38,6 +46,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
+
+import benchstats as bs  # scripts/benchstats.py, beside this file
 
 MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
 CASES = {  # name: (model, dataset, image size, batch size): every conf/model, and DCGAN at 64 px
@@ -83,6 +93,25 @@ REFERENCE["dit"] = REFERENCE["ddpm"]  # the same recipe, another network
 DIFFUSION = ("ddpm", "dit")
 SOLVERS = (("ddpm", None), ("ddim", 50), ("ddim", 20), ("dpm_solver", 20), ("dpm_solver", 10))
 TUNED = Loading("DataLoader, 2 workers", resize=False, normalize=True, workers=2)
+# what `genlab-no-<feature>` turns off in genlab's loop, to measure each feature's cost
+FEATURES = ("logging", "grids", "checkpoints", "guards")
+
+
+def _switch_off(feature: str, cfg) -> None:
+    """Turn one of genlab's per-step features off, in this measurement's process only."""
+    from genlab import trainer as trainer_module
+
+    if feature == "logging":  # no event files; metrics and the logging sync on the last step only
+        cfg.logger = {"_target_": "genlab.logger.NullLogger"}
+        cfg.trainer.log_every = cfg.trainer.max_steps
+    elif feature == "grids":
+        trainer_module.Trainer._sample = lambda self, run, step: None
+    elif feature == "checkpoints":
+        trainer_module._Run.save = lambda self, step: None
+    elif feature == "guards":
+        trainer_module.NonFiniteGuard.check = lambda self, step, window_end=False: None
+    else:
+        raise SystemExit(f"unknown feature {feature!r}; features: {', '.join(FEATURES)}")
 
 
 def _build(
@@ -182,27 +211,29 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
 
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as genlab sets it (not deterministic)
 
-    if variant == "genlab":
+    if variant.startswith("genlab"):
         from genlab.commands.train import train
 
         cfg.trainer.max_steps = steps
+        for feature in variant.split("-no-")[1:]:
+            _switch_off(feature, cfg)
         timing = {}
         from genlab import trainer as trainer_module
 
         fit = trainer_module.Trainer.fit
 
         def timed_fit(self, *args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             out = fit(self, *args, **kwargs)
             sync()
-            timing["s"] = time.perf_counter() - start
+            timing["s"], timing["cpu"] = time.perf_counter() - start, time.process_time() - cpu
             return out
 
         trainer_module.Trainer.fit = timed_fit
         with tempfile.TemporaryDirectory() as run_dir:
             train(cfg, run_dir=run_dir)
-        seconds = timing["s"]
-    elif variant == "bare":
+        seconds, cpu_seconds = timing["s"], timing["cpu"]
+    elif variant.startswith("bare"):
         images = data.images.to(device)
         labels_all = data.labels.to(device) if data.labels is not None else None
         gen = torch.Generator().manual_seed(0)
@@ -211,10 +242,10 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
             (normalize(images[idx]), None if labels_all is None else labels_all[idx])
             for idx in order
         )
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         bare(batches)
         sync()
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     else:  # DataLoader + torchvision transforms
         from torch.utils.data import DataLoader
         from torchvision import transforms
@@ -240,17 +271,22 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
                     real, labels = real.to(device), labels.to(device)
                     yield (real if how.normalize else real * 2 - 1), labels
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         bare(batches())
         sync()
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu  # no workers'
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     queue.put(
-        {"ms": 1000 * seconds / steps, "images_per_s": steps * batch / seconds, "peak_mb": peak}
+        {
+            "ms": 1000 * seconds / steps,
+            "cpu_ms": 1000 * cpu_seconds / steps,  # this process's user + system time, all threads
+            "images_per_s": steps * batch / seconds,
+            "peak_mb": peak,
+        }
     )
 
 
@@ -295,6 +331,36 @@ def measure(
     return result
 
 
+def run_rounds(case: tuple, steps: int, args, variants: list[str]) -> dict[str, list[dict]]:
+    """Alternating rounds of every variant (`benchstats.round_order`) until the genlab / bare
+    ratios settle (`--tolerance`) after at least `--rounds` rounds, or `--max-rounds` is reached."""
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.max_rounds):
+        for variant in bs.round_order(variants, r):
+            same = variant.replace("bare again", "bare")  # the identical loop, measured again
+            runs[variant].append(measure(same, case, steps, args.device, args.root))
+        wall = bs.ratios(*(ms(runs[v]) for v in ("genlab", "bare")))
+        if bs.settled(wall, args.tolerance, args.rounds):
+            break
+    return runs
+
+
+def ms(results: list[dict], key: str = "ms") -> list[float]:
+    return [m[key] for m in results]
+
+
+def overhead_cells(runs: dict[str, list[dict]], key: str) -> tuple[str, str, str]:
+    """genlab / bare (median [quartiles]), the noise floor, and the verdict, for wall time
+    (`ms`) or CPU time (`cpu_ms`)."""
+    ratio = bs.spread(bs.ratios(ms(runs["genlab"], key), ms(runs["bare"], key)))
+    floor = bs.noise_floor(ms(runs["bare"], key), ms(runs["bare again"], key))
+    return (
+        f"{ratio.median:.3f} [{ratio.q1:.3f}, {ratio.q3:.3f}]",
+        f"±{100 * floor:.1f}%",
+        bs.verdict(ratio, floor),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -302,13 +368,23 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument(
         "--steps",
-        type=int,
-        default=1000,
-        help="steps per measurement (dcgan64: a fifth); the default intervals (log 50, grid 250, "
-        "checkpoint 500) need about 1000 to weigh as in a real run",
+        default="400,1000",
+        help="comma-separated steps per measurement (dcgan64: a fifth), each its own rows; the "
+        "default intervals (log 50, grid 250, checkpoint 500) weigh as in a real run from ~1000",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds, at least")
+    parser.add_argument("--max-rounds", type=int, default=9, help="rounds at most")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="stop adding rounds once half the IQR of the genlab / bare ratios is this small",
     )
     parser.add_argument(
-        "--repeats", type=int, default=2, help="runs of genlab and bare each; the fastest counts"
+        "--features",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also measure genlab with logging, grids, checkpoints and guards each turned off",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -320,50 +396,84 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
     args = parser.parse_args()
+    if args.rounds < 3 or args.max_rounds < args.rounds:
+        parser.error("--rounds must be >= 3 and --max-rounds >= --rounds")
 
     import torch
 
     cases = {k: CASES[k] for k in args.models.split(",")}
     if args.root:
         cases.update({f"{k}-mnist": (m, "mnist", s, b) for k, (m, _, s, b) in list(cases.items())})
+    step_counts = [int(n) for n in args.steps.split(",")]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {mp.cpu_count()} CPU cores, "
         f"device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
-        + f"; torch {torch.__version__}; {args.steps} steps per measurement "
-        f"(dcgan64: {args.steps // 5}), the fastest of {args.repeats} for genlab and bare.",
+        + f"; torch {torch.__version__}. genlab, bare and bare again alternate in {args.rounds} "
+        f"to {args.max_rounds} rounds (until half the IQR of genlab / bare is at most "
+        f"{100 * args.tolerance:.0f}%); ms/step are medians, ratios are medians of per-round "
+        "ratios [quartiles]. The noise floor is bare again / bare: its distance from 1 plus half "
+        "its IQR; an overhead counts only outside it. CPU time is the process's user + system "
+        "time.",
         "",
-        "| model | genlab ms/step | bare ms/step | genlab / bare | reference script's loading "
-        "| reference ms/step | DataLoader, 2 workers ms/step | genlab images/s "
-        "| genlab speed-up vs reference | vs 2 workers "
-        "| peak MB genlab / bare / reference / 2 workers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | steps | rounds | genlab ms/step | bare ms/step | genlab / bare, wall "
+        "| floor | wall | genlab / bare, CPU | floor | CPU | reference script's loading "
+        "| reference ms/step | DataLoader, 2 workers ms/step | genlab speed-up vs reference "
+        "| vs 2 workers | peak MB genlab / bare / reference / 2 workers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
+    features = [
+        "",
+        "What each of genlab's features costs: genlab with it turned off, in the same rounds; the "
+        "cost is the median over rounds of (genlab - genlab without it) / bare.",
+        "",
+        "| model | steps | feature | genlab without it, ms/step | cost (share of bare) |",
+        "|---|---|---|---|---|",
+    ]
     cuda = args.device.startswith("cuda")
+    variants = ["genlab", "bare", "bare again"]
+    if args.features:
+        variants += [f"genlab-no-{f}" for f in FEATURES]
     for name, case in cases.items():
-        steps = args.steps // 5 if case[2] >= 64 else args.steps
-        runs: dict[str, list[dict]] = {"genlab": [], "bare": []}
-        for _ in range(args.repeats):  # alternating, so drifts in machine speed hit both
-            for variant, results in runs.items():
-                results.append(measure(variant, case, steps, args.device, args.root))
-        r = {v: min(results, key=lambda m: m["ms"]) for v, results in runs.items()}
-        for variant in ("reference", "dataloader"):
-            r[variant] = measure(variant, case, steps, args.device, args.root)
-        how = REFERENCE.get(case[0], TUNED)  # a family without a reference script: the tuned loop
-        workers = how.loader_kwargs(cuda)["num_workers"]
-        row = (
-            f"| {name} | {r['genlab']['ms']:.2f} | {r['bare']['ms']:.2f} "
-            f"| {r['genlab']['ms'] / r['bare']['ms']:.3f} "
-            f"| {how.script}, {workers} worker{'s' * (workers != 1)} "
-            f"| {r['reference']['ms']:.2f} | {r['dataloader']['ms']:.2f} "
-            f"| {r['genlab']['images_per_s']:.0f} "
-            f"| {r['reference']['ms'] / r['genlab']['ms']:.2f}x "
-            f"| {r['dataloader']['ms'] / r['genlab']['ms']:.2f}x "
-            f"| {' / '.join(str(round(m['peak_mb'])) for m in r.values())} |"
-        )
-        lines.append(row)
-        print(row, flush=True)
+        for count in step_counts:
+            steps = count // 5 if case[2] >= 64 else count
+            runs = run_rounds(case, steps, args, variants)
+            median = {v: bs.spread(ms(results)).median for v, results in runs.items()}
+            r = {v: min(runs[v], key=lambda m: m["ms"]) for v in ("genlab", "bare")}
+            for variant in ("reference", "dataloader"):
+                r[variant] = measure(variant, case, steps, args.device, args.root)
+            how = REFERENCE.get(case[0], TUNED)  # without a reference script: the tuned loop
+            workers = how.loader_kwargs(cuda)["num_workers"]
+            wall, cpu = overhead_cells(runs, "ms"), overhead_cells(runs, "cpu_ms")
+            row = (
+                f"| {name} | {steps} | {len(runs['genlab'])} | {median['genlab']:.2f} "
+                f"| {median['bare']:.2f} | {' | '.join(wall)} | {' | '.join(cpu)} "
+                f"| {how.script}, {workers} worker{'s' * (workers != 1)} "
+                f"| {r['reference']['ms']:.2f} | {r['dataloader']['ms']:.2f} "
+                f"| {r['reference']['ms'] / median['genlab']:.2f}x "
+                f"| {r['dataloader']['ms'] / median['genlab']:.2f}x "
+                f"| {' / '.join(str(round(m['peak_mb'])) for m in r.values())} |"
+            )
+            lines.append(row)
+            print(row, flush=True)
+            for feature in FEATURES if args.features else ():
+                without = ms(runs[f"genlab-no-{feature}"])
+                cost = bs.spread(
+                    [
+                        (g - w) / b
+                        for g, w, b in zip(
+                            ms(runs["genlab"]), without, ms(runs["bare"]), strict=True
+                        )
+                    ]
+                )
+                features.append(
+                    f"| {name} | {steps} | {feature} | {bs.spread(without).median:.2f} "
+                    f"| {100 * cost.median:+.1f}% [{100 * cost.q1:+.1f}, {100 * cost.q3:+.1f}] |"
+                )
+    if args.features:
+        print("\n".join(features), flush=True)
+        lines += features
     sampled = [c for c in cases.values() if c[0] in DIFFUSION]
     if sampled and args.sample_images:
         table = [
@@ -394,7 +504,7 @@ def main() -> None:
         ]
         print("\n".join(scale), flush=True)
         for size, batch in ((28, 32), (28, 64), (28, 128), (32, 64), (64, 64)):
-            steps = args.steps // 5 if size >= 64 else args.steps // 2
+            steps = step_counts[-1] // 5 if size >= 64 else step_counts[-1] // 2
             r = measure("genlab", ("dcgan", "mnist5k", size, batch), steps, args.device, args.root)
             row = f"| {size} | {batch} | {r['ms']:.2f} | {r['images_per_s']:.0f} |"
             scale.append(row)

@@ -1,0 +1,60 @@
+"""The benchmark's statistics on synthetic timings (no timing is measured here)."""
+
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))  # as scripts/benchmark.py imports it
+import benchstats as bs  # noqa: E402
+
+
+def test_median_and_quartiles_by_hand():
+    s = bs.spread([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s.median, s.q1, s.q3, s.n) == (3.0, 2.0, 4.0, 5)
+    assert s.half_iqr == 1.0
+    # between order statistics: linear interpolation, as numpy's default
+    assert bs.quantile([1.0, 2.0, 3.0, 4.0], 0.25) == pytest.approx(1.75)
+    assert bs.quantile([7.0], 0.75) == 7.0
+    with pytest.raises(ValueError):
+        bs.quantile([], 0.5)
+
+
+def test_ratios_pair_variants_within_rounds():
+    assert bs.ratios([2.0, 3.0], [1.0, 2.0]) == [2.0, 1.5]
+    with pytest.raises(ValueError, match="rounds differ"):
+        bs.ratios([1.0], [1.0, 2.0])
+
+
+def test_noise_floor_from_the_bare_loop_against_itself():
+    bare = [10.0, 10.0, 10.0, 10.0, 10.0]
+    again = [10.0, 10.2, 9.8, 10.4, 10.0]  # ratios 1, 1.02, 0.98, 1.04, 1: median 1, IQR 0.02
+    assert bs.noise_floor(bare, again) == pytest.approx(0.01)
+    shifted = [10.3, 10.3, 10.3, 10.3, 10.3]  # a systematic 3% between identical loops
+    assert bs.noise_floor(bare, shifted) == pytest.approx(0.03)
+
+
+def test_a_ratio_counts_only_outside_the_floor():
+    inside = bs.spread([1.02, 1.03, 1.01, 1.04, 1.02])
+    assert bs.verdict(inside, 0.03) == "within noise"
+    outside = bs.spread([1.10, 1.12, 1.09, 1.11, 1.10])
+    assert bs.verdict(outside, 0.03) == "10.0% slower"
+    assert bs.verdict(bs.spread([0.9] * 5), 0.03) == "10.0% faster"
+
+
+def test_rounds_stop_when_the_ratios_settle():
+    noisy = [1.0, 1.2, 0.9, 1.3, 1.05]
+    assert not bs.settled(noisy, tolerance=0.02, min_rounds=5)
+    tight = [1.04, 1.05, 1.05, 1.06, 1.05]
+    assert bs.settled(tight, tolerance=0.02, min_rounds=5)
+    assert not bs.settled(tight[:4], tolerance=0.02, min_rounds=5)
+
+
+def test_alternation_puts_every_variant_in_every_position():
+    variants = ["genlab", "bare", "bare again"]
+    orders = [bs.round_order(variants, r) for r in range(3)]
+    assert orders[0] == variants
+    for position in range(3):
+        assert {order[position] for order in orders} == set(variants)
+    assert bs.round_order(variants, 3) == variants
