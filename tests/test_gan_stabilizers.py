@@ -143,3 +143,12 @@ def test_resnet_networks_name_themselves_for_a_wrong_size():
 
     with pytest.raises(ValueError, match="The ResNet generator cannot work at image_size=30"):
         ResNetGenerator(8, 1, 30)
+
+
+def test_a_checkpoint_from_before_lecam_loads():
+    cfg = make_cfg("model=gan")
+    model = build(cfg.model, "model", channels=1, image_size=32, num_classes=None)
+    old = {k: v for k, v in model.state_dict().items() if k != "lecam_anchors"}
+    model.lecam_anchors.fill_(3.0)
+    model.load_state_dict(old)  # strict: every other key must still match
+    assert model.lecam_anchors.tolist() == [0.0, 0.0]

@@ -84,6 +84,13 @@ class GAN(Family):
         self.d_input: Callable[[Tensor], Tensor] = _identity  # DiffAugment, see `set_augment`
         self._d_params: list[nn.Parameter] = []  # D's parameters, listed at the first step
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Checkpoints from before LeCam regularization lack its averages: they start at 0."""
+        key = f"{prefix}lecam_anchors"
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict.setdefault(key, torch.zeros_like(self.lecam_anchors))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     # --- wiring ---------------------------------------------------------------------------------
 
     def check_loss(self, loss: object) -> None:
