@@ -36,6 +36,17 @@ and options, `genlab train --cfg job` prints the composed config, `genlab train 
 """
 
 
+def solver_settings(command: str, overrides: list[str]) -> list[str]:
+    """`solver.guidance=2` on an eval, sample or export command line without `solver=...`
+    changes the run's own solver: the keys are added (`+solver.guidance=2`) and `load_run` merges
+    them onto the solver stored in the run."""
+    if command not in ("eval", "sample", "export"):
+        return overrides
+    if any(w.lstrip("+~").partition("=")[0] == "solver" for w in overrides):
+        return overrides  # a solver chosen anew: its group's keys exist
+    return [f"+{w}" if w.startswith("solver.") else w for w in overrides]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)  # the training loop catches both signals itself
     try:
         module = importlib.import_module(f"genlab.commands.{command}")
-        sys.argv = [f"genlab {command}", *rest]
+        sys.argv = [f"genlab {command}", *solver_settings(command, rest)]
         module.main()
     except KeyboardInterrupt as e:  # outside the training loop, or a second signal in it
         print(f"genlab {command}: interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)

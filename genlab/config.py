@@ -148,8 +148,10 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
 
 def solver_group(cfg: DictConfig) -> tuple[str, ...]:
     """("solver",) when the config holds a solver (a diffusion run's, or one an eval, sample or
-    export command line chose), else ()."""
-    return ("solver",) if cfg.get("solver") is not None else ()
+    export command line chose), else () (also for settings of the run's own solver alone, such
+    as `solver.guidance=2`, which `load_run` checks once merged onto the run's)."""
+    solver = cfg.get("solver")
+    return ("solver",) if isinstance(solver, DictConfig) and "_target_" in solver else ()
 
 
 def _check_takes_solver(cfg: DictConfig) -> None:

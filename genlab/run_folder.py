@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.checkpoint import find_resume, load_checkpoint, write_atomically
-from genlab.config import build, build_model, saved_config
+from genlab.config import build, build_model, check_node, saved_config
 from genlab.errors import GenlabError, writing
 from genlab.record import RECORD, write_record
 from genlab.trust import check_targets
@@ -294,7 +294,8 @@ def load_run(
     solver: DictConfig | None = None,
 ) -> tuple[Any, Any, DictConfig, dict]:
     """The model (weights loaded, on `device`), loss, run config and checkpoint of a run folder
-    or checkpoint; a diffusion model samples with `solver` when given, else with the run's. The
+    or checkpoint; a diffusion model samples with `solver` when given (a solver node, or keys
+    without `_target_` that change the run's own), else with the run's. The
     config stored in the checkpoint builds only allow-listed targets (`genlab.trust`) unless
     `trust_code`; the checkpoint's `path` is added to the state."""
     path = find_resume(str(run), Path(run), key="run")
@@ -312,6 +313,9 @@ def load_run(
             raise GenlabError(
                 f"solver= is for diffusion models; {source} holds a model that samples without one"
             )
+        if "_target_" not in solver:  # settings of the run's own solver: solver.guidance=2
+            solver = OmegaConf.merge(cfg.solver, solver)
+            check_node(solver, "solver")
         cfg.solver = solver
     cfg.model.pop("init_from", None)  # the weights come from this checkpoint
     data = build(cfg.dataset, "dataset")

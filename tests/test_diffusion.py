@@ -258,6 +258,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     from genlab.commands.eval import evaluate
     from genlab.commands.sample import sample
     from genlab.commands.train import train
+    from genlab.errors import ConfigError
     from genlab.export import export, load_generator
     from genlab.run_folder import load_run
 
@@ -299,6 +300,25 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
         )
     )
     assert report.protocol["sampler"] == "dpm_solver" and report.protocol["sampler_steps"] == 2
+    # settings alone change the run's own solver (the CLI adds them: solver.guidance=0)
+    from genlab.cli import solver_settings
+
+    assert solver_settings("eval", ["run=x", "solver.guidance=0"]) == [
+        "run=x",
+        "+solver.guidance=0",
+    ]
+    assert solver_settings("eval", ["solver=ddim", "solver.eta=1"]) == [
+        "solver=ddim",
+        "solver.eta=1",
+    ]
+    assert solver_settings("train", ["solver.steps=5"]) == ["solver.steps=5"]
+    own = ["+solver.guidance=0", "evaluator.num_generated=20", "evaluator.kid_subset_size=10"]
+    own += [f"evaluator.cache_dir={tmp_path / 'cache'}", "evaluator.classifier_steps=20"]
+    unguided = evaluate(make_cfg(f"run={run}", *own, "tensorboard=false", config_name="eval"))
+    assert unguided.protocol["sampler"] == "ddim" and unguided.protocol["sampler_steps"] == 3
+    assert unguided.protocol["guidance"] == 0.0
+    with pytest.raises(ConfigError, match="solver.guidance must be >= 0"):
+        evaluate(make_cfg(f"run={run}", "+solver.guidance=-1", config_name="eval"))
     assert report.protocol["guidance"] == 2.0 and "class_accuracy" in report.metrics
     assert report.metrics["neg_elbo_bits_per_dim"] > 0
     assert "3 of 999" in report.protocol["bound_timesteps"]
