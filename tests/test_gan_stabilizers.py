@@ -131,7 +131,8 @@ def test_conditional_batchnorm_scales_and_shifts_per_class():
     z = torch.randn(1, 8).expand(10, 8)
     labels = torch.arange(10)
     out = g(z, labels)
-    assert torch.allclose(out, out[:1].expand_as(out))  # scale 1, shift 0 for every class at first
+    # scale 1, shift 0 for every class at first (up to the rounding of threaded kernels)
+    assert torch.allclose(out, out[:1].expand_as(out), atol=1e-5)
     with torch.no_grad():
         g.blocks[0].norm1.shift.weight[3] += 1.0
     changed = (g(z, labels) - out).flatten(1).abs().amax(1) > 1e-4

@@ -73,14 +73,14 @@ class GAN(Family):
                     "networks: generator, discriminator"
                 )
             apply_spectral_norm(getattr(self, name))
+        # LeCam's moving averages of D's mean output on real and on generated images
+        self.register_buffer("lecam_anchors", torch.zeros(2))
         self.finish(init_from, freeze)
         # samples come from this average of G (weights and BatchNorm statistics) when set
         self.generator_ema = None
         if ema_decay is not None:
             self.generator_ema = EMA(self.generator, ema_decay, ema_start)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
-        # LeCam's moving averages of D's mean output on real and on generated images
-        self.register_buffer("lecam_anchors", torch.zeros(2))
         self.d_input: Callable[[Tensor], Tensor] = _identity  # DiffAugment, see `set_augment`
         self._d_params: list[nn.Parameter] = []  # D's parameters, listed at the first step
 
@@ -88,7 +88,7 @@ class GAN(Family):
         """Checkpoints from before LeCam regularization lack its averages: they start at 0."""
         key = f"{prefix}lecam_anchors"
         if any(k.startswith(prefix) for k in state_dict):
-            state_dict.setdefault(key, torch.zeros_like(self.lecam_anchors))
+            state_dict.setdefault(key, torch.zeros(2))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # --- wiring ---------------------------------------------------------------------------------
