@@ -138,9 +138,6 @@ class AdversarialLoss:
 
     n_critic: int = 1  # discriminator updates per generator update
     gp_weight: float = 0.0  # weight of the gradient penalty (0: none)
-    r1 = r2 = lecam = 0.0  # regularizer weights (0: none); WGAN-GP has its own penalty instead
-    reg_every, lecam_decay = 1, 0.99
-    top_k_min, top_k_decay = 1.0, 0.99  # top-k training off
 
     def __init__(
         self,
@@ -215,6 +212,7 @@ class WassersteinGP(AdversarialLoss):
     g_loss = staticmethod(wasserstein_g_loss)
 
     def __init__(self, gp_weight: float = 10.0, n_critic: int = 5) -> None:
+        super().__init__()  # no R1, R2, LeCam or top-k: the gradient penalty regularizes
         if gp_weight < 0:
             raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
         if n_critic < 1:
