@@ -63,3 +63,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 @pytest.fixture
 def cfg_factory():
     return make_cfg
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    """`proc.communicate(timeout)`, killing the process if it times out, so that a failed test
+    leaves no training run behind to slow the rest of the suite."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise

@@ -14,7 +14,7 @@ import torch
 from genlab.checkpoint import load_checkpoint
 from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError
-from tests.conftest import ROOT, make_cfg, run_cli
+from tests.conftest import ROOT, finish, make_cfg, run_cli
 
 FAST = ["trainer=smoke", "logger=none", "trainer.sample_every=0", "trainer.ckpt_every=2"]
 
@@ -245,7 +245,7 @@ def test_signal_saves_and_tells_how_to_resume(signum, tmp_path):
     _wait_for(tmp_path / "train.log", proc, text="steps of")  # training has begun
     time.sleep(1)
     proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = finish(proc)
     assert proc.returncode == 128 + signum, out
     assert "checkpoint saved to" in out and "trainer.resume=auto" in out
     step = weights(tmp_path)["step"]
@@ -276,7 +276,7 @@ def test_a_signal_during_start_up_is_one_line(signum, tmp_path):
         if "parameters)" in line:  # the model is built; the loop has not begun
             break
     proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = finish(proc)
     name = signal.Signals(signum).name
     if "checkpoint saved to" in out:  # the loop had begun after all: it saved and stopped
         assert proc.returncode == 128 + signum, out
@@ -298,7 +298,7 @@ def test_sigterm_during_the_end_of_run_evaluation_stops_it(tmp_path):
     )  # fmt: skip
     _wait_for(tmp_path / "run" / "train.log", proc, text="Evaluation: training a classifier")
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = finish(proc)
     assert proc.returncode == 0 and "Traceback" not in out, out
     assert "step 5: SIGTERM stopped the evaluation" in out
     assert weights(tmp_path / "run")["step"] == 5

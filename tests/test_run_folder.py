@@ -22,7 +22,7 @@ from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError, WriteError
 from genlab.record import read_records, write_record
 from genlab.run_folder import RunFolder, lock_holder
-from tests.conftest import ROOT, make_cfg, run_cli
+from tests.conftest import ROOT, finish, make_cfg, run_cli
 
 SMOKE = ["dataset=digits", "trainer=smoke", "logger=none", "trainer.sample_every=0"]
 TINY = ["model=gan", *SMOKE]
@@ -188,7 +188,7 @@ def test_run_json_says_running_then_how_the_run_ended(tmp_path):
     while "steps of" not in (run / "train.log").read_text():  # the loop has begun
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    finish(proc)
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "interrupted" and "SIGTERM at step" in record["reason"]
     proc = start()
