@@ -2,7 +2,7 @@
 
 The classes at the bottom are what the `loss` config group instantiates: they bundle the functions
 of one objective with its few settings, and say which model family they fit (`AdversarialLoss`
-for GANs, `ELBO` for VAEs).
+for GANs, `ELBO` for VAEs, `DenoisingLoss` for diffusion, `ExactNLL` for PixelCNN).
 """
 
 from __future__ import annotations
@@ -116,6 +116,14 @@ def gaussian_nll(mean: Tensor, target: Tensor, sigma: float) -> Tensor:
     return per_pixel.flatten(1).sum(1)
 
 
+def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
+    """log C(lambda) of the continuous Bernoulli (Loaiza-Ganem & Cunningham 2019), which makes
+    lambda^y (1 - lambda)^(1 - y) a density on [0, 1]: C = logit / tanh(logit / 2) (2 at 0)."""
+    small = logits.abs() < 1e-3
+    safe = torch.where(small, torch.ones_like(logits), logits)
+    return torch.where(small, 2 + logits**2 / 6, safe / torch.tanh(safe / 2)).log()
+
+
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per image: 0.5 * sum(mu^2 + var - logvar - 1) >= 0."""
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).flatten(1).sum(1)
@@ -127,6 +135,52 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 def weighted_mse(out: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """Mean over images of `weight` times the image's mean squared error."""
     return (weight * ((out - target) ** 2).flatten(1).mean(1)).mean()
+
+
+# --- autoregressive: discrete likelihoods of the 8-bit values, per image in nats ----------------
+
+LEVELS = 256  # the values of an 8-bit sub-pixel
+
+
+def to_levels(x: Tensor) -> Tensor:
+    """Images in [-1, 1] as their 8-bit values 0..255 (the data's own, rounded)."""
+    return ((x + 1) * (LEVELS - 1) / 2).round().clamp(0, LEVELS - 1).long()
+
+
+def from_levels(levels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """8-bit values 0..255 as images in [-1, 1] (`to_levels` inverted)."""
+    return levels.to(dtype) * (2 / (LEVELS - 1)) - 1
+
+
+def categorical_log_prob(logits: Tensor, levels: Tensor) -> Tensor:
+    """log p of each sub-pixel's value under a softmax over its 256 values: `logits` (N, 256, *S),
+    `levels` (N, *S) -> (N, *S)."""
+    return -F.cross_entropy(logits, levels, reduction="none")
+
+
+def logistic_mixture_log_prob(params: Tensor, levels: Tensor) -> Tensor:
+    """log p of each sub-pixel's value under PixelCNN++'s discretized mixture of K logistics
+    (Salimans et al. 2017): `params` (N, 3K, *S) are K mixture logits, K means (in [-1, 1]
+    units) and K log-scales; `levels` (N, *S) -> (N, *S). Value v owns the bin of width 2/255
+    around its grey level, the end values the tails. The bin mass s(a) - s(b) is computed as
+    s(a) s(-b) (1 - e^(b - a)), exact and stable at any scale."""
+    logit, mean, log_scale = params.chunk(3, dim=1)
+    log_scale = log_scale.clamp(min=-7.0)  # PixelCNN++'s floor: bins stay resolvable
+    x = from_levels(levels, params.dtype).unsqueeze(1)
+    inv_scale, half = torch.exp(-log_scale), 1 / (LEVELS - 1)
+    upper, lower = (x + half - mean) * inv_scale, (x - half - mean) * inv_scale
+    log_upper, log_not_lower = F.logsigmoid(upper), F.logsigmoid(-lower)
+    inner = log_upper + log_not_lower + torch.log(-torch.expm1(lower - upper))
+    levels = levels.unsqueeze(1)
+    log_bin = torch.where(
+        levels == 0, log_upper, torch.where(levels == LEVELS - 1, log_not_lower, inner)
+    )
+    return torch.logsumexp(F.log_softmax(logit, dim=1) + log_bin, dim=1)
+
+
+def image_nll(log_prob: Tensor) -> Tensor:
+    """-log p(x) per image from its sub-pixels' log-probabilities (N, *S)."""
+    return -log_prob.flatten(1).sum(1)
 
 
 # --- what the `loss` config group builds -------------------------------------------------------
@@ -249,6 +303,15 @@ class ELBO:
             return bernoulli_nll(decoded, (x + 1) / 2)
         return gaussian_nll(decoded, x, self.sigma)
 
+    def density_nll(self, decoded: Tensor, x: Tensor) -> Tensor:
+        """-log p(x|z) per image under a normalized density of x in [-1, 1]^D, for comparing
+        likelihoods: the Gaussian as it is; the Bernoulli as the continuous Bernoulli on
+        (x + 1) / 2 (its normalizer added), and the change of variables to [-1, 1] (D log 2)."""
+        if self.likelihood == "gaussian":
+            return gaussian_nll(decoded, x, self.sigma)
+        per_pixel = continuous_bernoulli_log_norm(decoded) - math.log(2)
+        return bernoulli_nll(decoded, (x + 1) / 2) - per_pixel.flatten(1).sum(1)
+
     def mean(self, decoded: Tensor) -> Tensor:
         """The mean image of p(x|z), in [-1, 1]."""
         if self.likelihood == "bernoulli":
@@ -277,3 +340,13 @@ class DenoisingLoss:
         self.weighting, self.gamma = weighting, float(gamma)
 
     __call__ = staticmethod(weighted_mse)
+
+
+class ExactNLL:
+    """The autoregressive family's objective: the exact negative log-likelihood of the 8-bit
+    images, in nats per image, averaged over the batch. What a sub-pixel's distribution is
+    (a softmax over 256 values or a logistic mixture) is the model's `likelihood`."""
+
+    @staticmethod
+    def __call__(nll: Tensor) -> Tensor:
+        return nll.mean()

@@ -43,7 +43,9 @@ class Sampler:
     are made at once, so any `num_images` fits in memory (a grid holds at most `MAX_GRID`;
     `genlab sample files=true` writes any number). `truncation` t: samples decoded from latents
     drawn from N(0, I) truncated to [-t, t] (the truncation trick of BigGAN, Brock et al. 2019:
-    fidelity for variety), for a family that maps latents to images."""
+    fidelity for variety), for a family that maps latents to images. `temperature` T: every
+    distribution sampled from raised to the power 1/T (< 1: likelier, less varied images), for a
+    family that samples at a temperature (PixelCNN)."""
 
     MAX_GRID = 4096
 
@@ -56,6 +58,7 @@ class Sampler:
         steps: int = 8,
         batch_size: int = 500,
         truncation: float | None = None,
+        temperature: float | None = None,
     ) -> None:
         if not mode.isidentifier():
             raise ValueError(
@@ -71,7 +74,9 @@ class Sampler:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if truncation is not None and truncation <= 0:
             raise ValueError(f"truncation must be > 0 (or null: none), got {truncation}")
-        self.truncation = truncation
+        if temperature is not None and temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (or null: 1), got {temperature}")
+        self.truncation, self.temperature = truncation, temperature
         self.mode, self.num_images, self.seed = mode, num_images, seed
         self.label, self.steps = label, steps
         self.batch_size = batch_size
@@ -87,6 +92,8 @@ class Sampler:
             require(model, "interpolate", "sampler.truncation")
             if self.mode != "samples":
                 raise ValueError(f"sampler.truncation is for sampler.mode=samples, not {self.mode}")
+        if self.temperature is not None:
+            require(model, "temperature", "sampler.temperature")
         if self.mode in ("interpolate", "reconstruct"):
             require(model, self.mode, f"sampler.mode={self.mode}")
         elif self.mode != "samples" and self.mode not in model.sample_modes:
@@ -109,7 +116,8 @@ class Sampler:
         self, model: Family, loss: Any, device: torch.device, real: Callable[[], Tensor]
     ) -> tuple[Iterator[Tensor], int]:
         """Batches of images in [-1, 1] (on the CPU), and how many images go in a grid row.
-        `real()` gives the held-out uint8 images, for modes that start from real ones."""
+        `real()` gives the held-out data set (`.images` uint8, `.labels`), for modes that start
+        from real images."""
         gen = torch.Generator(device=device).manual_seed(self.seed)
         classes = model.num_classes
         if self.mode == "samples":
@@ -122,7 +130,7 @@ class Sampler:
             return self._interpolations(model, loss, gen, rows), self.steps
         if self.mode != "reconstruct":
             return model.sample_mode(self.mode, self, loss, gen, real)
-        images = real()
+        images = real().images
         nrow = square_side(self.num_images)
         count = min(len(images), max(nrow, self.num_images // nrow * nrow)) // nrow * nrow
         return self._reconstructions(model, loss, device, images, nrow, count), nrow
@@ -132,6 +140,9 @@ class Sampler:
         for start in range(0, n, self.batch_size):
             part = None if labels is None else labels[start : start + self.batch_size]
             count = min(self.batch_size, n - start)
+            if self.temperature is not None:
+                yield model.sample_at_temperature(count, loss, gen, part, self.temperature).cpu()
+                continue
             if self.truncation is None:
                 yield model.generate(count, loss, gen, part).cpu()
                 continue

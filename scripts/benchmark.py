@@ -22,7 +22,7 @@ Four loops train the identical model (built from genlab's config), optimizer and
   and `Normalize` (and `Resize` where the model size differs from 28 px).
 
 For the diffusion models a second table gives sampling throughput (images/s, `--sample-images`
-per solver) for each solver and step count.
+per solver) for each solver and step count; for PixelCNN, with its row cache and without it.
 
 genlab, bare and the bare loop again run in alternating rounds (scripts/benchstats.py): ms/step
 are medians over rounds, ratios are medians of per-round ratios with their quartiles, and the bare
@@ -313,6 +313,46 @@ def _measure_sampling(variant: str, case: tuple, images: int, device_name: str, 
     queue.put({"images_per_s": images / (time.perf_counter() - start)})
 
 
+def _measure_pixelcnn_sampling(
+    variant: str, case: tuple, images: int, device_name: str, root, queue
+) -> None:
+    """Images per second of a freshly built PixelCNN: `cached`, its own sampler (the vertical
+    stack once per row, the horizontal stack per sub-pixel); `uncached`, the whole network on the
+    rows done so far for every sub-pixel, the usual way."""
+    import torch
+
+    from genlab.config import build, build_model
+    from genlab.losses import LEVELS, from_levels
+
+    cfg, data = _build(case[0], case[1], case[2], case[3], device_name, root)
+    device = build(cfg.device, "device")
+    torch.manual_seed(0)
+    model = build_model(cfg, data).to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    @torch.no_grad()
+    def uncached(n: int) -> torch.Tensor:
+        c, s = model.shape["channels"], model.shape["image_size"]
+        u = torch.rand(n, c, s, s, device=device, generator=gen)
+        x = torch.zeros_like(u)
+        for i in range(s):
+            for j in range(s):
+                for k in range(c):
+                    out = model.network(x[:, :, : i + 1])[:, :, k, i, j]
+                    cdf = model.value_log_probs(out).softmax(1).cumsum(1)
+                    level = torch.searchsorted(cdf, u[:, k, i, j, None].contiguous())
+                    x[:, k, i, j] = from_levels(level.clamp(max=LEVELS - 1)[:, 0])
+        return x
+
+    run = uncached if variant == "uncached" else lambda n: model.generate(n, None, gen)
+    run(1)  # warm-up
+    start = time.perf_counter()
+    run(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    queue.put({"images_per_s": images / (time.perf_counter() - start)})
+
+
 def measure(
     variant: str, case: tuple, steps: int, device: str, root: str | None = None, target=None
 ) -> dict:
@@ -392,7 +432,7 @@ def main() -> None:
     )
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
-        "--sample-images", type=int, default=64, help="images per diffusion sampling measurement"
+        "--sample-images", type=int, default=64, help="images per sampling measurement"
     )
     parser.add_argument("--out", type=Path, help="also write the tables to this Markdown file")
     args = parser.parse_args()
@@ -493,6 +533,24 @@ def main() -> None:
             ]
             table.append(f"| {case[0]} | " + " | ".join(f"{v:.2f}" for v in speeds) + " |")
             print(table[-1], flush=True)
+        lines += table
+    for case in [c for c in cases.values() if c[0] == "pixelcnn"] if args.sample_images else ():
+        speeds = {
+            v: measure(
+                v, case, args.sample_images, args.device, args.root, _measure_pixelcnn_sampling
+            )["images_per_s"]
+            for v in ("cached", "uncached")
+        }
+        table = [
+            "",
+            f"PixelCNN sampling, images/s ({args.sample_images} images in one batch):",
+            "",
+            "| model | row cache (genlab) | whole network per sub-pixel | speed-up |",
+            "|---|---|---|---|",
+            f"| {case[0]} | {speeds['cached']:.2f} | {speeds['uncached']:.2f} "
+            f"| {speeds['cached'] / speeds['uncached']:.1f}x |",
+        ]
+        print("\n".join(table), flush=True)
         lines += table
     if args.scaling:
         scale = [

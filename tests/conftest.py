@@ -31,6 +31,7 @@ TINY_NETWORKS = {
         "model.network.groups=4",
         "solver.steps=4",
     ],
+    "pixelcnn": ["model.network.features=8", "model.network.layers=2"],
     "dit": [
         "model.network.width=16",
         "model.network.depth=1",

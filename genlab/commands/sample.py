@@ -37,8 +37,8 @@ def sample(cfg: DictConfig) -> Path:
         if i == 0:  # the default is the run's own samples/ folder, genlab's to write
             out = Path(cfg.out) if cfg.out else _default_out(state, sampler)
 
-        def real(node=run_cfg.dataset):  # the held-out images, for modes that start from them
-            return build(node, "dataset", split="test").images
+        def real(node=run_cfg.dataset):  # the held-out data, for modes that start from it
+            return build(node, "dataset", split="test")
 
         batches, nrow = sampler(model, loss, device, real)
         shown = []

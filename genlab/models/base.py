@@ -29,6 +29,7 @@ ABILITIES = {
     "interpolate": "maps latents to images",  # decode_latents
     "reconstruct": "encodes images",  # reconstruct
     "likelihood": "has a likelihood",  # likelihood_metrics, likelihood_protocol
+    "temperature": "samples at a temperature",  # sample_at_temperature
 }
 
 
@@ -143,8 +144,9 @@ class Family(nn.Module, ABC):
         self, mode: str, sampler: Any, loss: Any, generator: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """A `sampler.mode` of the family's own (one of `sample_modes`): batches of at most
-        `sampler.batch_size` images in [-1, 1] on the CPU, drawing from `generator` (or, from
-        the held-out uint8 images `real()`), and how many images go in a grid row."""
+        `sampler.batch_size` images in [-1, 1] on the CPU, drawing from `generator` (or from
+        the held-out data set `real()`: `.images` uint8, `.labels`), and how many images go in a
+        grid row."""
         raise NotImplementedError
 
     def sampling_protocol(self) -> dict[str, Any]:
@@ -160,6 +162,18 @@ class Family(nn.Module, ABC):
 
     def reconstruct(self, images: Tensor, loss: Any) -> Tensor:
         """`reconstruct`: images in [-1, 1] rebuilt from their encoding, in eval mode."""
+        raise NotImplementedError
+
+    def sample_at_temperature(
+        self,
+        n: int,
+        loss: Any,
+        generator: torch.Generator,
+        labels: Tensor | None,
+        temperature: float,
+    ) -> Tensor:
+        """`temperature`: `generate` with every sampled distribution sharpened (< 1) or
+        flattened (> 1)."""
         raise NotImplementedError
 
     def likelihood_metrics(self, loss: Any, images: Tensor, k: int, seed: int) -> dict[str, float]:

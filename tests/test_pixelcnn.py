@@ -1,0 +1,266 @@
+"""The autoregressive family: masks that make the likelihood exact, the likelihoods against hand
+computations, and sampling by the inverse CDF."""
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from genlab.losses import (
+    ExactNLL,
+    categorical_log_prob,
+    from_levels,
+    logistic_mixture_log_prob,
+    to_levels,
+)
+from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
+
+
+def tiny(channels=1, size=5, likelihood="softmax", classes=None, **network):
+    torch.manual_seed(0)
+    options = {"features": 3 * channels, "layers": 4, **network}
+    return PixelCNN(
+        partial(GatedPixelCNN, **options),
+        likelihood=likelihood,
+        mixtures=2,
+        conditional=classes is not None,
+        channels=channels,
+        image_size=size,
+        num_classes=classes,
+    )
+
+
+def dependencies(f, channels: int, size: int) -> torch.Tensor:
+    """d[c, i, j, c2, i2, j2]: whether output (c, i, j) of `f` (N, C, H, W) -> (N, C, H, W) has
+    a nonzero gradient with respect to input (c2, i2, j2)."""
+    x = torch.randn(1, channels, size, size, dtype=torch.float64, requires_grad=True)
+    out = f(x)
+    d = torch.zeros(channels, size, size, channels, size, size, dtype=torch.bool)
+    for c in range(channels):
+        for i in range(size):
+            for j in range(size):
+                (grad,) = torch.autograd.grad(out[0, c, i, j], x, retain_graph=True)
+                d[c, i, j] = grad[0] != 0
+    return d
+
+
+def raster_order(channels: int, size: int, strict_pixel: bool) -> torch.Tensor:
+    """allowed[c, i, j, c2, i2, j2]: input (c2, i2, j2) comes before output (c, i, j) in raster
+    order, channels in order within a pixel (`strict_pixel`: earlier channels only)."""
+    c, i, j = torch.meshgrid(*[torch.arange(n) for n in (channels, size, size)], indexing="ij")
+    pixel, pixel2 = (i * size + j)[..., None, None, None], (i * size + j)[None, None, None]
+    c, c2 = c[..., None, None, None], c[None, None, None]
+    same = pixel == pixel2
+    return (pixel2 < pixel) | (same & ((c2 < c) if strict_pixel else (c2 <= c)))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_each_output_sees_exactly_the_sub_pixels_before_it(channels):
+    """The receptive-field test: output (c, i, j) depends on every sub-pixel before it in
+    raster order (R, G, B within a pixel) and on none at or after it. Every allowed input
+    counts too: the gated stacks leave no blind spot."""
+    size, net = 5, tiny(channels).network.double()
+    for p in net.parameters():  # no zero weights hide a dependency, no saturated gate
+        nn.init.uniform_(p, 0.01, 0.05)
+    d = dependencies(lambda x: net(x)[:, 0], channels, size)  # output parameter 0 of each
+    assert torch.equal(d, raster_order(channels, size, strict_pixel=True))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_each_stack_of_the_first_layer_keeps_its_side(channels):
+    """Type-A first layer: the vertical stack sees only rows above; the horizontal stack only
+    pixels to the left and the same pixel's earlier channels (groups of features per channel)."""
+    size, net = 5, tiny(channels, first_kernel=3).network.double()
+    for p in net.parameters():
+        nn.init.uniform_(p, 0.01, 0.05)
+    per_group = net.vertical.out_channels // channels
+
+    def by_group(stack):  # one feature of each channel's group
+        return lambda x: stack(x)[:, ::per_group]
+
+    above = dependencies(by_group(net.vertical), channels, size)
+    i = torch.arange(size)
+    rows = (i[None, :, None, None, None, None] - 1 <= i[None, None, None, None, :, None]) & (
+        i[None, None, None, None, :, None] < i[None, :, None, None, None, None]
+    )  # the row above within a 3 x 3 kernel, every column within reach
+    j = torch.arange(size)
+    near = (j[None, None, :, None, None, None] - j[None, None, None, None, None, :]).abs() <= 1
+    assert torch.equal(above, (rows & near).expand_as(above))
+    left = dependencies(by_group(net.horizontal), channels, size)
+    same_row = i[None, :, None, None, None, None] == i[None, None, None, None, :, None]
+    reach = (j[None, None, :, None, None, None] - j[None, None, None, None, None, :]).clamp(min=0)
+    allowed = raster_order(channels, size, strict_pixel=True) & same_row & (reach <= 1)
+    assert torch.equal(left, allowed)
+
+
+def constant_model(likelihood: str, bias: torch.Tensor, size: int = 2) -> PixelCNN:
+    """A PixelCNN whose output is `bias` at every sub-pixel (all weights zero)."""
+    model = tiny(1, size, likelihood, layers=1)
+    for p in model.network.parameters():
+        nn.init.zeros_(p)
+    model.network.out.bias.data.copy_(bias)
+    return model
+
+
+def test_the_softmax_likelihood_by_hand():
+    bias = torch.linspace(-2, 3, 256)
+    model = constant_model("softmax", bias)
+    levels = torch.tensor([[0, 17], [128, 255]])
+    x = from_levels(levels)[None, None]
+    log_z = math.log(sum(math.exp(b) for b in bias.tolist()))
+    by_hand = -sum(bias[v].item() - log_z for v in levels.flatten().tolist())
+    assert model.nll(x, None).item() == pytest.approx(by_hand, rel=1e-5)
+    out = model.likelihood_metrics(ExactNLL(), x, 0, 0)
+    assert out["nll"] == pytest.approx(by_hand, rel=1e-5)
+    assert out["nll_bits_per_dim"] == pytest.approx(by_hand / (4 * math.log(2)), rel=1e-5)
+
+
+def test_the_logistic_mixture_likelihood_by_hand():
+    # one component kept (the other's logit -30), mean 0.1, scale e^-2 = 0.135
+    bias = torch.tensor([0.0, -30.0, 0.1, 0.9, -2.0, 0.0])
+    model = constant_model("logistic_mixture", bias)
+    levels = torch.tensor([[0, 100], [140, 255]])
+    x = from_levels(levels)[None, None]
+
+    def sigmoid(t):
+        return 1 / (1 + math.exp(-t))
+
+    def mass(v):
+        centre, s = v / 127.5 - 1, math.exp(-2.0)
+        upper = 1.0 if v == 255 else sigmoid((centre + 1 / 255 - 0.1) / s)
+        lower = 0.0 if v == 0 else sigmoid((centre - 1 / 255 - 0.1) / s)
+        return upper - lower
+
+    by_hand = -sum(math.log(mass(v)) for v in levels.flatten().tolist())
+    assert model.nll(x, None).item() == pytest.approx(by_hand, rel=1e-4)
+
+
+@pytest.mark.parametrize("likelihood", ["softmax", "logistic_mixture"])
+def test_each_sub_pixel_distribution_sums_to_one_and_matches_training(likelihood):
+    """Over the 256 values, at any scale (log-scales from the floor -7 to 4); the values the
+    sampler draws from are the ones training scores."""
+    model = tiny(1, 3, likelihood)
+    out = torch.randn(6, model.network.outputs) * 3
+    if likelihood == "logistic_mixture":
+        out[:, 4:] = torch.tensor([-9.0, -7.0, -3.0, 0.0, 2.0, 4.0])[:, None]
+    log_p = model.value_log_probs(out.double())
+    torch.testing.assert_close(log_p.exp().sum(1), torch.ones(6, dtype=torch.float64))
+    levels = torch.tensor([0, 1, 127, 128, 254, 255])
+    scored = model.log_prob(out[:, :, None, None, None].double(), levels[:, None, None, None])
+    torch.testing.assert_close(scored.flatten(), log_p[torch.arange(6), levels])
+
+
+def test_levels_round_trip():
+    levels = torch.arange(256)
+    assert torch.equal(to_levels(from_levels(levels)), levels)
+    assert from_levels(levels)[[0, -1]].tolist() == [-1.0, 1.0]
+
+
+def test_a_logistic_mixture_log_prob_is_finite_far_from_its_mean():
+    params = torch.tensor([[0.0], [-0.9], [-7.0]])[None, :, :, None]  # one tight component
+    levels = torch.tensor([[[0, 128, 255]]]).transpose(1, 2)
+    log_p = logistic_mixture_log_prob(params.expand(1, 3, 3, 1), levels)
+    assert torch.isfinite(log_p).all() and (log_p < 0).all()
+    assert torch.isfinite(categorical_log_prob(torch.zeros(1, 256, 3, 1), levels)).all()
+
+
+def test_samples_are_the_inverse_cdf_of_the_distributions_the_model_gives_them():
+    """Each sampled sub-pixel is where the CDF of its distribution (given the image as finally
+    drawn: the masks make the later values irrelevant) reaches Phi(z); the network saw only the
+    rows done while sampling, which changes nothing. Same latents, same images."""
+    model = tiny(3, 4, classes=3)
+    labels = torch.tensor([0, 2])
+    z = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(0))
+    images = model.sample(z, labels)
+    assert torch.equal(images, model.sample(z, labels))
+    assert torch.equal(images, from_levels(to_levels(images)))
+    with torch.no_grad():
+        out = model.network(images, labels)
+    u = torch.special.ndtr(z).view(images.shape)
+    levels = to_levels(images)
+    for c in range(3):
+        for i in range(4):
+            for j in range(4):
+                cdf = model.value_log_probs(out[:, :, c, i, j]).exp().cumsum(1)
+                below = cdf.gather(1, (levels[:, c, i, j, None] - 1).clamp(min=0))[:, 0]
+                below = torch.where(levels[:, c, i, j] == 0, 0.0, below)
+                at = cdf.gather(1, levels[:, c, i, j, None])[:, 0]
+                assert ((below <= u[:, c, i, j] + 1e-6) & (u[:, c, i, j] <= at + 1e-6)).all()
+
+
+def test_temperature_sharpens_towards_the_likeliest_value():
+    bias = torch.zeros(256)
+    bias[200] = 2.0
+    model = constant_model("softmax", bias, size=4)
+    z = torch.randn(64, model.latent_dim, generator=torch.Generator().manual_seed(0))
+    at_1, cold = model.sample(z), model.sample(z, temperature=0.05)
+    assert (to_levels(cold) == 200).all()
+    share = (to_levels(at_1) == 200).float().mean().item()
+    p = math.exp(2) / (255 + math.exp(2))  # the mode's probability at temperature 1
+    assert share == pytest.approx(p, abs=0.03)
+
+
+def test_completion_keeps_the_upper_half():
+    model = tiny(1, 6)
+    real = from_levels(torch.randint(0, 256, (3, 1, 6, 6)))
+    z = torch.randn(3, model.latent_dim)
+    done = model.complete(real, z, None)
+    assert torch.equal(done[:, :, :3], real[:, :, :3])
+    assert not torch.equal(done[:, :, 3:], real[:, :, 3:])
+
+
+def test_a_conditional_model_scores_p_x_as_the_mean_over_classes():
+    model = tiny(1, 3, classes=4)
+    for layer in model.network.layers:
+        nn.init.normal_(layer.label.weight, 0, 1)
+    x = from_levels(torch.randint(0, 256, (2, 1, 3, 3)))
+    per_class = torch.stack([model.nll(x, torch.full((2,), c)) for c in range(4)])
+    by_hand = -(torch.logsumexp(-per_class, 0) - math.log(4)).mean().item()
+    assert model.likelihood_metrics(ExactNLL(), x, 0, 0)["nll"] == pytest.approx(by_hand, rel=1e-5)
+    assert per_class.std(0).min() > 0  # the labels matter
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="likelihood must be softmax or logistic_mixture"):
+        tiny(likelihood="gaussian")
+    with pytest.raises(ValueError, match="features must be >= 3"):
+        tiny(3, features=2)
+    with pytest.raises(ValueError, match="kernel must be odd"):
+        tiny(kernel=4)
+
+
+def test_genlab_sample_completes_held_out_digits_of_their_own_class_at_a_temperature():
+    """`sampler.mode=complete`: rows of held-out images, each above the same images with a
+    new lower half; a conditional model completes them given their true classes.
+    `sampler.temperature` needs a family that has one and reaches its sampling."""
+    from genlab.data import digits
+    from genlab.models import VAE
+    from genlab.sampling import Sampler
+
+    model = tiny(1, 8, classes=10)
+    data = digits(image_size=8, split="test")
+    sampler = Sampler(mode="complete", num_images=8, seed=0, temperature=0.8)
+    sampler.check(model)
+    seen = []
+
+    def complete(real, z, labels, temperature=1.0):
+        seen.append((labels, temperature))
+        return PixelCNN.complete(model, real, z, labels, temperature)
+
+    model.complete = complete
+    batches, nrow = sampler(model, ExactNLL(), torch.device("cpu"), lambda: data)
+    grid = torch.cat(list(batches))
+    assert nrow == 3 and grid.shape == (6, 1, 8, 8)  # one row of 3 real, one of completions
+    real, done = grid[:3], grid[3:]
+    assert torch.equal(done[:, :, :4], real[:, :, :4])
+    picked = torch.linspace(0, len(data.images) - 1, 3).long()
+    assert torch.equal(seen[0][0], data.labels[picked]) and seen[0][1] == 0.8
+    cold = Sampler(num_images=4, temperature=0.8)
+    images = torch.cat(list(cold(model, ExactNLL(), torch.device("cpu"), None)[0]))
+    warm = torch.cat(list(Sampler(num_images=4)(model, ExactNLL(), torch.device("cpu"), None)[0]))
+    assert images.shape == warm.shape and not torch.equal(images, warm)
+    vae = VAE(lambda **k: nn.Identity(), lambda **k: nn.Identity(), channels=1, image_size=8)
+    with pytest.raises(ValueError, match="sampler.temperature needs a model that samples at a"):
+        cold.check(vae)
