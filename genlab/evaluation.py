@@ -318,7 +318,8 @@ class Evaluator:
         self, classifier: Classifier, fake: Tensor, labels: Tensor | None, device: torch.device
     ) -> dict[str, float]:
         """Conditional: the classifier's accuracy on the requested classes (overall and per
-        class). Unconditional: how many classes the samples cover, and KL(classes || uniform)."""
+        class). Unconditional: how many classes the samples cover, KL(classes || uniform), and
+        the shares of the rarest and the commonest class (uniform: 1 / classes each)."""
         predicted = torch.cat(
             [
                 classifier(normalize(b.to(device))).argmax(1).cpu()
@@ -341,7 +342,12 @@ class Evaluator:
                 k,
                 ", ".join(f"{c}: {100 * s:.0f}%" for c, s in enumerate(share.tolist())),
             )
-        return {"classes_covered": covered, "class_kl": kl}
+        return {
+            "classes_covered": covered,
+            "class_kl": kl,
+            "class_share_min": float(share.min()),
+            "class_share_max": float(share.max()),
+        }
 
 
 def format_table(report: Report) -> str:

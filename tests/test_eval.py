@@ -129,6 +129,29 @@ def test_class_coverage_reports_a_collapse(caplog):
     assert out["classes_covered"] == 1
     assert out["class_kl"] == pytest.approx(torch.log(torch.tensor(10.0)).item())
     assert "cover 1 of 10 classes" in caplog.text
+    assert (out["class_share_min"], out["class_share_max"]) == (0.0, 1.0)
+
+
+class ByFirstPixel(nn.Module):
+    """A stand-in classifier that reads the class from the first pixel (pixel values arrive
+    normalized, so it ranks them)."""
+
+    shape = (1, 32, 10, 16, 128)
+
+    def forward(self, x):
+        levels = x[:, 0, 0, 0].unique()
+        return torch.nn.functional.one_hot(torch.bucketize(x[:, 0, 0, 0], levels), 10).float()
+
+
+def test_class_shares_are_the_rarest_and_commonest_fractions():
+    # 40 images: classes 0..9 with 2, 4, 4, 4, 4, 4, 4, 4, 4, 6 images
+    labels = torch.tensor([0] * 2 + [c for c in range(1, 9) for _ in range(4)] + [9] * 6)
+    fake = torch.zeros(40, 1, 32, 32, dtype=torch.uint8)
+    fake[:, 0, 0, 0] = labels.to(torch.uint8) * 20
+    out = Evaluator().class_metrics(ByFirstPixel(), fake, None, CPU)
+    assert out["classes_covered"] == 10
+    assert out["class_share_min"] == pytest.approx(2 / 40)
+    assert out["class_share_max"] == pytest.approx(6 / 40)
 
 
 def test_inception_weights_are_checked(tmp_path):
@@ -284,7 +307,7 @@ def test_a_family_brings_its_own_sampling_mode(runs):
         sample_modes = frozenset({"denoise"})
 
         def sample_mode(self, mode, sampler, loss, generator, real):
-            x = normalize(real()[: sampler.num_images])
+            x = normalize(real().images[: sampler.num_images])
             noisy = (x + 0.5 * torch.randn(x.shape, generator=generator)).clamp(-1, 1)
             return iter([torch.cat([noisy, self.reconstruct(noisy, loss)])]), len(x)
 
@@ -294,7 +317,7 @@ def test_a_family_brings_its_own_sampling_mode(runs):
     sampler.check(model)
 
     def make():
-        batches, nrow = sampler(model, loss, CPU, lambda: digits(split="test").images)
+        batches, nrow = sampler(model, loss, CPU, lambda: digits(split="test"))
         return torch.cat(list(batches)), nrow
 
     (images, nrow), (again, _) = make(), make()

@@ -107,3 +107,55 @@ def test_density_coverage_by_hand_and_on_known_sets():
     # collapsed onto the mode: each sample still lies in about k real balls, few balls covered
     density, coverage = density_coverage(real, 0.2 * torch.randn(4000, 2), k=5)
     assert density == pytest.approx(1.0, abs=0.15) and coverage < 0.3
+
+
+def test_the_continuous_bernoulli_is_a_density():
+    """Its normalizer makes lambda^y (1 - lambda)^(1 - y) integrate to one over [0, 1], at
+    every logit (the series near 0 included)."""
+    from genlab.losses import bernoulli_nll, continuous_bernoulli_log_norm
+
+    y = (torch.arange(20000, dtype=torch.float64) + 0.5) / 20000  # midpoint rule
+    for logit in (-30.0, -4.0, -1e-4, 0.0, 2e-4, 0.7, 12.0):
+        logits = torch.full((1, len(y)), logit, dtype=torch.float64)
+        log_p = -bernoulli_nll(logits.T, y[:, None]) + continuous_bernoulli_log_norm(logits).T[:, 0]
+        assert log_p.exp().mean().item() == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_a_vae_that_ignores_its_input_has_the_bits_per_dim_of_its_decoder_by_hand(likelihood):
+    """An encoder that outputs the prior (KL 0) and a decoder that outputs 0: the continuous
+    Bernoulli at lambda 1/2 is uniform on [0, 1], so every 8-bit value gets 1/256: exactly 8
+    bits per dimension; the Gaussian N(0, sigma^2) on dequantized values is by hand."""
+    from genlab.losses import ELBO
+    from genlab.metrics.likelihood import vae_metrics
+
+    class Zero(nn.Module):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape = shape
+
+        def forward(self, x):
+            return torch.zeros(len(x), *self.shape)
+
+    class Stub(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = Zero((1, 12, 12))
+
+        def encode(self, x):
+            return torch.zeros(len(x), 2), torch.zeros(len(x), 2)
+
+    images = torch.randint(0, 256, (6, 1, 12, 12)) / 127.5 - 1
+    loss = ELBO(likelihood, sigma=0.5)
+    m = vae_metrics(Stub(), loss, images, k=3, seed=0)
+    if likelihood == "bernoulli":
+        assert m["neg_elbo_bits_per_dim"] == pytest.approx(8.0, abs=1e-5)
+        assert m["nll_is_bits_per_dim"] == pytest.approx(8.0, abs=1e-5)
+        return
+    from genlab.metrics.likelihood import dequantize
+
+    x = dequantize(images, torch.Generator().manual_seed(0))  # the metric's first draw
+    per_dim = 0.5 * (x / 0.5) ** 2 + math.log(0.5 * math.sqrt(2 * math.pi)) + math.log(128)
+    by_hand = per_dim.flatten(1).sum(1).mean().item()
+    assert m["neg_elbo"] == pytest.approx(by_hand, rel=1e-5)
+    assert m["neg_elbo_bits_per_dim"] == pytest.approx(by_hand / (144 * math.log(2)), rel=1e-5)
