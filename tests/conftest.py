@@ -31,7 +31,13 @@ TINY_NETWORKS = {
         "model.network.groups=4",
         "solver.steps=4",
     ],
-    "pixelcnn": ["model.network.features=8", "model.network.layers=2"],
+    # sampling costs a network pass per sub-pixel: small images and grids
+    "pixelcnn": [
+        "model.network.features=8",
+        "model.network.layers=2",
+        "model.grid_images=4",
+        "dataset.image_size=12",
+    ],
     "dit": [
         "model.network.width=16",
         "model.network.depth=1",

@@ -16,7 +16,7 @@ from genlab.losses import DenoisingLoss
 from genlab.models import Diffusion, denoising
 from genlab.optim import Updater
 from genlab.solvers import DDIM, DDPM, DPMSolver
-from tests.conftest import make_cfg
+from tests.conftest import TINY_NETWORKS, make_cfg
 
 T = 1000
 
@@ -268,6 +268,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     run = tmp_path / "run"
     cfg = make_cfg(
         "model=ddpm",
+        *TINY_NETWORKS["ddpm"],
         "dataset=digits",
         "trainer=smoke",
         "logger=none",

@@ -14,7 +14,7 @@ import torch
 from genlab.checkpoint import load_checkpoint
 from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError
-from tests.conftest import ROOT, finish, make_cfg, run_cli
+from tests.conftest import ROOT, TINY_NETWORKS, finish, make_cfg, run_cli
 
 FAST = ["trainer=smoke", "logger=none", "trainer.sample_every=0", "trainer.ckpt_every=2"]
 
@@ -66,6 +66,13 @@ def assert_resume_is_bit_identical(overrides, tmp_path, total=6, first=3):
         # lazy R1 every 2 steps across the resume at step 3, and LeCam's moving averages
         ["model=gan", "loss=hinge", "loss.r1=1", "loss.reg_every=2", "loss.lecam=0.1"],
         ["model=dcgan", "model.spectral_norm=[generator,discriminator]", "dataset=digits"],
+        [
+            "model=pixelcnn",
+            "model.conditional=true",
+            "model.likelihood=logistic_mixture",
+            "dataset=digits",
+            *TINY_NETWORKS["pixelcnn"],
+        ],
     ],
     ids=[
         "gan",
@@ -78,6 +85,7 @@ def assert_resume_is_bit_identical(overrides, tmp_path, total=6, first=3):
         "gan_fp16",
         "gan_r1_lecam",
         "dcgan_spectral_norm",
+        "pixelcnn",
     ],
 )
 def test_half_plus_resume_plus_half_is_bit_identical(setup, tmp_path):
@@ -259,6 +267,7 @@ def test_signal_saves_and_tells_how_to_resume(signum, tmp_path):
         "logger=none",
         "trainer.sample_every=0",
         f"trainer.max_steps={step + 2}",
+        "trainer.eval_every=null",
         f"hydra.run.dir={tmp_path}",
         "trainer.resume=auto",
     )
