@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from genlab.data.datasets import ImageData
 from genlab.data.loader import normalize
 from genlab.images import square_side
 from genlab.models.base import Family, require
@@ -113,7 +114,7 @@ class Sampler:
         return torch.arange(classes, device=device).repeat_interleave(max(1, n // classes))
 
     def __call__(
-        self, model: Family, loss: Any, device: torch.device, real: Callable[[], Tensor]
+        self, model: Family, loss: Any, device: torch.device, real: Callable[[], ImageData]
     ) -> tuple[Iterator[Tensor], int]:
         """Batches of images in [-1, 1] (on the CPU), and how many images go in a grid row.
         `real()` gives the held-out data set (`.images` uint8, `.labels`), for modes that start

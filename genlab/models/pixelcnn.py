@@ -406,7 +406,7 @@ class PixelCNN(Family):
         conditional model), `sampler.num_images` in all."""
         data = real()
         nrow = square_side(sampler.num_images)
-        count = min(len(data.images), max(1, sampler.num_images // (2 * nrow)) * nrow)
+        count = min(len(data.images) // nrow, max(1, sampler.num_images // (2 * nrow))) * nrow
         picked = torch.linspace(0, len(data.images) - 1, count).long()
         device = next(self.parameters()).device
         temperature = sampler.temperature or 1.0
