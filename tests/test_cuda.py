@@ -13,7 +13,7 @@ from genlab.checkpoint import load_checkpoint
 from genlab.commands.eval import evaluate
 from genlab.commands.train import train
 from genlab.optim import OptimizerSpec, Updater
-from tests.conftest import make_cfg
+from tests.conftest import TINY_NETWORKS, make_cfg
 from tests.test_eval import SMALL
 from tests.test_resume import FAST, assert_resume_is_bit_identical
 
@@ -33,8 +33,27 @@ CUDA = ["device=cuda", "trainer.deterministic=true"]
         ["model=dcgan", "trainer.precision=bf16", "trainer.channels_last=true"],
         ["model=gan", "trainer.precision=16-mixed"],
         ["model=dcgan", "augment=diffaugment", "model.ema_decay=0.9"],
+        ["model=gan", "loss=hinge", "loss.r1=1", "loss.reg_every=2", "loss.lecam=0.1"],
+        ["model=sngan_projection", *TINY_NETWORKS["sngan_projection"]],
+        ["model=ddpm", "model.conditional=true", *TINY_NETWORKS["ddpm"]],
+        ["model=dit", "trainer.precision=bf16", *TINY_NETWORKS["dit"]],
+        ["model=pixelcnn", "model.likelihood=logistic_mixture", *TINY_NETWORKS["pixelcnn"]],
     ],
-    ids=["gan", "cgan", "dcgan", "vae", "wgan_gp", "dcgan_bf16_nhwc", "gan_fp16", "dcgan_diffaug"],
+    ids=[
+        "gan",
+        "cgan",
+        "dcgan",
+        "vae",
+        "wgan_gp",
+        "dcgan_bf16_nhwc",
+        "gan_fp16",
+        "dcgan_diffaug",
+        "gan_r1_lecam",
+        "sngan_projection",
+        "ddpm_conditional",
+        "dit_bf16",
+        "pixelcnn",
+    ],
 )
 def test_cuda_resume_is_bit_identical(setup, tmp_path):
     assert_resume_is_bit_identical([*setup, *FAST, *CUDA, "dataset=digits"], tmp_path)
@@ -47,8 +66,13 @@ def test_cuda_resume_is_bit_identical(setup, tmp_path):
         ["model=dcgan"],
         ["model=vae"],
         ["model=dcgan", "model.ema_decay=0.9", "model.ema_start=1"],  # starts at the 2nd step
+        ["model=gan", "loss=hinge", "loss.r1=1", "loss.reg_every=2", "loss.lecam=0.1"],
+        ["model=sngan", *TINY_NETWORKS["sngan"]],
+        ["model=ddpm", "model.conditional=true", *TINY_NETWORKS["ddpm"]],
+        ["model=dit", *TINY_NETWORKS["dit"]],
+        ["model=pixelcnn", *TINY_NETWORKS["pixelcnn"]],
     ],
-    ids=["gan", "dcgan", "vae", "dcgan_ema"],
+    ids=["gan", "dcgan", "vae", "dcgan_ema", "gan_r1_lecam", "sngan", "ddpm", "dit", "pixelcnn"],
 )
 def test_cuda_training_step_never_waits_for_the_gpu(setup):
     """Between logging steps a step queues its kernels without one host sync (guard and EMA

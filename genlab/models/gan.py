@@ -81,6 +81,7 @@ class GAN(Family):
         if ema_decay is not None:
             self.generator_ema = EMA(self.generator, ema_decay, ema_start)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
+        self._host_updates: int | None = None  # its copy on the host, see `_updates_so_far`
         self.d_input: Callable[[Tensor], Tensor] = _identity  # DiffAugment, see `set_augment`
         self._d_params: list[nn.Parameter] = []  # D's parameters, listed at the first step
 
@@ -90,6 +91,14 @@ class GAN(Family):
         if any(k.startswith(prefix) for k in state_dict):
             state_dict.setdefault(key, torch.zeros(2))
         super()._load_from_state_dict(state_dict, prefix, *args)
+        self._host_updates = None  # read the loaded count again
+
+    def _updates_so_far(self) -> int:
+        """Generator updates so far, counted on the host: the buffer (on the device, saved in
+        checkpoints) is read once after building or loading, a host sync, and never again."""
+        if self._host_updates is None:
+            self._host_updates = int(self.generator_updates)
+        return self._host_updates
 
     # --- wiring ---------------------------------------------------------------------------------
 
@@ -151,10 +160,9 @@ class GAN(Family):
         for i in range(loss.n_critic):
             real, labels = next(batches)
             labels = self._labels(labels)
-            # lazy regularization: R1 / R2 on every `reg_every`-th discriminator step (reading
-            # the step count is a host sync, only paid when it matters)
+            # lazy regularization: R1 / R2 on every `reg_every`-th discriminator step
             regularize = loss.reg_every == 1 or (
-                (int(self.generator_updates) * loss.n_critic + i) % loss.reg_every == 0
+                (self._updates_so_far() * loss.n_critic + i) % loss.reg_every == 0
             )
             with update.autocast():
                 z = self.noise(len(real), real.device)
@@ -190,6 +198,8 @@ class GAN(Family):
             for p, flag in zip(d_params, trainable, strict=True):
                 p.requires_grad_(flag)
         self.generator_updates += 1
+        if self._host_updates is not None:
+            self._host_updates += 1
         if self.generator_ema is not None:
             self.generator_ema.update(self.generator, self.generator_updates)
 
