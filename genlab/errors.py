@@ -17,6 +17,14 @@ from hydra.errors import CompactHydraException
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def require_at_least(least: float, **values: float | None) -> None:
+    """Refuse the first of `values` below `least`: "NAME must be >= LEAST, got VALUE" (None is
+    unset, so allowed)."""
+    for name, value in values.items():
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+
+
 class GenlabError(CompactHydraException):
     """A mistake the user can fix; the message says what and how."""
 

@@ -24,7 +24,7 @@ from genlab.config import build
 from genlab.data import ImageData
 from genlab.data.datasets import Split
 from genlab.data.loader import normalize
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, require_at_least
 from genlab.metrics.classifier import Classifier, classifier_for, train_classifier
 from genlab.metrics.distances import (
     density_coverage,
@@ -97,19 +97,21 @@ class Evaluator:
             raise ValueError(f"extractor must be 'classifier' or 'inception', got {extractor!r}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        for name, value, low in (
-            ("num_generated", num_generated, 2),
-            ("num_generated_cheap", num_generated_cheap, 2),
-            ("batch_size", batch_size, 1),
-            ("kid_subsets", kid_subsets, 1),
-            ("kid_subset_size", kid_subset_size, 2),
-            ("pr_k", pr_k, 1),
-            ("dc_k", dc_k, 1),
-            ("nll_samples", nll_samples, 1),
-            ("classifier_steps", classifier_steps or 1, 1),
-        ):
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+        require_at_least(
+            2,
+            num_generated=num_generated,
+            num_generated_cheap=num_generated_cheap,
+            kid_subset_size=kid_subset_size,
+        )
+        require_at_least(
+            1,
+            batch_size=batch_size,
+            kid_subsets=kid_subsets,
+            pr_k=pr_k,
+            dc_k=dc_k,
+            nll_samples=nll_samples,
+            classifier_steps=classifier_steps or None,  # null or 0: the default
+        )
         self.extractor, self.split, self.seed = extractor, split, seed
         self.num_generated, self.num_generated_cheap = num_generated, num_generated_cheap
         self.batch_size = batch_size

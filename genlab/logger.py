@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from genlab.errors import writing
+from genlab.errors import require_at_least, writing
 
 
 class NullLogger:
@@ -42,8 +42,7 @@ class TensorBoardLogger(NullLogger):
         name: str | None = None,
     ) -> None:
         super().__init__(run_dir=run_dir)
-        if flush_secs < 1:
-            raise ValueError(f"flush_secs must be >= 1, got {flush_secs}")
+        require_at_least(1, flush_secs=flush_secs)
         self.folder = self.run_dir / subdir / name if name else self.run_dir / subdir
         self.flush_secs = flush_secs
         self._writer = None

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.errors import require_at_least
+
 # --- adversarial objectives: inputs are raw discriminator outputs (logits) -------------------
 
 
@@ -203,11 +205,8 @@ class AdversarialLoss:
         top_k_min: float = 1.0,
         top_k_decay: float = 0.99,
     ) -> None:
-        for name, value in (("r1", r1), ("r2", r2), ("lecam", lecam)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if reg_every < 1:
-            raise ValueError(f"reg_every must be >= 1, got {reg_every}")
+        require_at_least(0, r1=r1, r2=r2, lecam=lecam)
+        require_at_least(1, reg_every=reg_every)
         if not 0 <= lecam_decay < 1:
             raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
         for name, value in (("top_k_min", top_k_min), ("top_k_decay", top_k_decay)):
@@ -267,10 +266,8 @@ class WassersteinGP(AdversarialLoss):
 
     def __init__(self, gp_weight: float = 10.0, n_critic: int = 5) -> None:
         super().__init__()  # no R1, R2, LeCam or top-k: the gradient penalty regularizes
-        if gp_weight < 0:
-            raise ValueError(f"gp_weight must be >= 0, got {gp_weight}")
-        if n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        require_at_least(0, gp_weight=gp_weight)
+        require_at_least(1, n_critic=n_critic)
         self.gp_weight, self.n_critic = float(gp_weight), int(n_critic)
 
 
@@ -291,8 +288,7 @@ class ELBO:
     ) -> None:
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        require_at_least(0, beta=beta)
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.likelihood, self.beta, self.sigma = likelihood, float(beta), float(sigma)

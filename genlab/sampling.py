@@ -10,6 +10,7 @@ from torch import Tensor
 
 from genlab.data.datasets import ImageData
 from genlab.data.loader import normalize
+from genlab.errors import require_at_least
 from genlab.images import square_side
 from genlab.models.base import Family, require
 from genlab.models.common import eval_mode
@@ -65,14 +66,11 @@ class Sampler:
             raise ValueError(
                 f"mode must be {', '.join(GENERIC_MODES)} or a model's own, got {mode!r}"
             )
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
-        if steps < 2:
-            raise ValueError(f"steps must be >= 2, got {steps}")
+        require_at_least(1, num_images=num_images)
+        require_at_least(2, steps=steps)
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        require_at_least(1, batch_size=batch_size)
         if truncation is not None and truncation <= 0:
             raise ValueError(f"truncation must be > 0 (or null: none), got {truncation}")
         if temperature is not None and temperature <= 0:

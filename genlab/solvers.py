@@ -16,6 +16,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
+from genlab.errors import require_at_least
+
 Spacing = Literal["leading", "trailing", "linspace"]
 # (x_t, t) -> the network's output at that step, guided
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -36,8 +38,7 @@ class Solver:
     ) -> None:
         if steps is not None and steps < 1:
             raise ValueError(f"steps must be >= 1 or null (every training timestep), got {steps}")
-        if guidance < 0:
-            raise ValueError(f"guidance must be >= 0, got {guidance}")
+        require_at_least(0, guidance=guidance)
         if spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"spacing must be leading, trailing or linspace, got {spacing!r}")
         self.steps, self.guidance, self.spacing = steps, float(guidance), spacing

@@ -26,7 +26,7 @@ from genlab.checkpoint import own_random_streams, seed_everything
 from genlab.data import DeviceLoader, ImageData, ImageFiles, StreamLoader
 from genlab.data.loader import normalize
 from genlab.distributed import Processes
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, require_at_least
 from genlab.guard import NonFiniteGuard
 from genlab.images import save_png
 from genlab.interrupts import Stopped, StopRequested, StopRequests
@@ -80,22 +80,23 @@ class Trainer:
         num_workers: int = 4,
         progress: bool = True,
     ) -> None:
-        checks = {
-            "max_steps": (max_steps, 1),
-            "max_epochs": (max_epochs, 1),
-            "batch_size": (batch_size, 1),
-            "log_every": (log_every, 1),
-            "sample_every": (sample_every, 0),
-            "ckpt_every": (ckpt_every, 0),
-            "eval_every": (eval_every, 0),
-            "keep_last": (keep_last, 1),
-            "grid_images": (grid_images, 1),
-            "seed": (seed, 0),
-            "num_workers": (num_workers, 0),
-        }
-        for name, (value, low) in checks.items():
-            if value is not None and value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+        require_at_least(
+            1,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            log_every=log_every,
+            keep_last=keep_last,
+            grid_images=grid_images,
+        )
+        require_at_least(
+            0,
+            sample_every=sample_every,
+            ckpt_every=ckpt_every,
+            eval_every=eval_every,
+            seed=seed,
+            num_workers=num_workers,
+        )
         if grid_images > 1024:
             raise ValueError(f"grid_images must be <= 1024, got {grid_images}")
         if seed >= 2**32:

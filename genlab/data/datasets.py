@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab.errors import DataUnavailableError
+from genlab.errors import DataUnavailableError, require_at_least
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +330,7 @@ def image_folder(
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if stream not in (True, False, "auto"):
         raise ValueError(f"stream must be true, false or auto, got {stream!r}")
-    if memory_mb < 0:
-        raise ValueError(f"memory_mb must be >= 0, got {memory_mb}")
+    require_at_least(0, memory_mb=memory_mb)
     path = Path(root).expanduser().resolve()
     if not path.is_dir():
         raise DataUnavailableError(f"dataset.root={path} is not a folder of images")

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from genlab.data.datasets import ImageData, ImageFiles
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, require_at_least
 
 Batch = tuple[Tensor, Tensor | None]  # images in [-1, 1], labels or None
 
@@ -122,8 +122,7 @@ class StreamLoader(DeviceLoader):
     taken, not those prefetched, so a checkpoint resumes at the exact next batch."""
 
     def __init__(self, data: ImageFiles, *args, num_workers: int = 4, **kwargs) -> None:
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        require_at_least(0, num_workers=num_workers)
         self.num_workers, self._batches = num_workers, None
         super().__init__(data, *args, **kwargs)
 

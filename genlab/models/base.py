@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from genlab.data.loader import Batch
+from genlab.errors import require_at_least
 from genlab.models import finetune
 from genlab.optim import OptimizerSpec, Updater
 
@@ -64,8 +65,7 @@ class Family(nn.Module, ABC):
     ) -> dict[str, int]:
         """Set `latent_dim`, `num_classes` and `shape` (refusing a latent_dim below 1); return
         the shape as the networks' keyword arguments."""
-        if latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        require_at_least(1, latent_dim=latent_dim)
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.shape = {"channels": channels, "image_size": image_size}
         return dict(self.shape)
@@ -185,6 +185,23 @@ class Family(nn.Module, ABC):
     def likelihood_protocol(self, loss: Any, k: int) -> dict[str, Any]:
         """`likelihood`: how those numbers were measured, written beside them."""
         raise NotImplementedError
+
+
+class OneNetwork(Family):
+    """A family that trains one network, `self.network`, with one optimizer (role `model`):
+    diffusion, PixelCNN. Its optimizer, compile target and DDP wrapper are that network's."""
+
+    network: nn.Module
+
+    def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
+        return {"model": spec(self.network.parameters())}
+
+    def compile_targets(self, loss: Any) -> list[nn.Module]:
+        return [self.network]
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """`train_step` runs `self.replicas.get("network", self.network)`."""
+        self.replicas["network"] = wrap(self.network)
 
 
 def complete(node: DictConfig, **kwargs: Any) -> dict[str, Any]:

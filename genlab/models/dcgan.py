@@ -6,6 +6,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from genlab.errors import require_at_least
 from genlab.models.common import dcgan_init
 
 
@@ -40,8 +41,7 @@ class DCGANGenerator(nn.Module):
     ) -> None:
         super().__init__()
         _unconditional(num_classes)
-        if features < 1:
-            raise ValueError(f"features must be >= 1, got {features}")
+        require_at_least(1, features=features)
         base, doublings = dcgan_layout(image_size)
         width = features * 2 ** (doublings - 1)
         layers: list[nn.Module] = [
@@ -81,8 +81,7 @@ class DCGANDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         _unconditional(num_classes)
-        if features < 1:
-            raise ValueError(f"features must be >= 1, got {features}")
+        require_at_least(1, features=features)
         norms = {"batch": nn.BatchNorm2d, "layer": lambda c: nn.GroupNorm(1, c), "none": None}
         if norm not in norms:
             raise ValueError(f"norm must be one of {', '.join(norms)}, got {norm!r}")

@@ -24,19 +24,19 @@ from torch import Tensor, nn
 
 from genlab.data.loader import Batch
 from genlab.ema import EMA
-from genlab.errors import writing
+from genlab.errors import require_at_least, writing
 from genlab.images import to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
-from genlab.models.base import Exported, Family, complete
+from genlab.models.base import Exported, OneNetwork, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
-from genlab.optim import OptimizerSpec, Updater
+from genlab.optim import Updater
 from genlab.solvers import DDIM, Solver, training_schedule
 
 TRAJECTORY_ROWS = 8  # timesteps shown by the trajectory grid, the last one the result
 
 
-class Diffusion(Family):
+class Diffusion(OneNetwork):
     """A denoising `network` (x_t, t, labels) -> the `prediction` target (`eps`, `v` or `x0`),
     trained on the `schedule` (`linear` from `beta_start` to `beta_end`, or `cosine`) of
     `timesteps` steps, and sampled by `solver`. With `conditional`, labels are dropped to the
@@ -77,8 +77,7 @@ class Diffusion(Family):
             raise ValueError(f"prediction must be eps, v or x0, got {prediction!r}")
         if schedule not in ("linear", "cosine"):
             raise ValueError(f"schedule must be linear or cosine, got {schedule!r}")
-        if timesteps < 2:
-            raise ValueError(f"timesteps must be >= 2, got {timesteps}")
+        require_at_least(2, timesteps=timesteps)
         if not 0 < beta_start < beta_end < 1:
             raise ValueError(
                 f"beta_start and beta_end need 0 < beta_start < beta_end < 1, got {beta_start} "
@@ -118,15 +117,6 @@ class Diffusion(Family):
     def check_loss(self, loss: object) -> None:
         if not isinstance(loss, DenoisingLoss):
             raise ValueError("diffusion models take the denoising loss: loss=denoising")
-
-    def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
-        return {"model": spec(self.network.parameters())}
-
-    def compile_targets(self, loss: DenoisingLoss) -> list[nn.Module]:
-        return [self.network]
-
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        self.replicas["network"] = wrap(self.network)
 
     def train_step(
         self, batches: Iterator[Batch], loss: DenoisingLoss, update: Updater, metrics: bool = True

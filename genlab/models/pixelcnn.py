@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from genlab.data.loader import Batch, normalize
+from genlab.errors import require_at_least
 from genlab.images import square_side, to_grid
 from genlab.losses import (
     LEVELS,
@@ -33,9 +34,9 @@ from genlab.losses import (
     logistic_mixture_log_prob,
     to_levels,
 )
-from genlab.models.base import Exported, Family, complete
+from genlab.models.base import Exported, OneNetwork, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
-from genlab.optim import OptimizerSpec, Updater
+from genlab.optim import Updater
 
 Likelihood = Literal["softmax", "logistic_mixture"]
 
@@ -153,9 +154,8 @@ class GatedPixelCNN(nn.Module):
         first_kernel: int = 7,
     ) -> None:
         super().__init__()
-        for name, value, least in (("features", features, channels), ("layers", layers, 1)):
-            if value < least:
-                raise ValueError(f"{name} must be >= {least}, got {value}")
+        require_at_least(channels, features=features)
+        require_at_least(1, layers=layers)
         for name, value in (("kernel", kernel), ("first_kernel", first_kernel)):
             if value < 3 or value % 2 == 0:
                 raise ValueError(f"{name} must be odd and >= 3, got {value}")
@@ -202,7 +202,7 @@ class GatedPixelCNN(nn.Module):
         return self.head(h[:, :, :, -1:])[:, :, :, 0, 0]
 
 
-class PixelCNN(Family):
+class PixelCNN(OneNetwork):
     """An autoregressive `network` whose output at each sub-pixel is the distribution of its
     8-bit value given the ones before: a softmax over the 256 values (`likelihood=softmax`) or
     a discretized mixture of `mixtures` logistics (`logistic_mixture`, PixelCNN++). Sampling
@@ -232,10 +232,7 @@ class PixelCNN(Family):
         super().__init__()
         if likelihood not in ("softmax", "logistic_mixture"):
             raise ValueError(f"likelihood must be softmax or logistic_mixture, got {likelihood!r}")
-        if mixtures < 1:
-            raise ValueError(f"mixtures must be >= 1, got {mixtures}")
-        if grid_images < 1:
-            raise ValueError(f"grid_images must be >= 1, got {grid_images}")
+        require_at_least(1, mixtures=mixtures, grid_images=grid_images)
         classes = conditional_classes(conditional, num_classes, "PixelCNN")
         shape = self.set_shape(channels * image_size * image_size, classes, channels, image_size)
         self.likelihood, self.grid_images = likelihood, grid_images
@@ -267,15 +264,6 @@ class PixelCNN(Family):
     def check_loss(self, loss: object) -> None:
         if not isinstance(loss, ExactNLL):
             raise ValueError("PixelCNN models take the exact likelihood: loss=nll")
-
-    def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
-        return {"model": spec(self.network.parameters())}
-
-    def compile_targets(self, loss: ExactNLL) -> list[nn.Module]:
-        return [self.network]
-
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        self.replicas["network"] = wrap(self.network)
 
     def train_step(
         self, batches: Iterator[Batch], loss: ExactNLL, update: Updater, metrics: bool = True
@@ -338,7 +326,7 @@ class PixelCNN(Family):
         self, n: int, loss: Any, generator: torch.Generator, labels: Tensor | None = None
     ) -> Tensor:
         """`n` images in [-1, 1] at temperature 1, their latents from `generator`."""
-        return self.sample(self._latents(n, generator), labels if self.num_classes else None)
+        return self.sample_at_temperature(n, loss, generator, labels, 1.0)
 
     def sample_at_temperature(
         self,

@@ -15,6 +15,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.errors import require_at_least
 from genlab.models.dcgan import dcgan_layout
 
 
@@ -103,8 +104,7 @@ class ResNetGenerator(nn.Module):
         features: int = 128,
     ) -> None:
         super().__init__()
-        if features < 1:
-            raise ValueError(f"features must be >= 1, got {features}")
+        require_at_least(1, features=features)
         self.base, doublings = dcgan_layout(image_size, "The ResNet generator")
         self.features = features
         self.input = nn.Linear(latent_dim, features * self.base * self.base)
@@ -129,8 +129,7 @@ class ResNetDiscriminator(nn.Module):
         self, channels: int, image_size: int, num_classes: int = 0, features: int = 128
     ) -> None:
         super().__init__()
-        if features < 1:
-            raise ValueError(f"features must be >= 1, got {features}")
+        require_at_least(1, features=features)
         _, doublings = dcgan_layout(image_size, "The ResNet discriminator")
         blocks = [DiscriminatorBlock(channels, features, down=True, first=True)]
         blocks += [DiscriminatorBlock(features, features, down=True) for _ in range(doublings - 1)]

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from genlab.data.loader import Batch
+from genlab.errors import require_at_least
 from genlab.images import square_side, to_grid
 from genlab.losses import ELBO
 from genlab.metrics.likelihood import vae_metrics
@@ -151,9 +152,7 @@ class VAE(Family):
 
 def _conv_side(image_size: int, features: int, hidden: int) -> int:
     """The side after two stride-2 convolutions, once the sizes are checked."""
-    for name, value in (("features", features), ("hidden", hidden)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    require_at_least(1, features=features, hidden=hidden)
     if image_size % 4:
         raise ValueError(
             f"the convolutional VAE needs an image size divisible by 4, got {image_size} "
