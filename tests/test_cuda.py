@@ -15,7 +15,7 @@ from genlab.commands.train import train
 from genlab.optim import OptimizerSpec, Updater
 from tests.conftest import TINY_NETWORKS, make_cfg
 from tests.test_eval import SMALL
-from tests.test_resume import FAST, assert_resume_is_bit_identical
+from tests.test_resume import FAST, R1_LECAM, assert_resume_is_bit_identical
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS call
@@ -33,7 +33,7 @@ CUDA = ["device=cuda", "trainer.deterministic=true"]
         ["model=dcgan", "trainer.precision=bf16", "trainer.channels_last=true"],
         ["model=gan", "trainer.precision=16-mixed"],
         ["model=dcgan", "augment=diffaugment", "model.ema_decay=0.9"],
-        ["model=gan", "loss=hinge", "loss.r1=1", "loss.reg_every=2", "loss.lecam=0.1"],
+        R1_LECAM,
         ["model=sngan_projection", *TINY_NETWORKS["sngan_projection"]],
         ["model=ddpm", "model.conditional=true", *TINY_NETWORKS["ddpm"]],
         ["model=dit", "trainer.precision=bf16", *TINY_NETWORKS["dit"]],
@@ -66,7 +66,7 @@ def test_cuda_resume_is_bit_identical(setup, tmp_path):
         ["model=dcgan"],
         ["model=vae"],
         ["model=dcgan", "model.ema_decay=0.9", "model.ema_start=1"],  # starts at the 2nd step
-        ["model=gan", "loss=hinge", "loss.r1=1", "loss.reg_every=2", "loss.lecam=0.1"],
+        R1_LECAM,
         ["model=sngan", *TINY_NETWORKS["sngan"]],
         ["model=ddpm", "model.conditional=true", *TINY_NETWORKS["ddpm"]],
         ["model=dit", *TINY_NETWORKS["dit"]],

@@ -18,6 +18,9 @@ from tests.conftest import ROOT, TINY_NETWORKS, finish, make_cfg, run_cli
 
 FAST = ["trainer=smoke", "logger=none", "trainer.sample_every=0", "trainer.ckpt_every=2"]
 
+# lazy R1 every 2 steps (across a resume at step 3) and LeCam's moving averages
+R1_LECAM = ["model=gan", "loss=hinge", "loss.r1=1", "loss.reg_every=2", "loss.lecam=0.1"]
+
 
 def weights(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -63,8 +66,7 @@ def assert_resume_is_bit_identical(overrides, tmp_path, total=6, first=3):
         ],
         ["model=dcgan", "trainer.precision=bf16", "dataset=digits"],
         ["model=gan", "trainer.precision=16-mixed", "dataset=digits"],
-        # lazy R1 every 2 steps across the resume at step 3, and LeCam's moving averages
-        ["model=gan", "loss=hinge", "loss.r1=1", "loss.reg_every=2", "loss.lecam=0.1"],
+        R1_LECAM,
         ["model=dcgan", "model.spectral_norm=[generator,discriminator]", "dataset=digits"],
         [
             "model=pixelcnn",
