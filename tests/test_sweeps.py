@@ -2,14 +2,18 @@
 
 import csv
 import json
+import shutil
+import time
 
 import pytest
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from genlab.commands.eval import save_report
 from genlab.commands.report import report
 from genlab.config import CONF_DIR
+from genlab.evaluation import Report
 from tests.conftest import run_cli
 
 TINY = ["model=gan", "dataset=digits", "trainer=smoke", "trainer.sample_every=5"]
@@ -67,6 +71,41 @@ def test_report_ranks_groups_seeds_and_lists_failures(sweep):
     text = report(sweep, metric="eval/fd")
     assert "not ranked: no finished run logged eval/fd (--metric NAME ranks by one of: " in text
 
+
+
+def test_report_columns_take_each_runs_latest_evaluation(sweep, tmp_path):
+    """`--columns` adds mean ± std over seeds; a run's `genlab eval` report replaces its
+    end-of-run eval/* values (here: an older and a newer report of one run, none of another)."""
+    folder = tmp_path / "sweep"
+    shutil.copytree(sweep, folder)
+    runs = {}
+    for path in folder.glob("*/run.json"):
+        record = json.loads(path.read_text())
+        if record["status"] == "finished":
+            runs[(record["params"]["optimizer.lr"], record["params"]["trainer.seed"])] = path.parent
+    protocol = {"features": "classifier-8px"}
+    # lr 1e-4: seed 0 evaluated twice (the newer counts), seed 1 once
+    save_report(Report({"fd": 99.0, "kid": 9.0}, protocol), runs[(1e-4, 0)], 4, "a.pt")
+    time.sleep(0.01)
+    save_report(Report({"fd": 2.0, "kid": 0.5}, protocol), runs[(1e-4, 0)], 5, "b.pt")
+    save_report(Report({"fd": 4.0, "kid": 0.25}, protocol), runs[(1e-4, 1)], 5, "b.pt")
+    save_report(Report({"fd": 1.0, "kid": 0.125}, protocol), runs[(2e-4, 0)], 5, "b.pt")
+    text = report(folder, metric="eval/fd", columns=["eval/kid", "wall_time_s"])
+    assert "ranked by eval/fd (minimize); eval/* from the latest `genlab eval` of 3 of 4 runs" in (
+        text
+    )
+    rows = list(csv.DictReader((folder / "report.csv").read_text().splitlines()))
+    by_lr = {float(r["optimizer.lr"]): r for r in rows}
+    assert float(by_lr[1e-4]["eval/fd mean"]) == 3.0  # (2 + 4) / 2
+    assert float(by_lr[1e-4]["eval/fd std"]) == pytest.approx(2**0.5)  # sample std of 2 and 4
+    assert float(by_lr[1e-4]["eval/kid mean"]) == 0.375
+    # lr 2e-4: one evaluated seed; the other seed's end-of-run record has no eval/fd
+    assert float(by_lr[2e-4]["eval/fd mean"]) == 1.0 and float(by_lr[2e-4]["eval/fd std"]) == 0
+    walls = [json.loads((runs[(1e-4, s)] / "run.json").read_text())["wall_time_s"] for s in (0, 1)]
+    assert float(by_lr[1e-4]["wall_time_s mean"]) == pytest.approx(sum(walls) / 2)
+    assert [float(r["optimizer.lr"]) for r in rows] == [2e-4, 1e-4]  # ranked by eval/fd
+    header = (folder / "report.md").read_text().splitlines()[4]
+    assert header.split(" | ")[2:4] == ["eval/fd", "eval/kid"]
 
 def test_a_sweep_into_a_folder_of_runs_is_refused(sweep):
     before = sorted(p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file())

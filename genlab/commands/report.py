@@ -3,13 +3,16 @@
 Reads every `run.json` below the folder and writes, into it, `report.csv`, `report.md`,
 `report.png` (the objective against each swept parameter) and `best.png` (the best runs' latest
 sample grids side by side). Runs that differ only in `trainer.seed` are grouped as mean ± std;
-failed runs are listed with their reason.
+failed runs are listed with their reason. A run's `eval/*` values are those of its latest
+`genlab eval` where it has one (RUN/eval/*.json: all metrics, the full protocol), else those of
+its end-of-run evaluation; `--columns` adds more values beside the objective (an ablation table).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import math
 import statistics
@@ -26,30 +29,59 @@ log = logging.getLogger(__name__)
 SEED_KEYS = ("trainer.seed",)
 
 
-def groups(records: list[dict], metric: str) -> list[dict[str, Any]]:
-    """Finished runs grouped by their parameters other than the seed, with the metric's mean,
-    standard deviation (over seeds; 0 for one run) and count."""
+def values(record: dict) -> dict[str, Any]:
+    """What a run logged (`metrics`), its `wall_time_s`, and its latest `genlab eval` report's
+    metrics as `eval/NAME`, which replace the end-of-run evaluation's."""
+    out = {**record.get("metrics", {}), "wall_time_s": record.get("wall_time_s")}
+    evaluation = latest_evaluation(Path(record["run_dir"]))
+    if evaluation:
+        out = {k: v for k, v in out.items() if not k.startswith("eval/")}
+        out.update({f"eval/{k}": v for k, v in evaluation.items()})
+    return out
+
+
+def latest_evaluation(run_dir: Path) -> dict[str, Any]:
+    """The metrics of the newest readable RUN/eval/*.json (`genlab eval`'s reports), or {}."""
+    for path in sorted((run_dir / "eval").glob("*.json"), key=_mtime, reverse=True):
+        try:
+            metrics = json.loads(path.read_text()).get("metrics")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
+            log.warning("skipping %s: not a readable evaluation (%s)", path, e)
+            continue
+        if isinstance(metrics, dict):
+            return metrics
+    return {}
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def groups(records: list[dict], metrics: list[str]) -> list[dict[str, Any]]:
+    """Finished runs grouped by their parameters other than the seed, with each metric's mean,
+    standard deviation (over seeds; 0 for one run) and count (`stats[metric]`); `mean`, `std`
+    and `n` are the first metric's (the objective's)."""
     by_key: dict[tuple, list[dict]] = {}
     for r in records:
         params = {k: v for k, v in r.get("params", {}).items() if k not in SEED_KEYS}
         by_key.setdefault(tuple(sorted(params.items(), key=lambda kv: kv[0])), []).append(r)
     out = []
     for key, runs in by_key.items():
-        values = [
-            float(r["metrics"][metric])
-            for r in runs
-            if isinstance(r.get("metrics", {}).get(metric), int | float)
-            and math.isfinite(r["metrics"][metric])
-        ]
-        out.append(
-            {
-                "params": dict(key),
-                "mean": statistics.fmean(values) if values else math.nan,
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "n": len(values),
-                "runs": runs,
+        seen = [values(r) for r in runs]
+        stats = {}
+        for metric in metrics:
+            numbers = [v for v in (_number(s.get(metric)) for s in seen) if v is not None]
+            stats[metric] = {
+                "mean": statistics.fmean(numbers) if numbers else math.nan,
+                "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
+                "n": len(numbers),
             }
-        )
+        out.append({"params": dict(key), **stats[metrics[0]], "stats": stats, "runs": runs})
     return out
 
 
@@ -65,8 +97,8 @@ def _fmt(g: dict) -> str:
     return f"{g['mean']:.4g} ± {g['std']:.2g}" if g["n"] > 1 else f"{g['mean']:.4g}"
 
 
-def table(rows: list[dict], swept: list[str], metric: str) -> list[list[str]]:
-    header = ["rank", *swept, metric, "seeds", "steps", "images/s", "run"]
+def table(rows: list[dict], swept: list[str], metrics: list[str]) -> list[list[str]]:
+    header = ["rank", *swept, *metrics, "seeds", "steps", "images/s", "run"]
     body = []
     for i, g in enumerate(rows, 1):
         first = g["runs"][0]
@@ -74,7 +106,7 @@ def table(rows: list[dict], swept: list[str], metric: str) -> list[list[str]]:
             [
                 str(i),
                 *(str(g["params"].get(k, "")) for k in swept),
-                _fmt(g),
+                *(_fmt(g["stats"][m]) for m in metrics),
                 str(g["n"]),
                 str(first.get("steps", "")),
                 f"{first['images_per_s']:.0f}" if first.get("images_per_s") else "",
@@ -105,9 +137,9 @@ def plot(finished: list[dict], swept: list[str], metric: str, path: Path) -> Non
     axes = [axes] if not hasattr(axes, "__len__") else list(axes)
     for ax, key in zip(axes, swept or ["run"], strict=False):
         points = [
-            (r.get("params", {}).get(key, r["run_dir"]), r["metrics"].get(metric))
+            (r.get("params", {}).get(key, r["run_dir"]), value)
             for r in finished
-            if isinstance(r.get("metrics", {}).get(metric), int | float)
+            if (value := _number(values(r).get(metric))) is not None
         ]
         xs = [p[0] for p in points]
         if not all(isinstance(x, int | float) for x in xs):
@@ -157,7 +189,14 @@ def best_grids(rows: list[dict], swept: list[str], path: Path, k: int = 3) -> bo
     return True
 
 
-def report(folder: Path, metric: str | None = None, direction: str | None = None) -> str:
+def report(
+    folder: Path,
+    metric: str | None = None,
+    direction: str | None = None,
+    columns: list[str] = (),
+) -> str:
+    """Rank the runs under `folder` by `metric` (default: their objective, else eval/fd), with
+    `columns` beside it; write the report files and return the printed text."""
     records = read_records(folder)
     if not records:
         raise SystemExit(f"genlab report: no readable run.json under {folder}")
@@ -166,21 +205,22 @@ def report(folder: Path, metric: str | None = None, direction: str | None = None
     objective = next((r["objective"] for r in records if _objective_name(r)), {})
     metric = metric or objective.get("name") or "eval/fd"
     direction = direction or objective.get("direction") or "minimize"
-    logged = sorted({k for r in finished for k in r.get("metrics") or {}})
+    logged = sorted({k for r in finished for k, v in values(r).items() if _number(v) is not None})
     ranked = metric in logged
     keys = sorted({k for r in records for k in r.get("params", {}) if k not in SEED_KEYS})
     varied = [k for k in keys if len({str(r.get("params", {}).get(k)) for r in records}) > 1]
     swept = varied or keys  # the parameters that differ between runs
-    rows = rank(groups(finished, metric), direction)
-    lines = table(rows, swept, metric)
+    metrics = [metric, *(c for c in columns if c != metric)]
+    rows = rank(groups(finished, metrics), direction)
+    lines = table(rows, swept, metrics)
     with open(folder / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*swept, f"{metric} mean", f"{metric} std", "seeds", "run_dirs"])
+        stats = [f"{m} {s}" for m in metrics for s in ("mean", "std")]
+        writer.writerow([*swept, *stats, "seeds", "run_dirs"])
         for g in rows:
             dirs = ";".join(r["run_dir"] for r in g["runs"])
-            writer.writerow(
-                [*(g["params"].get(k, "") for k in swept), g["mean"], g["std"], g["n"], dirs]
-            )
+            numbers = [g["stats"][m][s] for m in metrics for s in ("mean", "std")]
+            writer.writerow([*(g["params"].get(k, "") for k in swept), *numbers, g["n"], dirs])
     how = (
         f"ranked by {metric} ({direction})"
         if ranked
@@ -191,6 +231,11 @@ def report(folder: Path, metric: str | None = None, direction: str | None = None
         f"{Path(r['run_dir']).name}: {r.get('status')}: {r.get('reason') or ''}".rstrip(": ")
         for r in others
     ]
+    evaluated = sum(bool(latest_evaluation(Path(r["run_dir"]))) for r in finished)
+    if evaluated:
+        how += f"; eval/* from the latest `genlab eval` of {evaluated} of {len(finished)} runs" + (
+            ", the end-of-run evaluation of the others" if evaluated < len(finished) else ""
+        )
     md = f"# Sweep report: {folder}\n\n{how[0].upper() + how[1:]}.\n\n{_markdown(lines)}\n"
     if unfinished:
         md += "\n## Runs that did not finish\n\n" + "\n".join(f"- {f}" for f in unfinished) + "\n"
@@ -223,11 +268,18 @@ def main(argv: list[str] | None = None) -> None:
         help="rank by this logged name (default: the runs' optimized_metric, else eval/fd)",
     )
     parser.add_argument("--direction", choices=["minimize", "maximize"])
+    parser.add_argument(
+        "--columns",
+        default="",
+        help="more values beside the objective, comma-separated, each mean ± std over seeds "
+        "(e.g. eval/kid,eval/density,eval/coverage,eval/classes_covered,wall_time_s)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
     try:
         with writing(None):
-            print(report(args.folder, args.metric, args.direction))
+            columns = [c for c in args.columns.split(",") if c]
+            print(report(args.folder, args.metric, args.direction, columns))
     except GenlabError as e:
         sys.exit(f"genlab report: {e}")
