@@ -171,3 +171,19 @@ def test_experiment_presets_compose_and_check(preset):
     if preset == "wgan_gp_cifar10":
         assert cfg.loss._target_ == "genlab.losses.WassersteinGP"
         assert cfg.model.discriminator.norm == "layer"
+
+
+@pytest.mark.parametrize(
+    ("shape", "nrow"),
+    [((7, 1, 5, 6), 3), ((16, 3, 4, 4), 4), ((10, 3, 8, 8), 10), ((2, 1, 3, 3), 8)],
+)
+def test_grids_are_torchvisions_make_grid(shape, nrow):
+    """genlab's grid (its own, to keep torchvision's import out of every command's start) equals
+    torchvision's make_grid to the bit: padding, rows, blank cells, values clamped from [-1, 1]."""
+    from torchvision.utils import make_grid
+
+    from genlab.images import to_grid
+
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2
+    expected = make_grid(images, nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    assert torch.equal(to_grid(images, nrow), expected[: shape[1]])
