@@ -72,7 +72,6 @@ def test_report_ranks_groups_seeds_and_lists_failures(sweep):
     assert "not ranked: no finished run logged eval/fd (--metric NAME ranks by one of: " in text
 
 
-
 def test_report_columns_take_each_runs_latest_evaluation(sweep, tmp_path):
     """`--columns` adds mean ± std over seeds; a run's `genlab eval` report replaces its
     end-of-run eval/* values (here: an older and a newer report of one run, none of another)."""
@@ -106,6 +105,7 @@ def test_report_columns_take_each_runs_latest_evaluation(sweep, tmp_path):
     assert [float(r["optimizer.lr"]) for r in rows] == [2e-4, 1e-4]  # ranked by eval/fd
     header = (folder / "report.md").read_text().splitlines()[4]
     assert header.split(" | ")[2:4] == ["eval/fd", "eval/kid"]
+
 
 def test_a_sweep_into_a_folder_of_runs_is_refused(sweep):
     before = sorted(p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file())

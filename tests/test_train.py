@@ -160,14 +160,15 @@ def test_image_folder_rgb_classes_train_dcgan_and_cgan(tmp_path):
         assert grid.size == (grid_side(2, 32), grid_side(3, 32))  # 3 classes x 2 samples
 
 
-@pytest.mark.parametrize("preset", ["dcgan_mnist64", "vae_mnist", "wgan_gp_cifar10"])
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
 def test_experiment_presets_compose_and_check(preset):
     from genlab.commands.train import GROUPS
     from genlab.config import check_config
 
     cfg = make_cfg(f"experiment={preset}")
     check_config(cfg, GROUPS)
-    assert cfg.model._target_ in ("genlab.models.GAN", "genlab.models.VAE")
+    families = ("GAN", "VAE", "Diffusion", "PixelCNN")
+    assert cfg.model._target_ in {f"genlab.models.{f}" for f in families}
     if preset == "wgan_gp_cifar10":
         assert cfg.loss._target_ == "genlab.losses.WassersteinGP"
         assert cfg.model.discriminator.norm == "layer"
