@@ -18,6 +18,7 @@ import math
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,7 @@ def report(
     folder: Path,
     metric: str | None = None,
     direction: str | None = None,
-    columns: list[str] = (),
+    columns: Sequence[str] = (),
 ) -> str:
     """Rank the runs under `folder` by `metric` (default: their objective, else eval/fd), with
     `columns` beside it; write the report files and return the printed text."""
