@@ -30,11 +30,10 @@ log = logging.getLogger(__name__)
 SEED_KEYS = ("trainer.seed",)
 
 
-def values(record: dict) -> dict[str, Any]:
-    """What a run logged (`metrics`), its `wall_time_s`, and its latest `genlab eval` report's
-    metrics as `eval/NAME`, which replace the end-of-run evaluation's."""
+def values(record: dict, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """What a run logged (`metrics`), its `wall_time_s`, and the metrics of its latest `genlab
+    eval` report (`evaluation`) as `eval/NAME`, which replace the end-of-run evaluation's."""
     out = {**record.get("metrics", {}), "wall_time_s": record.get("wall_time_s")}
-    evaluation = latest_evaluation(Path(record["run_dir"]))
     if evaluation:
         out = {k: v for k, v in out.items() if not k.startswith("eval/")}
         out.update({f"eval/{k}": v for k, v in evaluation.items()})
@@ -65,18 +64,17 @@ def _number(value: Any) -> float | None:
 
 def groups(records: list[dict], metrics: list[str]) -> list[dict[str, Any]]:
     """Finished runs grouped by their parameters other than the seed, with each metric's mean,
-    standard deviation (over seeds; 0 for one run) and count (`stats[metric]`); `mean`, `std`
-    and `n` are the first metric's (the objective's)."""
+    standard deviation (over seeds; 0 for one run) and count (`stats[metric]`) from each run's
+    `values`; `mean`, `std` and `n` are the first metric's (the objective's)."""
     by_key: dict[tuple, list[dict]] = {}
     for r in records:
         params = {k: v for k, v in r.get("params", {}).items() if k not in SEED_KEYS}
         by_key.setdefault(tuple(sorted(params.items(), key=lambda kv: kv[0])), []).append(r)
     out = []
     for key, runs in by_key.items():
-        seen = [values(r) for r in runs]
         stats = {}
         for metric in metrics:
-            numbers = [v for v in (_number(s.get(metric)) for s in seen) if v is not None]
+            numbers = [v for v in (_number(r["values"].get(metric)) for r in runs) if v is not None]
             stats[metric] = {
                 "mean": statistics.fmean(numbers) if numbers else math.nan,
                 "std": statistics.stdev(numbers) if len(numbers) > 1 else 0.0,
@@ -140,7 +138,7 @@ def plot(finished: list[dict], swept: list[str], metric: str, path: Path) -> Non
         points = [
             (r.get("params", {}).get(key, r["run_dir"]), value)
             for r in finished
-            if (value := _number(values(r).get(metric))) is not None
+            if (value := _number(r["values"].get(metric))) is not None
         ]
         xs = [p[0] for p in points]
         if not all(isinstance(x, int | float) for x in xs):
@@ -202,11 +200,14 @@ def report(
     if not records:
         raise SystemExit(f"genlab report: no readable run.json under {folder}")
     finished = [r for r in records if r.get("status") == "finished"]
+    for r in finished:  # each run's eval/*.json is read once
+        r["evaluation"] = latest_evaluation(Path(r["run_dir"]))
+        r["values"] = values(r, r["evaluation"])
     others = [r for r in records if r.get("status") != "finished"]
     objective = next((r["objective"] for r in records if _objective_name(r)), {})
     metric = metric or objective.get("name") or "eval/fd"
     direction = direction or objective.get("direction") or "minimize"
-    logged = sorted({k for r in finished for k, v in values(r).items() if _number(v) is not None})
+    logged = sorted({k for r in finished for k, v in r["values"].items() if _number(v) is not None})
     ranked = metric in logged
     keys = sorted({k for r in records for k in r.get("params", {}) if k not in SEED_KEYS})
     varied = [k for k in keys if len({str(r.get("params", {}).get(k)) for r in records}) > 1]
@@ -232,7 +233,7 @@ def report(
         f"{Path(r['run_dir']).name}: {r.get('status')}: {r.get('reason') or ''}".rstrip(": ")
         for r in others
     ]
-    evaluated = sum(bool(latest_evaluation(Path(r["run_dir"]))) for r in finished)
+    evaluated = sum(bool(r["evaluation"]) for r in finished)
     if evaluated:
         how += f"; eval/* from the latest `genlab eval` of {evaluated} of {len(finished)} runs" + (
             ", the end-of-run evaluation of the others" if evaluated < len(finished) else ""
