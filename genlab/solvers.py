@@ -27,14 +27,20 @@ class Solver:
     """A sampler of the reverse process in `steps` network evaluations, with classifier-free
     guidance scale `guidance` for class-conditional models (Ho & Salimans 2022: the output is
     unconditional + guidance * (conditional - unconditional); 1 is the conditional model alone,
-    0 the unconditional one)."""
+    0 the unconditional one). With `clip`, each step's prediction of the clean image is clipped
+    to the data range [-1, 1] and the step continues from the clipped prediction alone (Ho et
+    al.'s sampler; for DDIM, the noise is re-derived from it, as GLIDE does)."""
 
     name: ClassVar[str]
     scheduler_class: ClassVar[type[SchedulerMixin]]
     deterministic: ClassVar[bool] = True  # the same noise always gives the same image
 
     def __init__(
-        self, steps: int | None, guidance: float = 1.0, spacing: Spacing = "trailing"
+        self,
+        steps: int | None,
+        guidance: float = 1.0,
+        spacing: Spacing = "trailing",
+        clip: bool = True,
     ) -> None:
         if steps is not None and steps < 1:
             raise ValueError(f"steps must be >= 1 or null (every training timestep), got {steps}")
@@ -42,6 +48,7 @@ class Solver:
         if spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"spacing must be leading, trailing or linspace, got {spacing!r}")
         self.steps, self.guidance, self.spacing = steps, float(guidance), spacing
+        self.clip = bool(clip)
 
     def scheduler(self, schedule: Mapping[str, Any]) -> SchedulerMixin:
         """A fresh diffusers scheduler for the model's training `schedule` (a scheduler config),
@@ -60,7 +67,7 @@ class Solver:
 
     def options(self) -> dict[str, Any]:
         """Settings of the diffusers scheduler beyond the training schedule."""
-        return {}
+        return {"clip_sample": self.clip}
 
     def step_options(self) -> dict[str, Any]:
         """Arguments of each `scheduler.step` beyond the model output, timestep and sample."""
@@ -101,6 +108,7 @@ class Solver:
             "sampler": self.name,
             "sampler_steps": self.steps_for(schedule),
             "guidance": self.guidance,
+            "clip": self.clip,
         }
 
 
@@ -112,9 +120,13 @@ class DDPM(Solver):
     deterministic = False
 
     def __init__(
-        self, steps: int | None = None, guidance: float = 1.0, spacing: Spacing = "leading"
+        self,
+        steps: int | None = None,
+        guidance: float = 1.0,
+        spacing: Spacing = "leading",
+        clip: bool = True,
     ) -> None:
-        super().__init__(steps, guidance, spacing)
+        super().__init__(steps, guidance, spacing, clip)
 
 
 class DDIM(Solver):
@@ -129,15 +141,16 @@ class DDIM(Solver):
         eta: float = 0.0,
         guidance: float = 1.0,
         spacing: Spacing = "trailing",
+        clip: bool = True,
     ) -> None:
-        super().__init__(steps, guidance, spacing)
+        super().__init__(steps, guidance, spacing, clip)
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         self.eta = float(eta)
         self.deterministic = eta == 0
 
     def step_options(self) -> dict[str, Any]:
-        return {"eta": self.eta}
+        return {"eta": self.eta, "use_clipped_model_output": self.clip}
 
     def protocol(self, schedule: Mapping[str, Any]) -> dict[str, Any]:
         return {**super().protocol(schedule), "eta": self.eta}
@@ -150,12 +163,23 @@ class DPMSolver(Solver):
     scheduler_class = DPMSolverMultistepScheduler
 
     def __init__(
-        self, steps: int = 20, guidance: float = 1.0, spacing: Spacing = "trailing"
+        self,
+        steps: int = 20,
+        guidance: float = 1.0,
+        spacing: Spacing = "trailing",
+        clip: bool = True,
     ) -> None:
-        super().__init__(steps, guidance, spacing)
+        super().__init__(steps, guidance, spacing, clip)
 
     def options(self) -> dict[str, Any]:
-        return {"algorithm_type": "dpmsolver++", "solver_order": 2}
+        # thresholding with a largest value of 1 clips the predicted clean image to [-1, 1]
+        # (Imagen's dynamic threshold s is held to [1, sample_max_value])
+        return {
+            "algorithm_type": "dpmsolver++",
+            "solver_order": 2,
+            "thresholding": self.clip,
+            "sample_max_value": 1.0,
+        }
 
 
 def training_schedule(

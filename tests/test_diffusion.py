@@ -129,7 +129,16 @@ def test_the_training_loss_is_the_hand_computed_one(prediction, weighting):
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 @pytest.mark.parametrize(
-    "solver", [DDPM(), DDPM(steps=100), DDIM(steps=20), DDIM(steps=20, eta=1.0), DPMSolver(10)]
+    "solver",
+    [
+        DDPM(),
+        DDPM(steps=100),
+        DDIM(steps=20),
+        DDIM(steps=20, eta=1.0),
+        DDIM(steps=20, clip=False),
+        DPMSolver(10),
+        DPMSolver(10, clip=False),
+    ],
 )
 def test_every_solver_reaches_the_data_with_an_exact_denoiser(prediction, solver):
     """A data set of one image: the exact denoiser's samples are that image."""
@@ -149,6 +158,31 @@ def test_a_seed_gives_the_same_images_twice(solver):
     torch.manual_seed(1)  # the global stream plays no part
     assert torch.equal(first, model.generate(3, None, torch.Generator().manual_seed(7)))
     assert not torch.equal(first, model.generate(3, None, torch.Generator().manual_seed(8)))
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddim_in_two_steps_by_hand_with_and_without_clipping(clip):
+    """DDIM with eta 0 from timestep 999 to 499 to the data: with `clip` each step's clean-image
+    prediction is clipped to [-1, 1] and the noise re-derived from it (GLIDE's)."""
+    model = model_with(lambda **s: nn.Sequential(), ema_decay=None)
+    model.network = _Noisy()
+    noise = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out, _ = model.solve(noise, None, None, DDIM(steps=2, clip=clip))
+
+    alpha_bar = model.noise_schedule.alphas_cumprod
+    x = noise
+    for t, t_prev in ((999, 499), (499, None)):
+        a = alpha_bar[t]
+        a_prev = alpha_bar[t_prev] if t_prev is not None else torch.tensor(1.0)
+        eps = model.network(x, torch.full((2,), t))
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    torch.testing.assert_close(out, x.clamp(-1, 1))
+    other, _ = model.solve(noise, None, None, DDIM(steps=2, clip=not clip))
+    assert not torch.allclose(out, other)
 
 
 class _Noisy(nn.Module):
@@ -331,6 +365,8 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     protocol = {**report.protocol, "sampler": "ddim", "sampler_steps": 50, "eta": 1.0}
     out = save_report(Report(report.metrics, protocol), run, 5, "x")
     assert out.name == "classifier-32px_ddim50_eta1_g2_step0000005.json"
+    out = save_report(Report(report.metrics, {**protocol, "clip": False}), run, 5, "x")
+    assert out.name == "classifier-32px_ddim50_eta1_g2_noclip_step0000005.json"
 
     out = sample(
         make_cfg(

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Path:
-    """RUN/eval/<features>[_<solver><steps>[_eta<eta>][_g<guidance>]]_step<step>.json:
+    """RUN/eval/<features>[_<solver><steps>[_eta<eta>][_g<guidance>][_noclip]]_step<step>.json:
     evaluations with other features or another diffusion solver keep files of their own."""
     p = report.protocol
     how = f"_{p['sampler']}{p['sampler_steps']}" if "sampler" in p else ""
@@ -27,6 +27,8 @@ def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Pa
         how += f"_eta{p['eta']:g}"
     if p.get("guidance", 1) != 1:
         how += f"_g{p['guidance']:g}"
+    if p.get("clip") is False:
+        how += "_noclip"
     out = run_dir / "eval" / f"{p['features']}{how}_step{step:07d}.json"
     record = {"step": step, "checkpoint": checkpoint, **report.__dict__}
     write_atomically(json.dumps(record, indent=2).encode(), out)

@@ -206,7 +206,7 @@ class Diffusion(OneNetwork):
         if self.solver.deterministic:
             return self.solver
         steps = self.solver.steps_for(self.noise_schedule.config)
-        return DDIM(steps=steps, guidance=self.solver.guidance)
+        return DDIM(steps=steps, guidance=self.solver.guidance, clip=self.solver.clip)
 
     @torch.no_grad()
     def decode_latents(self, z: Tensor, loss: Any, labels: Tensor | None = None) -> Tensor:
