@@ -153,3 +153,35 @@ def test_a_checkpoint_from_before_lecam_loads():
     model.lecam_anchors.fill_(3.0)
     model.load_state_dict(old)  # strict: every other key must still match
     assert model.lecam_anchors.tolist() == [0.0, 0.0]
+
+
+def test_minibatch_std_appends_the_groups_standard_deviation_by_hand():
+    from genlab.models.common import MinibatchStd
+
+    # 4 images of 1 channel, 1x2 pixels, in groups of 2: images 0 and 2, 1 and 3 (as StyleGAN2)
+    x = torch.tensor([[[[0.0, 2.0]]], [[[1.0, 1.0]]], [[[2.0, 4.0]]], [[[1.0, 1.0]]]])
+    out = MinibatchStd(2)(x)
+    # group {0, 2}: per-pixel population variances 1 and 1; group {1, 3}: identical images, 0;
+    # the std is sqrt(variance + 1e-8) averaged over the pixels
+    expected = (torch.tensor([1.0, 0.0, 1.0, 0.0]) + 1e-8).sqrt()
+    assert out.shape == (4, 2, 1, 2)
+    torch.testing.assert_close(out[:, 1, 0, 0], expected)
+    torch.testing.assert_close(out[:, 1, 0, 1], expected)
+    torch.testing.assert_close(out[:, :1], x)
+    # a batch of 6 does not divide by 4: groups of gcd(4, 6) = 2
+    assert MinibatchStd(4)(torch.randn(6, 3, 2, 2)).shape == (6, 4, 2, 2)
+
+
+def test_dcgan_discriminator_with_minibatch_std_sees_the_batchs_variety():
+    from genlab.models.dcgan import DCGANDiscriminator
+
+    torch.manual_seed(0)
+    d = DCGANDiscriminator(1, 32, features=8, norm="none", minibatch_std=4).eval()
+    same = torch.randn(1, 1, 32, 32).expand(8, -1, -1, -1)
+    varied = torch.cat([same[:1], torch.randn(7, 1, 32, 32)])
+    # the first image's logit depends on what else is in its batch, only through the std map
+    assert not torch.allclose(d(same)[0], d(varied)[0])
+    plain = DCGANDiscriminator(1, 32, features=8, norm="none").eval()
+    torch.testing.assert_close(plain(same)[0], plain(varied)[0])
+    with pytest.raises(ValueError, match="minibatch_std must be >= 0"):
+        DCGANDiscriminator(1, 32, minibatch_std=-1)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from math import gcd
 
 import torch
 from torch import Tensor, nn
 
+from genlab.errors import require_at_least
 from genlab.images import square_side
 
 
@@ -20,6 +22,26 @@ def dcgan_init(module: nn.Module) -> None:
     elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+
+
+class MinibatchStd(nn.Module):
+    """Karras et al. 2018 (ProGAN), as in StyleGAN2: one more feature map holding the standard
+    deviation of the features across groups of `group_size` images (fewer when the batch does not
+    divide by it), averaged over channels and positions. A discriminator that sees it can tell a
+    batch with too little variety from a real one, which counters mode dropping."""
+
+    def __init__(self, group_size: int = 4) -> None:
+        super().__init__()
+        require_at_least(1, minibatch_std=group_size)
+        self.group_size = group_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        group = gcd(self.group_size, n)
+        y = x.float().reshape(group, n // group, c, h, w)
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+        std = std.to(x.dtype).reshape(1, n // group, 1, 1, 1).expand(group, -1, 1, h, w)
+        return torch.cat([x, std.reshape(n, 1, h, w)], dim=1)
 
 
 @contextmanager

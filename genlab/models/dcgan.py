@@ -7,7 +7,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from genlab.errors import require_at_least
-from genlab.models.common import dcgan_init
+from genlab.models.common import MinibatchStd, dcgan_init
 
 
 def dcgan_layout(image_size: int, name: str = "DCGAN") -> tuple[int, int]:
@@ -68,7 +68,9 @@ class DCGANDiscriminator(nn.Module):
     """Strided convolutions to one logit per image.
 
     `norm` is BatchNorm as in the paper; use `layer` or `none` with a gradient penalty (WGAN-GP),
-    whose per-sample gradients BatchNorm mixes across the batch.
+    whose per-sample gradients BatchNorm mixes across the batch. `minibatch_std` > 0 adds the
+    features' standard deviation over groups of that many images before the last convolution
+    (`MinibatchStd`); 0 leaves the paper's network.
     """
 
     def __init__(
@@ -78,10 +80,12 @@ class DCGANDiscriminator(nn.Module):
         num_classes: int = 0,
         features: int = 64,
         norm: Literal["batch", "layer", "none"] = "batch",
+        minibatch_std: int = 0,
     ) -> None:
         super().__init__()
         _unconditional(num_classes)
         require_at_least(1, features=features)
+        require_at_least(0, minibatch_std=minibatch_std)
         norms = {"batch": nn.BatchNorm2d, "layer": lambda c: nn.GroupNorm(1, c), "none": None}
         if norm not in norms:
             raise ValueError(f"norm must be one of {', '.join(norms)}, got {norm!r}")
@@ -98,7 +102,9 @@ class DCGANDiscriminator(nn.Module):
                 layers.append(make_norm(width * 2))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             width *= 2
-        layers.append(nn.Conv2d(width, 1, base, 1, 0))
+        if minibatch_std:
+            layers.append(MinibatchStd(minibatch_std))
+        layers.append(nn.Conv2d(width + bool(minibatch_std), 1, base, 1, 0))
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
 
