@@ -47,8 +47,9 @@ class Solver:
         require_at_least(0, guidance=guidance)
         if spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"spacing must be leading, trailing or linspace, got {spacing!r}")
-        self.steps, self.guidance, self.spacing = steps, float(guidance), spacing
-        self.clip = bool(clip)
+        if not isinstance(clip, bool):
+            raise ValueError(f"clip must be true or false, got {clip!r}")
+        self.steps, self.guidance, self.spacing, self.clip = steps, float(guidance), spacing, clip
 
     def scheduler(self, schedule: Mapping[str, Any]) -> SchedulerMixin:
         """A fresh diffusers scheduler for the model's training `schedule` (a scheduler config),

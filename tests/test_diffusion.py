@@ -207,6 +207,34 @@ def test_guidance_zero_is_unconditional_one_conditional_and_more_extrapolates():
         torch.testing.assert_close(images, (base + shift).clamp(-1, 1), atol=3e-3, rtol=0)
 
 
+def test_dit_long_skips_and_final_conv_reduce_to_the_plain_dit_when_neutral():
+    """U-ViT's options: a skip layer that passes its block's own tokens and drops the skip, and a
+    3x3 convolution with an identity kernel, give back the plain DiT's output exactly; with the
+    skip taken, the output changes."""
+    from genlab.models.dit import DiT
+
+    torch.manual_seed(0)
+    shape = dict(channels=1, image_size=8, patch=2, width=16, depth=4, heads=2)
+    plain, uvit = DiT(**shape), DiT(**shape, long_skips=True, final_conv=True)
+    for m in [*plain.blocks, plain.final_modulation, plain.out]:  # adaLN-Zero: away from zero
+        for p in m.parameters():
+            nn.init.normal_(p, std=0.1)
+    uvit.load_state_dict(plain.state_dict(), strict=False)
+    assert len(uvit.skips) == 2
+    with torch.no_grad():
+        for skip in uvit.skips:  # [tokens, skipped] -> tokens
+            skip.weight.copy_(torch.cat([torch.eye(16), torch.zeros(16, 16)], dim=1))
+            skip.bias.zero_()
+        uvit.conv.weight.zero_()
+        uvit.conv.weight[0, 0, 1, 1] = 1.0
+        uvit.conv.bias.zero_()
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 10, 999])
+    torch.testing.assert_close(uvit(x, t), plain(x, t))
+    with torch.no_grad():
+        uvit.skips[0].weight[:, 16:] = torch.eye(16)
+    assert not torch.allclose(uvit(x, t), plain(x, t))
+
+
 def test_guidance_is_refused_for_an_unconditional_model():
     with pytest.raises(ValueError, match="guidance=2.0 needs a class-conditional model"):
         model_with(solver=DDIM(guidance=2.0))
@@ -407,6 +435,7 @@ def test_a_solver_for_a_model_without_one_and_bad_solver_settings_are_one_messag
         ("model=dcgan", "+solver=ddim"): r"is for diffusion models; .*\(genlab.models.GAN\)",
         ("model=ddpm", "solver.steps=0"): "solver.steps must be >= 1",
         ("model=ddpm", "solver.guidance=3"): "solver.guidance=3.0 needs a class-conditional",
+        ("model=ddpm", "solver.clip=maybe"): "solver.clip must be true or false",
         ("model=ddpm", "model.prediction=noise"): "model.prediction: expected one of 'eps'",
         ("model=dit", "model.network.patch=5"): "patch must divide the image size 32",
     }

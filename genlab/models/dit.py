@@ -1,7 +1,9 @@
 """The diffusion family's transformer backbone: a Diffusion Transformer (Peebles & Xie 2023) in
 plain torch. The image is cut into patches, each a token with a fixed 2-D sine-cosine position;
 ViT blocks are conditioned on the timestep (and class) through adaLN-Zero; a last layer maps
-each token back to its patch."""
+each token back to its patch. Two options of U-ViT (Bao et al. 2023), off by default: long skips
+from the first half of the blocks to the second, and a 3x3 convolution over the reassembled image,
+which smooths the seams between patches."""
 
 from __future__ import annotations
 
@@ -72,7 +74,9 @@ class Block(nn.Module):
 class DiT(nn.Module):
     """`depth` blocks of `width` channels and `heads` heads over `patch` x `patch` patches (the
     image size must be divisible by `patch`). A class-conditional DiT embeds `num_classes`
-    labels plus the null label `num_classes` of classifier-free guidance."""
+    labels plus the null label `num_classes` of classifier-free guidance. `long_skips`: block
+    `depth - 1 - i` of the second half also takes block i's input (concatenated, then a linear
+    layer back to `width`), as U-ViT; `final_conv`: a 3x3 convolution on the output image."""
 
     def __init__(
         self,
@@ -84,6 +88,8 @@ class DiT(nn.Module):
         depth: int = 4,
         heads: int = 4,
         mlp_ratio: float = 4.0,
+        long_skips: bool = False,
+        final_conv: bool = False,
     ) -> None:
         super().__init__()
         if patch < 1 or image_size % patch:
@@ -102,9 +108,12 @@ class DiT(nn.Module):
         self.time = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
         self.classes = nn.Embedding(num_classes + 1, width) if num_classes else None
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        skips = depth // 2 if long_skips else 0
+        self.skips = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(skips))
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.out = nn.Linear(width, patch * patch * channels)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if final_conv else None
         self._init()
 
     def _init(self) -> None:
@@ -129,10 +138,16 @@ class DiT(nn.Module):
         c = self.time(timestep_embedding(t, 256).to(tokens.dtype))
         if self.classes is not None:
             c = c + self.classes(labels)
-        for block in self.blocks:
+        saved, first_out = [], len(self.blocks) - len(self.skips)
+        for i, block in enumerate(self.blocks):
+            if i < len(self.skips):
+                saved.append(tokens)
+            elif i >= first_out:
+                tokens = self.skips[i - first_out](torch.cat([tokens, saved.pop()], dim=2))
             tokens = block(tokens, c)
         shift, scale = self.final_modulation(c).chunk(2, dim=1)
         patches = self.out(modulate(self.norm(tokens), shift, scale))
         n, p, s = len(x), self.patch, self.side
         patches = patches.view(n, s, s, p, p, self.channels)
-        return torch.einsum("nhwpqc->nchpwq", patches).reshape(n, self.channels, s * p, s * p)
+        out = torch.einsum("nhwpqc->nchpwq", patches).reshape(n, self.channels, s * p, s * p)
+        return out if self.conv is None else self.conv(out)
