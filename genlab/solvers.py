@@ -47,8 +47,6 @@ class Solver:
         require_at_least(0, guidance=guidance)
         if spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"spacing must be leading, trailing or linspace, got {spacing!r}")
-        if not isinstance(clip, bool):
-            raise ValueError(f"clip must be true or false, got {clip!r}")
         self.steps, self.guidance, self.spacing, self.clip = steps, float(guidance), spacing, clip
 
     def scheduler(self, schedule: Mapping[str, Any]) -> SchedulerMixin:

@@ -435,7 +435,7 @@ def test_a_solver_for_a_model_without_one_and_bad_solver_settings_are_one_messag
         ("model=dcgan", "+solver=ddim"): r"is for diffusion models; .*\(genlab.models.GAN\)",
         ("model=ddpm", "solver.steps=0"): "solver.steps must be >= 1",
         ("model=ddpm", "solver.guidance=3"): "solver.guidance=3.0 needs a class-conditional",
-        ("model=ddpm", "solver.clip=maybe"): "solver.clip must be true or false",
+        ("model=ddpm", "solver.clip=maybe"): "solver.clip: expected bool, got 'maybe'",
         ("model=ddpm", "model.prediction=noise"): "model.prediction: expected one of 'eps'",
         ("model=dit", "model.network.patch=5"): "patch must divide the image size 32",
     }
