@@ -217,6 +217,13 @@ def test_gradient_norms_are_reported(tmp_path):
     assert 0 < values["diversity"] < 10
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child: Ctrl-C's default action. A suite started in the background by a shell
+    without job control (`cmd &` in a script, as some CI runners do) has SIGINT ignored, and
+    children inherit that; Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(run_dir, *extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -237,6 +244,7 @@ def _start(run_dir, *extra):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_sigint_as_at_a_terminal,
     )
 
 
