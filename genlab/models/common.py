@@ -39,7 +39,8 @@ class MinibatchStd(nn.Module):
         n, c, h, w = x.shape
         group = gcd(self.group_size, n)
         y = x.float().reshape(group, n // group, c, h, w)
-        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+        centred = y - y.mean(dim=0)  # not y.var(dim=0): 5x slower on the CPU over this dim
+        std = (centred.square().mean(dim=0) + 1e-8).sqrt().mean(dim=(1, 2, 3))
         std = std.to(x.dtype).reshape(1, n // group, 1, 1, 1).expand(group, -1, 1, h, w)
         return torch.cat([x, std.reshape(n, 1, h, w)], dim=1)
 
