@@ -160,7 +160,13 @@ def test_image_folder_rgb_classes_train_dcgan_and_cgan(tmp_path):
         assert grid.size == (grid_side(2, 32), grid_side(3, 32))  # 3 classes x 2 samples
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+PRESETS = sorted(
+    p.relative_to(CONF_DIR / "experiment").with_suffix("").as_posix()
+    for p in (CONF_DIR / "experiment").rglob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_experiment_presets_compose_and_check(preset):
     from genlab.commands.train import GROUPS
     from genlab.config import check_config
