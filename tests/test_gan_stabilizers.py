@@ -116,11 +116,24 @@ def test_projection_discriminator_adds_the_label_embedding_times_the_features():
     x = torch.randn(4, 1, 28, 28)
     h = torch.relu(d.blocks(x)).sum(dim=(2, 3))
     for y in (torch.tensor([0, 1, 2, 3]), torch.tensor([9, 9, 9, 9])):
-        expected = d.output(h).squeeze(1) + (d.projection.weight[y] * h).sum(1)
+        expected = d.output(h).squeeze(1) + (d.projection.weight.T[y] * h).sum(1)
         assert torch.allclose(d(x, y), expected, atol=1e-5)
     a, b = torch.zeros(4, dtype=torch.long), torch.full((4,), 7)
-    change = ((d.projection.weight[7] - d.projection.weight[0]) * h).sum(1)
+    change = ((d.projection.weight[:, 7] - d.projection.weight[:, 0]) * h).sum(1)
     assert torch.allclose(d(x, b) - d(x, a), change, atol=1e-5) and change.abs().min() > 0
+
+
+def test_spectral_norm_covers_the_projection_discriminators_class_embedding():
+    cfg = make_cfg("model=sngan_projection", "model.discriminator.features=16")
+    model = build(cfg.model, "model", channels=1, image_size=28, num_classes=10)
+    d = model.discriminator
+    with torch.no_grad():
+        d.projection.parametrizations.weight.original.mul_(10.0)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
+    for _ in range(100):
+        d(x, y)
+    sigma = torch.linalg.matrix_norm(d.projection.weight.detach(), ord=2)
+    assert sigma == pytest.approx(1.0, abs=0.02)
 
 
 def test_conditional_batchnorm_scales_and_shifts_per_class():
