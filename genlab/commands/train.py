@@ -96,9 +96,9 @@ def _train(
     )
     _refuse(lambda t: autocast_dtype(t.precision, device), trainer, "trainer")
     log.info(
-        "%s (%d parameters), loss %s, on %s: %d images %dx%dx%d, device %s",
+        "%s (%d trainable parameters), loss %s, on %s: %d images %dx%dx%d, device %s",
         choice("model"),
-        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in model.parameters() if p.requires_grad),  # not EMA copies
         choice("loss"),
         data.name,
         len(data),
