@@ -14,8 +14,8 @@ $(BIN)/genlab: pyproject.toml
 
 install: $(BIN)/genlab
 
-train: install  ## the tuned DCGAN (experiment=dcgan_mnist) on the embedded MNIST digits; or your own settings: make train ARGS="model=vae"
-	$(BIN)/genlab train $(or $(ARGS),experiment=dcgan_mnist)
+train: install  ## the tuned class-conditional DCGAN (experiment=cdcgan_mnist) on the embedded MNIST digits; or your own settings: make train ARGS="model=vae"
+	$(BIN)/genlab train $(or $(ARGS),experiment=cdcgan_mnist)
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

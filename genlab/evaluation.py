@@ -319,9 +319,9 @@ class Evaluator:
     def class_metrics(
         self, classifier: Classifier, fake: Tensor, labels: Tensor | None, device: torch.device
     ) -> dict[str, float]:
-        """Conditional: the classifier's accuracy on the requested classes (overall and per
-        class). Unconditional: how many classes the samples cover, KL(classes || uniform), and
-        the shares of the rarest and the commonest class (uniform: 1 / classes each)."""
+        """How many classes the samples cover, KL(classes || uniform), and the shares of the
+        rarest and the commonest class (uniform: 1 / classes each); for a conditional model also
+        the classifier's accuracy on the requested classes (overall and per class)."""
         predicted = torch.cat(
             [
                 classifier(normalize(b.to(device))).argmax(1).cpu()
@@ -329,10 +329,6 @@ class Evaluator:
             ]
         )
         k = classifier.shape[2]
-        if labels is not None:
-            hits = (predicted == labels).double()
-            per_class = {f"class_accuracy/{c}": float(hits[labels == c].mean()) for c in range(k)}
-            return {"class_accuracy": float(hits.mean()), **per_class}
         share = torch.bincount(predicted, minlength=k).double() / len(predicted)
         covered = int((share >= COVERED / k).sum())
         nonzero = share[share > 0]
@@ -344,12 +340,19 @@ class Evaluator:
                 k,
                 ", ".join(f"{c}: {100 * s:.0f}%" for c, s in enumerate(share.tolist())),
             )
-        return {
+        metrics = {
             "classes_covered": covered,
             "class_kl": kl,
             "class_share_min": float(share.min()),
             "class_share_max": float(share.max()),
         }
+        if labels is not None:
+            hits = (predicted == labels).double()
+            metrics["class_accuracy"] = float(hits.mean())
+            metrics.update(
+                {f"class_accuracy/{c}": float(hits[labels == c].mean()) for c in range(k)}
+            )
+        return metrics
 
 
 def format_table(report: Report) -> str:

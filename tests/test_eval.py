@@ -154,6 +154,19 @@ def test_class_shares_are_the_rarest_and_commonest_fractions():
     assert out["class_share_max"] == pytest.approx(6 / 40)
 
 
+def test_a_conditional_models_class_shares_are_of_what_it_drew_beside_its_accuracy():
+    # requested: four of each class; drawn: every requested 9 came out an 8
+    labels = torch.arange(10).repeat_interleave(4)
+    drawn = labels.clamp(max=8)
+    fake = torch.zeros(40, 1, 32, 32, dtype=torch.uint8)
+    fake[:, 0, 0, 0] = drawn.to(torch.uint8) * 20
+    out = Evaluator().class_metrics(ByFirstPixel(), fake, labels, CPU)
+    assert out["class_accuracy"] == pytest.approx(36 / 40)
+    assert (out["class_accuracy/9"], out["class_accuracy/8"]) == (0.0, 1.0)
+    assert out["classes_covered"] == 9
+    assert (out["class_share_min"], out["class_share_max"]) == (0.0, pytest.approx(8 / 40))
+
+
 def test_inception_weights_are_checked(tmp_path):
     fake = tmp_path / "weights.pth"
     fake.write_bytes(b"not the weights")

@@ -61,6 +61,30 @@ def test_conditional_mlp_uses_labels():
         g(z)
 
 
+def test_conditional_dcgan_generator_joins_the_label_embedding_to_the_noise():
+    torch.manual_seed(0)
+    g = DCGANGenerator(latent_dim=6, channels=1, image_size=28, num_classes=3, features=8)
+    z, y = torch.randn(2, 6), torch.tensor([0, 2])
+    assert g.net[0].in_channels == 6 + 10
+    by_hand = g.net(torch.cat([z, g.embed.weight[y]], dim=1)[:, :, None, None])
+    assert torch.equal(g(z, y), by_hand)
+    assert not torch.allclose(g(z, y), g(z, torch.tensor([1, 1])))
+    with pytest.raises(ValueError, match="labels"):
+        g(z)
+
+
+def test_dcgan_projection_discriminator_adds_the_embedding_times_the_pooled_features():
+    torch.manual_seed(0)
+    d = DCGANDiscriminator(channels=1, image_size=28, num_classes=10, features=8).eval()
+    x = torch.randn(4, 1, 28, 28)
+    h = d.net[:-1](x)
+    for y in (torch.tensor([0, 1, 2, 3]), torch.full((4,), 9)):
+        expected = d.net[-1](h).flatten() + (d.projection.weight.T[y] * h.sum(dim=(2, 3))).sum(1)
+        assert torch.allclose(d(x, y), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="labels"):
+        d(x)
+
+
 def test_gan_builds_networks_for_the_data_shape():
     gan = GAN(
         generator=lambda **kw: MLPGenerator(hidden=(16,), **kw),

@@ -24,6 +24,20 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def label_embedding(num_classes: int, embed_dim: int) -> nn.Embedding | None:
+    """A learned embedding of the class labels; None for an unconditional network."""
+    return nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
+
+
+def join_labels(x: Tensor, embed: nn.Embedding | None, labels: Tensor | None) -> Tensor:
+    """`x` (N, F) with each label's embedding appended (N, F + embed_dim); unconditional: `x`."""
+    if embed is None:
+        return x
+    if labels is None:
+        raise ValueError("this network is class-conditional: pass labels")
+    return torch.cat([x, embed(labels)], dim=1)
+
+
 class MinibatchStd(nn.Module):
     """Karras et al. 2018 (ProGAN), as in StyleGAN2: one more feature map holding the standard
     deviation of the features across groups of `group_size` images (fewer when the batch does not

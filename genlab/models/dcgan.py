@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import require_at_least
-from genlab.models.common import MinibatchStd, dcgan_init
+from genlab.models.common import MinibatchStd, dcgan_init, join_labels, label_embedding
 
 
 def dcgan_layout(image_size: int, name: str = "DCGAN") -> tuple[int, int]:
@@ -25,12 +26,10 @@ def dcgan_layout(image_size: int, name: str = "DCGAN") -> tuple[int, int]:
     return base, doublings
 
 
-def _unconditional(num_classes: int) -> None:
-    if num_classes:
-        raise ValueError("the DCGAN networks are unconditional; use model=cgan for class labels")
-
-
 class DCGANGenerator(nn.Module):
+    """Transposed convolutions from the noise to an image; with classes, a learned label
+    embedding of `embed_dim` values is joined to the noise (the conditional DCGAN)."""
+
     def __init__(
         self,
         latent_dim: int,
@@ -38,14 +37,16 @@ class DCGANGenerator(nn.Module):
         image_size: int,
         num_classes: int = 0,
         features: int = 64,
+        embed_dim: int = 10,
     ) -> None:
         super().__init__()
-        _unconditional(num_classes)
-        require_at_least(1, features=features)
+        require_at_least(1, features=features, embed_dim=embed_dim)
         base, doublings = dcgan_layout(image_size)
         width = features * 2 ** (doublings - 1)
+        self.embed = label_embedding(num_classes, embed_dim)
+        inputs = latent_dim + (embed_dim if num_classes else 0)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False),
+            nn.ConvTranspose2d(inputs, width, base, 1, 0, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(True),
         ]
@@ -61,11 +62,13 @@ class DCGANGenerator(nn.Module):
         self.apply(dcgan_init)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.net(z[:, :, None, None])
+        return self.net(join_labels(z, self.embed, labels)[:, :, None, None])
 
 
 class DCGANDiscriminator(nn.Module):
-    """Strided convolutions to one logit per image.
+    """Strided convolutions to one logit per image; with classes, the projection discriminator
+    (Miyato & Koyama 2018): plus <embed(y), the last features summed over positions>, the
+    embedding a bias-free linear map of one-hot labels, so that spectral norm covers it.
 
     `norm` is BatchNorm as in the paper; use `layer` or `none` with a gradient penalty (WGAN-GP),
     whose per-sample gradients BatchNorm mixes across the batch. `minibatch_std` > 0 adds the
@@ -83,7 +86,6 @@ class DCGANDiscriminator(nn.Module):
         minibatch_std: int = 0,
     ) -> None:
         super().__init__()
-        _unconditional(num_classes)
         require_at_least(1, features=features)
         require_at_least(0, minibatch_std=minibatch_std)
         norms = {"batch": nn.BatchNorm2d, "layer": lambda c: nn.GroupNorm(1, c), "none": None}
@@ -104,9 +106,17 @@ class DCGANDiscriminator(nn.Module):
             width *= 2
         if minibatch_std:
             layers.append(MinibatchStd(minibatch_std))
-        layers.append(nn.Conv2d(width + bool(minibatch_std), 1, base, 1, 0))
+        width += bool(minibatch_std)
+        layers.append(nn.Conv2d(width, 1, base, 1, 0))
         self.net = nn.Sequential(*layers)
+        self.projection = nn.Linear(num_classes, width, bias=False) if num_classes else None
         self.apply(dcgan_init)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.net(x).flatten()
+        if self.projection is None:
+            return self.net(x).flatten()
+        if labels is None:
+            raise ValueError("this network is class-conditional: pass labels")
+        h = self.net[:-1](x)
+        embed = self.projection(F.one_hot(labels, self.projection.in_features).to(h.dtype))
+        return self.net[-1](h).flatten() + (embed * h.sum(dim=(2, 3))).sum(1)

@@ -10,25 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import pairwise
 
-import torch
 from torch import Tensor, nn
 
-
-def _embedding(num_classes: int, embed_dim: int) -> nn.Embedding | None:
-    return nn.Embedding(num_classes, embed_dim) if num_classes > 0 else None
+from genlab.models.common import join_labels, label_embedding
 
 
 def _check_hidden(hidden: Sequence[int]) -> None:
     if not hidden or min(hidden) < 1:
         raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
-
-
-def _join(x: Tensor, embed: nn.Embedding | None, labels: Tensor | None) -> Tensor:
-    if embed is None:
-        return x
-    if labels is None:
-        raise ValueError("this network is class-conditional: pass labels")
-    return torch.cat([x, embed(labels)], dim=1)
 
 
 class MLPGenerator(nn.Module):
@@ -47,7 +36,7 @@ class MLPGenerator(nn.Module):
         super().__init__()
         _check_hidden(hidden)
         self.shape = (channels, image_size, image_size)
-        self.embed = _embedding(num_classes, embed_dim)
+        self.embed = label_embedding(num_classes, embed_dim)
         layers: list[nn.Module] = []
         width = latent_dim + (embed_dim if self.embed else 0)
         for i, size in enumerate(hidden):
@@ -60,7 +49,7 @@ class MLPGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.net(_join(z, self.embed, labels)).view(-1, *self.shape)
+        return self.net(join_labels(z, self.embed, labels)).view(-1, *self.shape)
 
 
 class MLPDiscriminator(nn.Module):
@@ -74,7 +63,7 @@ class MLPDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         _check_hidden(hidden)
-        self.embed = _embedding(num_classes, embed_dim)
+        self.embed = label_embedding(num_classes, embed_dim)
         layers: list[nn.Module] = []
         width = channels * image_size * image_size + (embed_dim if self.embed else 0)
         for size in hidden:
@@ -85,7 +74,7 @@ class MLPDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits, one per image."""
-        return self.net(_join(x.flatten(1), self.embed, labels)).squeeze(1)
+        return self.net(join_labels(x.flatten(1), self.embed, labels)).squeeze(1)
 
 
 def _relu_layers(width: int, hidden: Sequence[int]) -> list[nn.Module]:
