@@ -192,11 +192,11 @@ class AdversarialLoss:
     """A GAN objective: discriminator and generator losses on logits, the discriminator's
     regularizers and top-k training (`conf/gan_loss.yaml` says what each key means)."""
 
-    n_critic: int = 1  # discriminator updates per generator update
     gp_weight: float = 0.0  # weight of the gradient penalty (0: none)
 
     def __init__(
         self,
+        n_critic: int = 1,
         r1: float = 0.0,
         r2: float = 0.0,
         reg_every: int = 1,
@@ -206,12 +206,13 @@ class AdversarialLoss:
         top_k_decay: float = 0.99,
     ) -> None:
         require_at_least(0, r1=r1, r2=r2, lecam=lecam)
-        require_at_least(1, reg_every=reg_every)
+        require_at_least(1, n_critic=n_critic, reg_every=reg_every)
         if not 0 <= lecam_decay < 1:
             raise ValueError(f"lecam_decay must be in [0, 1), got {lecam_decay}")
         for name, value in (("top_k_min", top_k_min), ("top_k_decay", top_k_decay)):
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
+        self.n_critic = int(n_critic)  # discriminator updates per generator update
         self.r1, self.r2, self.reg_every = float(r1), float(r2), int(reg_every)
         self.lecam, self.lecam_decay = float(lecam), float(lecam_decay)
         self.top_k_min, self.top_k_decay = float(top_k_min), float(top_k_decay)
@@ -265,10 +266,9 @@ class WassersteinGP(AdversarialLoss):
     g_loss = staticmethod(wasserstein_g_loss)
 
     def __init__(self, gp_weight: float = 10.0, n_critic: int = 5) -> None:
-        super().__init__()  # no R1, R2, LeCam or top-k: the gradient penalty regularizes
+        super().__init__(n_critic)  # no R1, R2, LeCam or top-k: the gradient penalty regularizes
         require_at_least(0, gp_weight=gp_weight)
-        require_at_least(1, n_critic=n_critic)
-        self.gp_weight, self.n_critic = float(gp_weight), int(n_critic)
+        self.gp_weight = float(gp_weight)
 
 
 class ELBO:

@@ -108,6 +108,25 @@ def test_top_k_trains_the_generator_on_its_best_samples():
     assert best[0]["loss/g"] < plain[0]["loss/g"]  # hinge: -mean of the highest 60% of scores
 
 
+def test_n_critic_discriminator_updates_on_fresh_batches_per_generator_update():
+    """loss.n_critic=3 with a non-Wasserstein loss (SNGAN trains its D 5 times per G step)."""
+    cfg = make_cfg("model=gan", "dataset=digits", "loss=hinge", "loss.n_critic=3")
+    loss = build(cfg.loss, "loss")
+    model = build(cfg.model, "model", channels=1, image_size=32, num_classes=10)
+    optimizers = {
+        name: torch.optim.SGD(net.parameters(), lr=0.01)
+        for name, net in (("g", model.generator), ("d", model.discriminator))
+    }
+    update = Updater(optimizers, CPU)
+    loader = DeviceLoader(digits(), 16, CPU)
+    d_steps = []
+    optimizers["d"].register_step_post_hook(lambda *_: d_steps.append(loader.index))
+    model.train_step(loader, loss, update)
+    assert loss.n_critic == 3 and model.batches_per_step(loss) == 3
+    assert len(d_steps) == 3 and len(set(d_steps)) == 3  # each update after a batch of its own
+    assert int(model.generator_updates) == 1
+
+
 def test_projection_discriminator_adds_the_label_embedding_times_the_features():
     from genlab.models.resnet import ResNetDiscriminator
 
