@@ -12,18 +12,22 @@ from tests.conftest import make_cfg
 CPU = torch.device("cpu")
 
 
+def gan_on_digits(lr: float) -> tuple[torch.nn.Module, dict, Updater, DeviceLoader]:
+    """model=gan for digits, SGD at `lr` for both networks, and a loader of 16 digits."""
+    cfg = make_cfg("model=gan", "dataset=digits")
+    model = build(cfg.model, "model", channels=1, image_size=32, num_classes=10)
+    sgd = {
+        name: torch.optim.SGD(net.parameters(), lr=lr)
+        for name, net in (("g", model.generator), ("d", model.discriminator))
+    }
+    return model, sgd, Updater(sgd, CPU), DeviceLoader(digits(), 16, CPU)
+
+
 def steps(loss: Hinge, n: int, epoch: int = 0) -> tuple[list[dict], torch.nn.Module]:
     """`n` steps of model=gan on digits at learning rate 0 (the networks never change), with the
     same batches and noise for any loss settings."""
     torch.manual_seed(0)
-    cfg = make_cfg("model=gan", "dataset=digits")
-    model = build(cfg.model, "model", channels=1, image_size=32, num_classes=10)
-    sgd = {
-        name: torch.optim.SGD(net.parameters(), lr=0.0)
-        for name, net in (("g", model.generator), ("d", model.discriminator))
-    }
-    update = Updater(sgd, CPU)
-    loader = DeviceLoader(digits(), 16, CPU)
+    model, _, update, loader = gan_on_digits(lr=0.0)
     loader.epoch = epoch  # what top-k's schedule reads
     torch.manual_seed(1)
     out = [
@@ -110,15 +114,8 @@ def test_top_k_trains_the_generator_on_its_best_samples():
 
 def test_n_critic_discriminator_updates_on_fresh_batches_per_generator_update():
     """loss.n_critic=3 with a non-Wasserstein loss (SNGAN trains its D 5 times per G step)."""
-    cfg = make_cfg("model=gan", "dataset=digits", "loss=hinge", "loss.n_critic=3")
-    loss = build(cfg.loss, "loss")
-    model = build(cfg.model, "model", channels=1, image_size=32, num_classes=10)
-    optimizers = {
-        name: torch.optim.SGD(net.parameters(), lr=0.01)
-        for name, net in (("g", model.generator), ("d", model.discriminator))
-    }
-    update = Updater(optimizers, CPU)
-    loader = DeviceLoader(digits(), 16, CPU)
+    loss = build(make_cfg("loss=hinge", "loss.n_critic=3").loss, "loss")
+    model, optimizers, update, loader = gan_on_digits(lr=0.01)
     d_steps = []
     optimizers["d"].register_step_post_hook(lambda *_: d_steps.append(loader.index))
     model.train_step(loader, loss, update)
