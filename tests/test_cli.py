@@ -34,7 +34,7 @@ def test_unknown_command_is_refused():
 
 def test_train_help_lists_groups_and_options():
     out = run_cli("train", "--help").stdout
-    models = "cgan, dcgan, ddpm, dit, gan, pixelcnn, sngan, sngan_projection, vae, vae_mlp"
+    models = "cdcgan, cgan, dcgan, ddpm, dit, gan, pixelcnn, sngan, sngan_projection, vae, vae_mlp"
     assert f"model: {models}" in out
     assert "model/network: dit, unet" in out
     assert "solver: ddim, ddpm, dpm_solver" in out
