@@ -38,6 +38,20 @@ def join_labels(x: Tensor, embed: nn.Embedding | None, labels: Tensor | None) ->
     return torch.cat([x, embed(labels)], dim=1)
 
 
+class Projection(nn.Linear):
+    """The class term of a projection discriminator (Miyato & Koyama 2018): <embed(y), h> for
+    pooled features h (N, features). The embedding is this bias-free linear map of one-hot labels
+    (its `weight` column c is class c's), so that spectral normalization covers it with the
+    discriminator's other weights, as in SNGAN's code (chainer's SNEmbedID)."""
+
+    def __init__(self, num_classes: int, features: int) -> None:
+        super().__init__(num_classes, features, bias=False)
+
+    def forward(self, h: Tensor, labels: Tensor) -> Tensor:
+        one_hot = torch.nn.functional.one_hot(labels, self.in_features).to(h.dtype)
+        return (super().forward(one_hot).to(h.dtype) * h).sum(1)
+
+
 class MinibatchStd(nn.Module):
     """Karras et al. 2018 (ProGAN), as in StyleGAN2: one more feature map holding the standard
     deviation of the features across groups of `group_size` images (fewer when the batch does not

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import require_at_least
-from genlab.models.common import MinibatchStd, dcgan_init, join_labels, label_embedding
+from genlab.models.common import (
+    MinibatchStd,
+    Projection,
+    dcgan_init,
+    join_labels,
+    label_embedding,
+)
 
 
 def dcgan_layout(image_size: int, name: str = "DCGAN") -> tuple[int, int]:
@@ -67,8 +72,7 @@ class DCGANGenerator(nn.Module):
 
 class DCGANDiscriminator(nn.Module):
     """Strided convolutions to one logit per image; with classes, the projection discriminator
-    (Miyato & Koyama 2018): plus <embed(y), the last features summed over positions>, the
-    embedding a bias-free linear map of one-hot labels, so that spectral norm covers it.
+    (`Projection`): plus <embed(y), the last features summed over positions>.
 
     `norm` is BatchNorm as in the paper; use `layer` or `none` with a gradient penalty (WGAN-GP),
     whose per-sample gradients BatchNorm mixes across the batch. `minibatch_std` > 0 adds the
@@ -109,7 +113,7 @@ class DCGANDiscriminator(nn.Module):
         width += bool(minibatch_std)
         layers.append(nn.Conv2d(width, 1, base, 1, 0))
         self.net = nn.Sequential(*layers)
-        self.projection = nn.Linear(num_classes, width, bias=False) if num_classes else None
+        self.projection = Projection(num_classes, width) if num_classes else None
         self.apply(dcgan_init)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -118,5 +122,4 @@ class DCGANDiscriminator(nn.Module):
         if labels is None:
             raise ValueError("this network is class-conditional: pass labels")
         h = self.net[:-1](x)
-        embed = self.projection(F.one_hot(labels, self.projection.in_features).to(h.dtype))
-        return self.net[-1](h).flatten() + (embed * h.sum(dim=(2, 3))).sum(1)
+        return self.net[-1](h).flatten() + self.projection(h.sum(dim=(2, 3)), labels)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import require_at_least
+from genlab.models.common import Projection
 from genlab.models.dcgan import dcgan_layout
 
 
@@ -136,18 +137,12 @@ class ResNetDiscriminator(nn.Module):
         blocks += [DiscriminatorBlock(features, features, down=False) for _ in range(2)]
         self.blocks = nn.Sequential(*blocks)
         self.output = nn.Linear(features, 1)
-        # the class embedding as a linear map of one-hot labels, so that spectral normalization
-        # covers it with D's other weights, as in SNGAN's projection D (chainer's SNEmbedID)
-        self.projection = nn.Linear(num_classes, features, bias=False) if num_classes else None
+        self.projection = Projection(num_classes, features) if num_classes else None
         _init(self)
-
-    def embed(self, labels: Tensor) -> Tensor:
-        """The class embedding of each label (N, features)."""
-        return self.projection(F.one_hot(labels, self.projection.in_features).float())
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))
         out = self.output(h).squeeze(1)
         if self.projection is not None:
-            out = out + (self.embed(labels).to(h.dtype) * h).sum(1)
+            out = out + self.projection(h, labels)
         return out
