@@ -28,6 +28,7 @@ CUDA = ["device=cuda", "trainer.deterministic=true"]
         ["model=gan"],
         ["model=cgan"],
         ["model=dcgan"],
+        ["model=cdcgan"],
         ["model=vae"],
         ["model=dcgan", "loss=wgan_gp", "model.discriminator.norm=layer"],
         ["model=dcgan", "trainer.precision=bf16", "trainer.channels_last=true"],
@@ -43,6 +44,7 @@ CUDA = ["device=cuda", "trainer.deterministic=true"]
         "gan",
         "cgan",
         "dcgan",
+        "cdcgan",
         "vae",
         "wgan_gp",
         "dcgan_bf16_nhwc",
@@ -64,6 +66,7 @@ def test_cuda_resume_is_bit_identical(setup, tmp_path):
     [
         ["model=gan"],
         ["model=dcgan"],
+        ["model=cdcgan"],
         ["model=vae"],
         ["model=dcgan", "model.ema_decay=0.9", "model.ema_start=1"],  # starts at the 2nd step
         R1_LECAM,
@@ -72,7 +75,7 @@ def test_cuda_resume_is_bit_identical(setup, tmp_path):
         ["model=dit", *TINY_NETWORKS["dit"]],
         ["model=pixelcnn", *TINY_NETWORKS["pixelcnn"]],
     ],
-    ids=["gan", "dcgan", "vae", "dcgan_ema", "gan_r1_lecam", "sngan", "ddpm", "dit", "pixelcnn"],
+    ids=["gan", "dcgan", "cdcgan", "vae", "dcgan_ema", "gan_r1_lecam", "sngan", "ddpm", "dit", "pixelcnn"],
 )
 def test_cuda_training_step_never_waits_for_the_gpu(setup):
     """Between logging steps a step queues its kernels without one host sync (guard and EMA
