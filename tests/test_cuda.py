@@ -75,7 +75,18 @@ def test_cuda_resume_is_bit_identical(setup, tmp_path):
         ["model=dit", *TINY_NETWORKS["dit"]],
         ["model=pixelcnn", *TINY_NETWORKS["pixelcnn"]],
     ],
-    ids=["gan", "dcgan", "cdcgan", "vae", "dcgan_ema", "gan_r1_lecam", "sngan", "ddpm", "dit", "pixelcnn"],
+    ids=[
+        "gan",
+        "dcgan",
+        "cdcgan",
+        "vae",
+        "dcgan_ema",
+        "gan_r1_lecam",
+        "sngan",
+        "ddpm",
+        "dit",
+        "pixelcnn",
+    ],
 )
 def test_cuda_training_step_never_waits_for_the_gpu(setup):
     """Between logging steps a step queues its kernels without one host sync (guard and EMA
