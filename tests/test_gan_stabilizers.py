@@ -168,6 +168,26 @@ def test_conditional_batchnorm_scales_and_shifts_per_class():
     assert changed.tolist() == [c == 3 for c in range(10)]
 
 
+def test_resnet_generator_joins_a_label_embedding_to_the_latent_when_asked():
+    from genlab.models.resnet import ResNetGenerator
+
+    torch.manual_seed(0)
+    g = ResNetGenerator(8, 1, 28, num_classes=10, features=16, embed_dim=4).eval()
+    z, y = torch.randn(2, 8), torch.tensor([0, 7])
+    assert g.input.in_features == 8 + 4
+    seen = []
+    g.input.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    g(z, y)
+    assert torch.equal(seen[0], torch.cat([z, g.embed.weight[y]], dim=1))
+    # the class-conditional BatchNorm is still the same for every class at first, so the labels
+    # reach the image through the embedding alone
+    assert not torch.allclose(g(z, y), g(z, torch.tensor([3, 3])), atol=1e-4)
+    with pytest.raises(ValueError, match="labels"):
+        g(z)
+    assert ResNetGenerator(8, 1, 28, num_classes=10, features=16).embed is None  # SNGAN's own
+    assert ResNetGenerator(8, 1, 28, features=16, embed_dim=4).embed is None  # no classes
+
+
 def test_resnet_networks_name_themselves_for_a_wrong_size():
     from genlab.models.resnet import ResNetGenerator
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.errors import require_at_least
-from genlab.models.common import Projection
+from genlab.models.common import Projection, join_labels, label_embedding
 from genlab.models.dcgan import dcgan_layout
 
 
@@ -94,7 +94,9 @@ class DiscriminatorBlock(nn.Module):
 
 class ResNetGenerator(nn.Module):
     """The latent to `features` maps of the base size, one upsampling block per doubling, then
-    BN, ReLU, a 3x3 conv to the image channels and tanh."""
+    BN, ReLU, a 3x3 conv to the image channels and tanh. With classes and `embed_dim` > 0, a
+    learned label embedding is also joined to the latent (as BigGAN's shared class embedding,
+    and as `model=cdcgan` does), besides the conditional BatchNorm."""
 
     def __init__(
         self,
@@ -103,19 +105,24 @@ class ResNetGenerator(nn.Module):
         image_size: int,
         num_classes: int = 0,
         features: int = 128,
+        embed_dim: int = 0,
     ) -> None:
         super().__init__()
         require_at_least(1, features=features)
+        require_at_least(0, embed_dim=embed_dim)
         self.base, doublings = dcgan_layout(image_size, "The ResNet generator")
         self.features = features
-        self.input = nn.Linear(latent_dim, features * self.base * self.base)
+        self.embed = label_embedding(num_classes, embed_dim) if embed_dim else None
+        inputs = latent_dim + (embed_dim if self.embed is not None else 0)
+        self.input = nn.Linear(inputs, features * self.base * self.base)
         self.blocks = nn.ModuleList(GeneratorBlock(features, num_classes) for _ in range(doublings))
         self.norm = nn.BatchNorm2d(features)
         self.output = nn.Conv2d(features, channels, 3, 1, 1)
         _init(self)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        h = self.input(z).view(len(z), self.features, self.base, self.base)
+        h = self.input(join_labels(z, self.embed, labels))
+        h = h.view(len(z), self.features, self.base, self.base)
         for block in self.blocks:
             h = block(h, labels)
         return self.output(F.relu(self.norm(h))).tanh()
