@@ -46,8 +46,8 @@ class TensorBoardLogger(NullLogger):
         self.folder = self.run_dir / subdir / name if name else self.run_dir / subdir
         self.flush_secs = flush_secs
         self._writer = None
-        # imported here, not at the first value logged: inside the loop its 0.1-0.4 s stall the
-        # first logging step (and the GPU's queue with it)
+        # imported here, not at the first value logged: inside the loop its ~0.1 s (more from a
+        # cold disk) would stall the first logging step, and the GPU's queue with it
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer_class = SummaryWriter

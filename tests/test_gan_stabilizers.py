@@ -137,6 +137,8 @@ def test_projection_discriminator_adds_the_label_embedding_times_the_features():
     a, b = torch.zeros(4, dtype=torch.long), torch.full((4,), 7)
     change = ((d.projection.weight[:, 7] - d.projection.weight[:, 0]) * h).sum(1)
     assert torch.allclose(d(x, b) - d(x, a), change, atol=1e-5) and change.abs().min() > 0
+    with pytest.raises(ValueError, match="labels"):
+        d(x)
 
 
 def test_spectral_norm_covers_the_projection_discriminators_class_embedding():

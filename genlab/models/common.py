@@ -47,7 +47,9 @@ class Projection(nn.Linear):
     def __init__(self, num_classes: int, features: int) -> None:
         super().__init__(num_classes, features, bias=False)
 
-    def forward(self, h: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, h: Tensor, labels: Tensor | None) -> Tensor:
+        if labels is None:
+            raise ValueError("this network is class-conditional: pass labels")
         one_hot = torch.nn.functional.one_hot(labels, self.in_features).to(h.dtype)
         return (super().forward(one_hot).to(h.dtype) * h).sum(1)
 

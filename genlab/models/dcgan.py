@@ -119,7 +119,5 @@ class DCGANDiscriminator(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.projection is None:
             return self.net(x).flatten()
-        if labels is None:
-            raise ValueError("this network is class-conditional: pass labels")
         h = self.net[:-1](x)
         return self.net[-1](h).flatten() + self.projection(h.sum(dim=(2, 3)), labels)
