@@ -240,6 +240,17 @@ def test_guidance_is_refused_for_an_unconditional_model():
         model_with(solver=DDIM(guidance=2.0))
 
 
+def test_grids_hold_at_most_grid_images_one_row_per_class_when_conditional():
+    examples = (torch.zeros(64, 1, 4, 4), None)
+    unconditional = model_with(grid_images=9).fixed_inputs(64, examples, seed=0)
+    assert unconditional["noise"].shape == (9, 1, 4, 4) and unconditional["labels"] is None
+    assert model_with(grid_images=9).fixed_inputs(4, examples, seed=0)["noise"].shape[0] == 4
+    conditional = model_with(conditional=True, num_classes=3, grid_images=7)
+    assert conditional.fixed_inputs(64, examples, seed=0)["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="grid_images"):
+        model_with(grid_images=0)
+
+
 def test_samples_come_from_the_ema():
     """The EMA (on by default) samples: changing the trained network changes nothing."""
     cfg = make_cfg("model=ddpm", "dataset=digits", "solver.steps=3", "model.ema_start=0")
@@ -337,6 +348,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
         "solver.steps=3",
         "model.conditional=true",
         "trainer.grid_images=20",
+        "model.grid_images=20",
         f"evaluator.cache_dir={tmp_path / 'cache'}",
         "evaluator.classifier_steps=20",
         "evaluator.num_generated_cheap=20",

@@ -42,7 +42,8 @@ class Diffusion(OneNetwork):
     `timesteps` steps, and sampled by `solver`. With `conditional`, labels are dropped to the
     null label with probability `label_dropout`, so the solver's `guidance` can mix the
     conditional and unconditional outputs. `ema_decay`: samples come from an exponential moving
-    average of the network (null: the network itself)."""
+    average of the network (null: the network itself). Grids show at most `grid_images` images
+    (each a solver run)."""
 
     roles: ClassVar[dict[str, str]] = {"model": "denoiser"}
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate", "likelihood"})
@@ -61,6 +62,7 @@ class Diffusion(OneNetwork):
         label_dropout: float = 0.1,
         ema_decay: float | None = 0.999,
         ema_start: int = 0,
+        grid_images: int = 16,
         init_from: str | None = None,
         freeze: Sequence[str] = (),
         *,
@@ -78,6 +80,7 @@ class Diffusion(OneNetwork):
         if schedule not in ("linear", "cosine"):
             raise ValueError(f"schedule must be linear or cosine, got {schedule!r}")
         require_at_least(2, timesteps=timesteps)
+        require_at_least(1, grid_images=grid_images)
         if not 0 < beta_start < beta_end < 1:
             raise ValueError(
                 f"beta_start and beta_end need 0 < beta_start < beta_end < 1, got {beta_start} "
@@ -93,6 +96,7 @@ class Diffusion(OneNetwork):
             )
         shape = self.set_shape(channels * image_size * image_size, classes, channels, image_size)
         self.prediction, self.label_dropout, self.solver = prediction, label_dropout, solver
+        self.grid_images = grid_images
         self.noise_schedule = training_schedule(
             timesteps, schedule, prediction, beta_start, beta_end
         )
@@ -220,8 +224,9 @@ class Diffusion(OneNetwork):
         return self.decode_latents(z, None, labels)
 
     def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
-        """Noise (and labels: one row per class for a conditional model) reused at every grid."""
-        device = examples[0].device
+        """Noise (and labels: one row per class for a conditional model) for at most
+        `grid_images` samples, reused at every grid."""
+        num, device = min(num, self.grid_images), examples[0].device
         labels = class_rows(self.num_classes, num, device)
         num = num if labels is None else len(labels)
         gen = torch.Generator(device=device).manual_seed(seed)
