@@ -56,15 +56,17 @@ def raster_order(channels: int, size: int, strict_pixel: bool) -> torch.Tensor:
     return (pixel2 < pixel) | (same & ((c2 < c) if strict_pixel else (c2 <= c)))
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_each_output_sees_exactly_the_sub_pixels_before_it(channels):
+@pytest.mark.parametrize(("channels", "label_map"), [(1, 0), (3, 0), (1, 2), (3, 2)])
+def test_each_output_sees_exactly_the_sub_pixels_before_it(channels, label_map):
     """The receptive-field test: output (c, i, j) depends on every sub-pixel before it in
     raster order (R, G, B within a pixel) and on none at or after it. Every allowed input
-    counts too: the gated stacks leave no blind spot."""
-    size, net = 5, tiny(channels).network.double()
+    counts too: the gated stacks leave no blind spot. Class maps change none of it."""
+    classes = 2 if label_map else None
+    size, net = 5, tiny(channels, classes=classes, label_map=label_map).network.double()
     for p in net.parameters():  # no zero weights hide a dependency, no saturated gate
         nn.init.uniform_(p, 0.01, 0.05)
-    d = dependencies(lambda x: net(x)[:, 0], channels, size)  # output parameter 0 of each
+    labels = torch.tensor([1]) if label_map else None
+    d = dependencies(lambda x: net(x, labels)[:, 0], channels, size)  # output parameter 0 of each
     assert torch.equal(d, raster_order(channels, size, strict_pixel=True))
 
 
@@ -166,11 +168,15 @@ def test_a_logistic_mixture_log_prob_is_finite_far_from_its_mean():
     assert torch.isfinite(categorical_log_prob(torch.zeros(1, 256, 3, 1), levels)).all()
 
 
-def test_samples_are_the_inverse_cdf_of_the_distributions_the_model_gives_them():
+@pytest.mark.parametrize("label_map", [0, 2])
+def test_samples_are_the_inverse_cdf_of_the_distributions_the_model_gives_them(label_map):
     """Each sampled sub-pixel is where the CDF of its distribution (given the image as finally
     drawn: the masks make the later values irrelevant) reaches Phi(z); the network saw only the
-    rows done while sampling, which changes nothing. Same latents, same images."""
-    model = tiny(3, 4, classes=3)
+    rows done while sampling, which changes nothing, the class maps cut to them too. Same
+    latents, same images."""
+    model = tiny(3, 4, classes=3, label_map=label_map)
+    if label_map:
+        nn.init.normal_(model.network.class_maps.weight, 0, 1)
     labels = torch.tensor([0, 2])
     z = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(0))
     images = model.sample(z, labels)
@@ -229,6 +235,26 @@ def test_settings_are_checked():
         tiny(3, features=2)
     with pytest.raises(ValueError, match="kernel must be odd"):
         tiny(kernel=4)
+    with pytest.raises(ValueError, match="label_map must be >= 0"):
+        tiny(classes=2, label_map=-1)
+    assert tiny(label_map=2).network.class_maps is None  # no classes, no class maps
+
+
+def test_class_maps_start_at_zero_and_give_each_class_a_bias_per_position():
+    """Zero at first (the plain class bias); once learnt, the same label biases the gates
+    differently at different pixels, which a class bias alone cannot."""
+    model = tiny(1, 4, classes=2, label_map=2)
+    net, labels = model.network, torch.tensor([0, 1])
+    x = from_levels(torch.randint(0, 256, (2, 1, 4, 4)))
+    assert not net.class_maps.weight.any()
+    plain = net(x, labels)
+    nn.init.normal_(net.class_maps.weight, 0, 1)
+    assert not torch.allclose(net(x, labels), plain)
+    layer = net.layers[0]
+    bias = layer.bias(labels, net.maps(labels, 0, 4, 4))
+    assert bias.shape == (2, 2 * layer.residual.out_channels, 4, 4)
+    assert not torch.allclose(bias[:, :, 0, 0], bias[:, :, 3, 3])
+    assert torch.equal(net.maps(labels, 1, 2, 3), net.maps(labels, 0, 4, 4)[:, :, 1:3, :3])
 
 
 def test_genlab_sample_completes_held_out_digits_of_their_own_class_at_a_temperature():

@@ -98,10 +98,13 @@ def gate(x: Tensor) -> Tensor:
 
 
 class GatedLayer(nn.Module):
-    """A gated residual layer of both stacks (type B), with a class bias in its gates. The
-    vertical stack's pre-activation reaches the horizontal stack through a 1 x 1 `link`."""
+    """A gated residual layer of both stacks (type B), with a class bias in its gates and, given
+    `label_map` channels of class maps, a 1 x 1 convolution of them added too. The vertical
+    stack's pre-activation reaches the horizontal stack through a 1 x 1 `link`."""
 
-    def __init__(self, features: int, kernel: int, image_channels: int, num_classes: int) -> None:
+    def __init__(
+        self, features: int, kernel: int, image_channels: int, num_classes: int, label_map: int
+    ) -> None:
         super().__init__()
         g = groups(features, image_channels)
         gates = torch.cat([g, g])  # the tanh half and the sigmoid half
@@ -112,11 +115,15 @@ class GatedLayer(nn.Module):
         self.vertical_to_horizontal = nn.Conv2d(2 * features, 2 * features, 1)
         self.residual = PointwiseConv(features, features, channel_mask(g, g, strict=False))
         self.label = nn.Embedding(num_classes, 2 * features) if num_classes else None
+        self.label_map = nn.Conv2d(label_map, 2 * features, 1, bias=False) if label_map else None
 
-    def bias(self, labels: Tensor | None) -> Tensor | float:
+    def bias(self, labels: Tensor | None, maps: Tensor | None) -> Tensor | float:
+        """The class's bias of the gates, plus the convolved class `maps` where they are given
+        (cut to the pixels the gates are computed at)."""
         if self.label is None or labels is None:
             return 0.0
-        return self.label(labels)[:, :, None, None]
+        bias = self.label(labels)[:, :, None, None]
+        return bias if maps is None or self.label_map is None else bias + self.label_map(maps)
 
     def vertical_step(self, v: Tensor, bias: Tensor | float) -> tuple[Tensor, Tensor]:
         """The vertical stack's next features, and its link to the horizontal stack."""
@@ -126,8 +133,10 @@ class GatedLayer(nn.Module):
     def horizontal_step(self, h: Tensor, link: Tensor, bias: Tensor | float) -> Tensor:
         return h + self.residual(gate(self.horizontal(h) + link + bias))
 
-    def forward(self, v: Tensor, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
-        bias = self.bias(labels)
+    def forward(
+        self, v: Tensor, h: Tensor, labels: Tensor | None, maps: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        bias = self.bias(labels, maps)
         v, link = self.vertical_step(v, bias)
         return v, self.horizontal_step(h, link, bias)
 
@@ -135,7 +144,11 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(nn.Module):
     """Images in [-1, 1] (and labels) -> `outputs` parameters per sub-pixel, (N, outputs, C, H,
     W): a type-A `first_kernel` layer, `layers` gated layers of `kernel`, and two 1 x 1 layers
-    on the horizontal stack's `features` channels.
+    on the horizontal stack's `features` channels. A class-conditional network has a class bias
+    in every gate and, with `label_map` > 0 (ignored without classes), learnt class maps of
+    `label_map` channels at the image's size that every gate adds through a 1 x 1 convolution:
+    the paper's location-dependent conditioning, so a class can say where its strokes lie (zero
+    at first: the plain bias).
 
     Sampling draws a row pixel by pixel. The vertical stack at a row sees only the rows above,
     so `row_links` computes it once per row (from the `reach` rows above); `row_output` then runs
@@ -152,10 +165,13 @@ class GatedPixelCNN(nn.Module):
         layers: int = 8,
         kernel: int = 3,
         first_kernel: int = 7,
+        label_map: int = 0,
     ) -> None:
         super().__init__()
         require_at_least(channels, features=features)
         require_at_least(1, layers=layers)
+        require_at_least(0, label_map=label_map)
+        label_map = label_map if num_classes else 0  # class maps only for classes
         for name, value in (("kernel", kernel), ("first_kernel", first_kernel)):
             if value < 3 or value % 2 == 0:
                 raise ValueError(f"{name} must be odd and >= 3, got {value}")
@@ -167,16 +183,31 @@ class GatedPixelCNN(nn.Module):
             channels, features, first_kernel, channel_mask(g, pixel, strict=True)
         )
         self.layers = nn.ModuleList(
-            GatedLayer(features, kernel, channels, num_classes) for _ in range(layers)
+            GatedLayer(features, kernel, channels, num_classes, label_map) for _ in range(layers)
         )
+        self.map_shape = (label_map, image_size, image_size)
+        self.class_maps = None
+        if label_map:
+            self.class_maps = nn.Embedding(num_classes, math.prod(self.map_shape))
+            nn.init.zeros_(self.class_maps.weight)
         head = groups(channels * outputs, channels)
         self.hidden = PointwiseConv(features, features, channel_mask(g, g, strict=False))
         self.out = PointwiseConv(features, channels * outputs, channel_mask(head, g, strict=False))
 
+    def maps(self, labels: Tensor | None, top: int, height: int, width: int) -> Tensor | None:
+        """The class maps of `labels` at rows `top` to `top + height` and the first `width`
+        columns (None without them)."""
+        if self.class_maps is None or labels is None:
+            return None
+        maps = self.class_maps(labels).view(len(labels), *self.map_shape)
+        return maps[:, :, top : top + height, :width]
+
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The output for images `x`, or for their first rows (the rest not yet drawn)."""
+        maps = self.maps(labels, 0, *x.shape[2:])
         v, h = self.vertical(x), self.horizontal(x)
         for layer in self.layers:
-            v, h = layer(v, h, labels)
+            v, h = layer(v, h, labels, maps)
         return self.head(h)
 
     def head(self, h: Tensor) -> Tensor:
@@ -184,21 +215,25 @@ class GatedPixelCNN(nn.Module):
         n, _, height, width = out.shape
         return out.view(n, self.channels, self.outputs, height, width).transpose(1, 2)
 
-    def row_links(self, x: Tensor, labels: Tensor | None) -> list[Tensor]:
-        """Each layer's link from the vertical stack at the last row of `x` (N, C, rows, W),
-        which depends only on the rows above it."""
+    def row_links(self, x: Tensor, labels: Tensor | None, top: int = 0) -> list[Tensor]:
+        """Each layer's link from the vertical stack at the last row of `x` (N, C, rows, W), the
+        image's rows from `top` on, which depends only on the rows above it."""
         v, links = self.vertical(x), []
+        maps = self.maps(labels, top, *x.shape[2:])
         for layer in self.layers:
-            v, link = layer.vertical_step(v, layer.bias(labels))
+            v, link = layer.vertical_step(v, layer.bias(labels, maps))
             links.append(link[:, :, -1:])
         return links
 
-    def row_output(self, row: Tensor, links: Sequence[Tensor], labels: Tensor | None) -> Tensor:
-        """(N, outputs, C) at the last pixel of `row` (N, C, 1, columns), given the `links`
-        of its row (cut to as many columns)."""
+    def row_output(
+        self, row: Tensor, links: Sequence[Tensor], labels: Tensor | None, i: int = 0
+    ) -> Tensor:
+        """(N, outputs, C) at the last pixel of `row` (N, C, 1, columns), the image's row `i`,
+        given the `links` of its row (cut to as many columns)."""
         h = self.horizontal(row)
+        maps = self.maps(labels, i, *row.shape[2:])
         for layer, link in zip(self.layers, links, strict=True):
-            h = layer.horizontal_step(h, link, layer.bias(labels))
+            h = layer.horizontal_step(h, link, layer.bias(labels, maps))
         return self.head(h[:, :, :, -1:])[:, :, :, 0, 0]
 
 
@@ -306,11 +341,12 @@ class PixelCNN(OneNetwork):
         bar = tqdm(total=(s - first_row) * s * c, desc="sub-pixels", leave=False, disable=None)
         with eval_mode(self), bar:
             for i in range(first_row, s):
-                links = net.row_links(x[:, :, max(0, i - net.reach) : i + 1], labels)
+                top = max(0, i - net.reach)
+                links = net.row_links(x[:, :, top : i + 1], labels, top)
                 for j in range(s):
                     row, upto = x[:, :, i : i + 1, : j + 1], [link[..., : j + 1] for link in links]
                     for k in range(c):
-                        out = net.row_output(row, upto, labels)[:, :, k].float()
+                        out = net.row_output(row, upto, labels, i)[:, :, k].float()
                         cdf = torch.softmax(self.value_log_probs(out) / temperature, 1).cumsum(1)
                         level = torch.searchsorted(cdf, u[:, k, i, j, None].contiguous())
                         x[:, k, i, j] = from_levels(level[:, 0].clamp(max=LEVELS - 1))
