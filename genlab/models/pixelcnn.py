@@ -123,7 +123,7 @@ class GatedLayer(nn.Module):
         if self.label is None or labels is None:
             return 0.0
         bias = self.label(labels)[:, :, None, None]
-        return bias if maps is None or self.label_map is None else bias + self.label_map(maps)
+        return bias if maps is None else bias + self.label_map(maps)
 
     def vertical_step(self, v: Tensor, bias: Tensor | float) -> tuple[Tensor, Tensor]:
         """The vertical stack's next features, and its link to the horizontal stack."""
