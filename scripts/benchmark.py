@@ -29,7 +29,9 @@ are medians over rounds, ratios are medians of per-round ratios with their quart
 loop against itself gives the noise floor that genlab's overhead must clear to count, in wall time
 and in process CPU time (user + system: less sensitive to other load on a shared machine). With
 `--features`, genlab also runs with logging, grids, checkpoints and guards each turned off, so
-each feature's cost is a measured line.
+each feature's cost is a measured line. On the CPU genlab's runs also time their own steps, so a
+second table splits genlab's time into its loop outside the family's steps (as a share of the
+steps of the same run: no noise between processes) and the steps themselves.
 
 Each measurement runs in its own process, so its peak memory (resident set, or CUDA allocation) is
 its own. The ratios come from one run on one machine. Compare them, not absolute times, across
@@ -210,6 +212,7 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
             torch.cuda.synchronize(device)
 
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as genlab sets it (not deterministic)
+    loop: dict[str, float] = {}  # genlab on the CPU: its time outside and inside the steps
 
     if variant.startswith("genlab"):
         from genlab.commands.train import train
@@ -220,7 +223,7 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
         timing = {}
         from genlab import trainer as trainer_module
 
-        fit = trainer_module.Trainer.fit
+        fit, train_step = trainer_module.Trainer.fit, trainer_module.Trainer._train_step
 
         def timed_fit(self, *args, **kwargs):
             start, cpu = time.perf_counter(), time.process_time()
@@ -229,10 +232,21 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
             timing["s"], timing["cpu"] = time.perf_counter() - start, time.process_time() - cpu
             return out
 
+        def timed_step(self, *args, **kwargs):  # the family's step, in the fit's own process
+            start = time.perf_counter()
+            try:
+                return train_step(self, *args, **kwargs)
+            finally:
+                timing["in_steps"] = timing.get("in_steps", 0.0) + time.perf_counter() - start
+
         trainer_module.Trainer.fit = timed_fit
+        trainer_module.Trainer._train_step = timed_step
         with tempfile.TemporaryDirectory() as run_dir:
             train(cfg, run_dir=run_dir)
         seconds, cpu_seconds = timing["s"], timing["cpu"]
+        if device.type == "cpu":  # CUDA steps return before their kernels finish: host time only
+            loop["loop_ms"] = 1000 * (seconds - timing["in_steps"]) / steps
+            loop["in_steps_ms"] = 1000 * timing["in_steps"] / steps
     elif variant.startswith("bare"):
         images = data.images.to(device)
         labels_all = data.labels.to(device) if data.labels is not None else None
@@ -286,6 +300,7 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
             "cpu_ms": 1000 * cpu_seconds / steps,  # this process's user + system time, all threads
             "images_per_s": steps * batch / seconds,
             "peak_mb": peak,
+            **loop,
         }
     )
 
@@ -401,6 +416,20 @@ def overhead_cells(runs: dict[str, list[dict]], key: str) -> tuple[str, str, str
     )
 
 
+def loop_row(name: str, steps: int, runs: dict[str, list[dict]]) -> str:
+    """genlab's time outside the family's steps against its time in them (the same runs), and
+    its time in the steps against the bare loop's (paired rounds): medians [quartiles]."""
+    genlab = runs["genlab"]
+    outside = bs.spread(bs.ratios(ms(genlab, "loop_ms"), ms(genlab, "in_steps_ms")))
+    in_steps = bs.spread(bs.ratios(ms(genlab, "in_steps_ms"), ms(runs["bare"])))
+    return (
+        f"| {name} | {steps} | {bs.spread(ms(genlab, 'loop_ms')).median:.2f} "
+        f"| {100 * outside.median:.1f}% [{100 * outside.q1:.1f}, {100 * outside.q3:.1f}] "
+        f"| {bs.spread(ms(genlab, 'in_steps_ms')).median:.2f} "
+        f"| {in_steps.median:.3f} [{in_steps.q1:.3f}, {in_steps.q3:.3f}] |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -471,6 +500,19 @@ def main() -> None:
         "| model | steps | feature | genlab without it, ms/step | cost (share of bare) |",
         "|---|---|---|---|---|",
     ]
+    inside = [
+        "",
+        "Where genlab's time goes, timed inside its own runs (CPU only: on CUDA a step returns "
+        "before its kernels finish): its loop outside the family's steps (logging, grids, "
+        "checkpoints, setup and the last write), as a share of the time in the steps of the "
+        "same run, which no other load on the machine tilts; and the steps (with genlab's "
+        "update and its non-finite check, the schedulers, the guard's sync at logging steps) "
+        "against the bare loop's, across processes like the table above.",
+        "",
+        "| model | steps | outside the steps, ms/step | share of its steps | in the steps, "
+        "ms/step | / bare |",
+        "|---|---|---|---|---|---|",
+    ]
     cuda = args.device.startswith("cuda")
     variants = ["genlab", "bare", "bare again"]
     if args.features:
@@ -497,6 +539,8 @@ def main() -> None:
             )
             lines.append(row)
             print(row, flush=True)
+            if not cuda:
+                inside.append(loop_row(name, steps, runs))
             for feature in FEATURES if args.features else ():
                 without = ms(runs[f"genlab-no-{feature}"])
                 cost = bs.spread(
@@ -511,6 +555,9 @@ def main() -> None:
                     f"| {name} | {steps} | {feature} | {bs.spread(without).median:.2f} "
                     f"| {100 * cost.median:+.1f}% [{100 * cost.q1:+.1f}, {100 * cost.q3:+.1f}] |"
                 )
+    if not cuda:
+        print("\n".join(inside), flush=True)
+        lines += inside
     if args.features:
         print("\n".join(features), flush=True)
         lines += features

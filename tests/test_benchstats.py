@@ -58,3 +58,25 @@ def test_alternation_puts_every_variant_in_every_position():
     for position in range(3):
         assert {order[position] for order in orders} == set(variants)
     assert bs.round_order(variants, 3) == variants
+
+
+def test_loop_row_splits_genlab_time_outside_and_inside_its_steps():
+    import benchmark
+
+    genlab = [  # three rounds: 1, 1 and 2 ms/step outside steps of 10 ms
+        {"ms": 11.0, "loop_ms": 1.0, "in_steps_ms": 10.0},
+        {"ms": 11.0, "loop_ms": 1.0, "in_steps_ms": 10.0},
+        {"ms": 12.0, "loop_ms": 2.0, "in_steps_ms": 10.0},
+    ]
+    bare = [{"ms": 10.0}, {"ms": 8.0}, {"ms": 10.0}]  # in-step / bare: 1, 1.25, 1
+    row = benchmark.loop_row("vae_mlp", 1000, {"genlab": genlab, "bare": bare})
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # shares 10%, 10%, 20%: median 10, quartiles 10 and 15
+    assert cells == [
+        "vae_mlp",
+        "1000",
+        "1.00",
+        "10.0% [10.0, 15.0]",
+        "10.00",
+        "1.000 [1.000, 1.125]",
+    ]
