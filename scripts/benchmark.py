@@ -244,7 +244,7 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
         with tempfile.TemporaryDirectory() as run_dir:
             train(cfg, run_dir=run_dir)
         seconds, cpu_seconds = timing["s"], timing["cpu"]
-        if device.type == "cpu":  # CUDA steps return before their kernels finish: host time only
+        if device.type == "cpu":  # a GPU's steps return before their kernels finish
             loop["loop_ms"] = 1000 * (seconds - timing["in_steps"]) / steps
             loop["in_steps_ms"] = 1000 * timing["in_steps"] / steps
     elif variant.startswith("bare"):
@@ -502,8 +502,8 @@ def main() -> None:
     ]
     inside = [
         "",
-        "Where genlab's time goes, timed inside its own runs (CPU only: on CUDA a step returns "
-        "before its kernels finish): its loop outside the family's steps (logging, grids, "
+        "Where genlab's time goes, timed inside its own runs (CPU only: on a GPU a step "
+        "returns before its kernels finish): its loop outside the family's steps (logging, grids, "
         "checkpoints, setup and the last write), as a share of the time in the steps of the "
         "same run, which no other load on the machine tilts; and the steps (with genlab's "
         "update and its non-finite check, the schedulers, the guard's sync at logging steps) "
@@ -539,7 +539,7 @@ def main() -> None:
             )
             lines.append(row)
             print(row, flush=True)
-            if not cuda:
+            if args.device == "cpu":  # where genlab's runs time their steps
                 inside.append(loop_row(name, steps, runs))
             for feature in FEATURES if args.features else ():
                 without = ms(runs[f"genlab-no-{feature}"])
@@ -555,7 +555,7 @@ def main() -> None:
                     f"| {name} | {steps} | {feature} | {bs.spread(without).median:.2f} "
                     f"| {100 * cost.median:+.1f}% [{100 * cost.q1:+.1f}, {100 * cost.q3:+.1f}] |"
                 )
-    if not cuda:
+    if args.device == "cpu":
         print("\n".join(inside), flush=True)
         lines += inside
     if args.features:
