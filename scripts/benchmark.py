@@ -410,7 +410,7 @@ def overhead_cells(runs: dict[str, list[dict]], key: str) -> tuple[str, str, str
     ratio = bs.spread(bs.ratios(ms(runs["genlab"], key), ms(runs["bare"], key)))
     floor = bs.noise_floor(ms(runs["bare"], key), ms(runs["bare again"], key))
     return (
-        f"{ratio.median:.3f} [{ratio.q1:.3f}, {ratio.q3:.3f}]",
+        ratio.cell(),
         f"±{100 * floor:.1f}%",
         bs.verdict(ratio, floor),
     )
@@ -424,9 +424,8 @@ def loop_row(name: str, steps: int, runs: dict[str, list[dict]]) -> str:
     in_steps = bs.spread(bs.ratios(ms(genlab, "in_steps_ms"), ms(runs["bare"])))
     return (
         f"| {name} | {steps} | {bs.spread(ms(genlab, 'loop_ms')).median:.2f} "
-        f"| {100 * outside.median:.1f}% [{100 * outside.q1:.1f}, {100 * outside.q3:.1f}] "
-        f"| {bs.spread(ms(genlab, 'in_steps_ms')).median:.2f} "
-        f"| {in_steps.median:.3f} [{in_steps.q1:.3f}, {in_steps.q3:.3f}] |"
+        f"| {outside.cell('.1f', 100, '%')} "
+        f"| {bs.spread(ms(genlab, 'in_steps_ms')).median:.2f} | {in_steps.cell()} |"
     )
 
 
@@ -553,7 +552,7 @@ def main() -> None:
                 )
                 features.append(
                     f"| {name} | {steps} | {feature} | {bs.spread(without).median:.2f} "
-                    f"| {100 * cost.median:+.1f}% [{100 * cost.q1:+.1f}, {100 * cost.q3:+.1f}] |"
+                    f"| {cost.cell('+.1f', 100, '%')} |"
                 )
     if args.device == "cpu":
         print("\n".join(inside), flush=True)

@@ -28,6 +28,11 @@ class Spread:
     def half_iqr(self) -> float:
         return (self.q3 - self.q1) / 2
 
+    def cell(self, spec: str = ".3f", scale: float = 1.0, unit: str = "") -> str:
+        """A table cell "median[unit] [q1, q3]", each value times `scale` in format `spec`."""
+        q1, median, q3 = (format(scale * v, spec) for v in (self.q1, self.median, self.q3))
+        return f"{median}{unit} [{q1}, {q3}]"
+
 
 def quantile(values: Sequence[float], q: float) -> float:
     """The q-quantile by linear interpolation between order statistics (numpy's default)."""

@@ -14,6 +14,8 @@ def test_median_and_quartiles_by_hand():
     s = bs.spread([5.0, 1.0, 3.0, 2.0, 4.0])
     assert (s.median, s.q1, s.q3, s.n) == (3.0, 2.0, 4.0, 5)
     assert s.half_iqr == 1.0
+    assert s.cell() == "3.000 [2.000, 4.000]"
+    assert bs.Spread(0.0123, -0.004, 0.05, 3).cell("+.1f", 100, "%") == "+1.2% [-0.4, +5.0]"
     # between order statistics: linear interpolation, as numpy's default
     assert bs.quantile([1.0, 2.0, 3.0, 4.0], 0.25) == pytest.approx(1.75)
     assert bs.quantile([7.0], 0.75) == 7.0
