@@ -147,9 +147,10 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
 
 
 def solver_group(cfg: DictConfig) -> tuple[str, ...]:
-    """("solver",) when the config holds a solver (a diffusion run's, or one an eval, sample or
-    export command line chose), else () (also for settings of the run's own solver alone, such
-    as `solver.guidance=2`, which `load_run` checks once merged onto the run's)."""
+    """("solver",) when the config holds a solver (a diffusion or PixelCNN run's, or one an
+    eval, sample or export command line chose), else () (also for settings of the run's own
+    solver alone, such as `solver.guidance=2`, which `load_run` checks once merged onto the
+    run's)."""
     solver = cfg.get("solver")
     return ("solver",) if isinstance(solver, DictConfig) and "_target_" in solver else ()
 
@@ -157,14 +158,14 @@ def solver_group(cfg: DictConfig) -> tuple[str, ...]:
 def _check_takes_solver(cfg: DictConfig) -> None:
     if "solver" not in inspect.signature(get_object(cfg.model._target_)).parameters:
         raise ConfigError(
-            f"solver={choice('solver')} is for diffusion models; model={choice('model')} "
-            f"({cfg.model._target_}) samples without one"
+            f"solver={choice('solver')} is for diffusion and autoregressive models; "
+            f"model={choice('model')} ({cfg.model._target_}) samples without one"
         )
 
 
 def model_node(cfg: DictConfig) -> DictConfig:
     """The node that builds a run's model: `model`, with the run's `solver` (a group of its own,
-    which eval and sample may choose anew) inside for a diffusion model."""
+    which eval and sample may choose anew) inside for a model with one (diffusion, PixelCNN)."""
     if cfg.get("solver") is None:
         return cfg.model
     _check_takes_solver(cfg)
@@ -205,11 +206,9 @@ def _name_key(node: DictConfig, group: str, message: str) -> str:
     """'lr must be > 0' -> 'optimizer.lr must be > 0 (optimizer=adam)' when `lr` is a config key."""
     first, _, rest = message.partition(" ")
     path = _find_key(node, first, group) if rest else None
-    return (
-        f"{path} {rest} ({group}={choice(group)})"
-        if path
-        else f"{group}={choice(group)}: {message}"
-    )
+    chosen = choice(group)  # "?" for a node read from a run, not chosen on this command line
+    named = group if chosen == "?" else f"{group}={chosen}"
+    return f"{path} {rest} ({named})" if path else f"{named}: {message}"
 
 
 # What a checkpoint means: resuming with other values here is refused unless forced.

@@ -294,8 +294,9 @@ def load_run(
     solver: DictConfig | None = None,
 ) -> tuple[Any, Any, DictConfig, dict]:
     """The model (weights loaded, on `device`), loss, run config and checkpoint of a run folder
-    or checkpoint; a diffusion model samples with `solver` when given (a solver node, or keys
-    without `_target_` that change the run's own), else with the run's. The
+    or checkpoint; a model with a solver (diffusion, PixelCNN) samples with `solver` when given
+    (a solver node, or keys without `_target_` that change the run's own), else with the run's.
+    The
     config stored in the checkpoint builds only allow-listed targets (`genlab.trust`) unless
     `trust_code`; the checkpoint's `path` is added to the state."""
     path = find_resume(str(run), Path(run), key="run")
@@ -311,7 +312,8 @@ def load_run(
     if solver is not None:
         if "solver" not in cfg:
             raise GenlabError(
-                f"solver= is for diffusion models; {source} holds a model that samples without one"
+                f"solver= is for diffusion and autoregressive models; {source} holds a model "
+                "that samples without one"
             )
         if "_target_" not in solver:  # settings of the run's own solver: solver.guidance=2
             solver = OmegaConf.merge(cfg.solver, solver)

@@ -1,6 +1,8 @@
 """The `solver` config group: how a diffusion model turns noise into images, from diffusers'
-schedulers. Used by the grids during training, `genlab eval` and `genlab sample` (which take the
-run's solver unless the command line chooses another: `solver=dpm_solver solver.steps=10`).
+schedulers, and how an autoregressive model draws its values (`Autoregressive`). Used by the
+grids during training, `genlab eval` and `genlab sample` (which take the run's solver unless the
+command line chooses another: `solver=dpm_solver solver.steps=10`, or settings alone:
+`solver.guidance=2`).
 
 (genlab calls them solvers because `scheduler` is the learning-rate group and `sampler` the
 settings of `genlab sample`; diffusers calls them schedulers.)
@@ -21,6 +23,33 @@ from genlab.errors import require_at_least
 Spacing = Literal["leading", "trailing", "linspace"]
 # (x_t, t) -> the network's output at that step, guided
 Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+def guided(conditional: Tensor, unconditional: Tensor, guidance: float) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): unconditional + guidance * (conditional -
+    unconditional); 1 gives the conditional output, 0 the unconditional one."""
+    return unconditional + guidance * (conditional - unconditional)
+
+
+def check_guidance(guidance: float) -> float:
+    require_at_least(0, guidance=guidance)
+    return float(guidance)
+
+
+class Autoregressive:
+    """Value after value in the model's order (a PixelCNN's sub-pixels), each drawn from the
+    model's distribution given the values before, with classifier-free guidance scale `guidance`
+    for a class-conditional model trained with label dropout: the log-probabilities of each
+    value are `guided` (as LlamaGen and Parti guide their logits) and renormalized."""
+
+    name = "autoregressive"
+
+    def __init__(self, guidance: float = 1.0) -> None:
+        self.guidance = check_guidance(guidance)
+
+    def protocol(self) -> dict[str, Any]:
+        """How the images were made, written beside every metric."""
+        return {"sampler": self.name, "guidance": self.guidance}
 
 
 class Solver:
@@ -44,10 +73,10 @@ class Solver:
     ) -> None:
         if steps is not None and steps < 1:
             raise ValueError(f"steps must be >= 1 or null (every training timestep), got {steps}")
-        require_at_least(0, guidance=guidance)
         if spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"spacing must be leading, trailing or linspace, got {spacing!r}")
-        self.steps, self.guidance, self.spacing, self.clip = steps, float(guidance), spacing, clip
+        self.steps, self.spacing, self.clip = steps, spacing, clip
+        self.guidance = check_guidance(guidance)
 
     def scheduler(self, schedule: Mapping[str, Any]) -> SchedulerMixin:
         """A fresh diffusers scheduler for the model's training `schedule` (a scheduler config),

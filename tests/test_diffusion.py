@@ -444,7 +444,15 @@ def test_a_solver_for_a_model_without_one_and_bad_solver_settings_are_one_messag
 
     base = ["dataset=digits", "trainer=smoke", "logger=none"]
     cases = {
-        ("model=dcgan", "+solver=ddim"): r"is for diffusion models; .*\(genlab.models.GAN\)",
+        (
+            "model=dcgan",
+            "+solver=ddim",
+        ): r"is for diffusion and autoregressive models; .*\(genlab.models.GAN\)",
+        (
+            "model=ddpm",
+            "solver=autoregressive",
+        ): "a diffusion model samples through a diffusion solver",
+        ("model=pixelcnn", "solver=ddim"): "a PixelCNN samples value by value",
         ("model=ddpm", "solver.steps=0"): "solver.steps must be >= 1",
         ("model=ddpm", "solver.guidance=3"): "solver.guidance=3.0 needs a class-conditional",
         ("model=ddpm", "solver.clip=maybe"): "solver.clip: expected bool, got 'maybe'",

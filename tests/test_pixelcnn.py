@@ -1,6 +1,7 @@
 """The autoregressive family: masks that make the likelihood exact, the likelihoods against hand
 computations, and sampling by the inverse CDF."""
 
+import contextlib
 import math
 from functools import partial
 
@@ -16,20 +17,40 @@ from genlab.losses import (
     to_levels,
 )
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
+from genlab.solvers import DDIM, Autoregressive, guided
+from tests.conftest import TINY_NETWORKS, make_cfg
 
 
-def tiny(channels=1, size=5, likelihood="softmax", classes=None, **network):
+def tiny(
+    channels=1,
+    size=5,
+    likelihood="softmax",
+    classes=None,
+    label_dropout=0.0,
+    guidance=1.0,
+    **network,
+):
     torch.manual_seed(0)
     options = {"features": 3 * channels, "layers": 4, **network}
     return PixelCNN(
         partial(GatedPixelCNN, **options),
+        solver=Autoregressive(guidance),
         likelihood=likelihood,
         mixtures=2,
         conditional=classes is not None,
+        label_dropout=label_dropout,
         channels=channels,
         image_size=size,
         num_classes=classes,
     )
+
+
+def assert_inverse_cdf(cdf, levels, u):
+    """Each value in `levels` (N,) is where `cdf` (N, 256) reaches `u` (N,)."""
+    below = cdf.gather(1, (levels[:, None] - 1).clamp(min=0))[:, 0]
+    below = torch.where(levels == 0, 0.0, below)
+    at = cdf.gather(1, levels[:, None])[:, 0]
+    assert ((below <= u + 1e-6) & (u <= at + 1e-6)).all()
 
 
 def dependencies(f, channels: int, size: int) -> torch.Tensor:
@@ -190,10 +211,84 @@ def test_samples_are_the_inverse_cdf_of_the_distributions_the_model_gives_them(l
         for i in range(4):
             for j in range(4):
                 cdf = model.value_log_probs(out[:, :, c, i, j]).exp().cumsum(1)
-                below = cdf.gather(1, (levels[:, c, i, j, None] - 1).clamp(min=0))[:, 0]
-                below = torch.where(levels[:, c, i, j] == 0, 0.0, below)
-                at = cdf.gather(1, levels[:, c, i, j, None])[:, 0]
-                assert ((below <= u[:, c, i, j] + 1e-6) & (u[:, c, i, j] <= at + 1e-6)).all()
+                assert_inverse_cdf(cdf, levels[:, c, i, j], u[:, c, i, j])
+
+
+def with_classes(model):
+    """`model` with random class biases and maps (the null label's rows stay zero)."""
+    net, classes = model.network, model.num_classes
+    for table in [layer.label for layer in net.layers] + [net.class_maps]:
+        nn.init.normal_(table.weight.data[:classes], 0, 1)
+    return model
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.0, 2.5])
+def test_guided_samples_follow_the_guided_distributions(guidance):
+    """Classifier-free guidance (Ho & Salimans 2022) as LlamaGen guides its logits: each
+    sub-pixel is where the CDF of softmax(u + guidance (c - u)) reaches Phi(z), c and u the
+    log-probabilities the full network gives the image as drawn with its label and with the
+    null label (guidance 1: the conditional model; 0: the unconditional one)."""
+    model = with_classes(tiny(1, 4, classes=3, label_dropout=0.1, guidance=guidance, label_map=2))
+    labels = torch.tensor([0, 2, 1])
+    z = torch.randn(3, model.latent_dim, generator=torch.Generator().manual_seed(0))
+    images = model.sample(z, labels)
+    with torch.no_grad():
+        c = model.network(images, labels)[:, :, 0]
+        u = model.network(images, torch.full_like(labels, 3))[:, :, 0]
+    levels, phi = to_levels(images)[:, 0], torch.special.ndtr(z).view(3, 4, 4)
+    for i in range(4):
+        for j in range(4):
+            log_p = [model.value_log_probs(out[:, :, i, j]) for out in (c, u)]
+            cdf = torch.softmax(guided(*log_p, guidance), 1).cumsum(1)
+            assert_inverse_cdf(cdf, levels[:, i, j], phi[:, i, j])
+    assert model.sampling_protocol() == {"sampler": "autoregressive", "guidance": guidance}
+
+
+def test_the_null_label_is_the_network_without_its_class_terms():
+    """Label `num_classes` (trained by label dropout) adds no class bias and no class maps, and
+    its zero rows never train; without label dropout there is no such row (runs from before
+    it load as they were)."""
+    model = with_classes(tiny(1, 4, classes=3, label_dropout=0.1, label_map=2))
+    net, x = model.network, from_levels(torch.randint(0, 256, (2, 1, 4, 4)))
+    null = torch.full((2,), 3)
+    assert torch.equal(net(x, null), net(x, None))
+    assert not torch.equal(net(x, null), net(x, torch.tensor([0, 1])))
+    net(x, torch.tensor([3, 1])).square().mean().backward()
+    for table in [layer.label for layer in net.layers] + [net.class_maps]:
+        assert not table.weight.grad[3].any() and table.weight.grad[1].any()
+    assert tiny(1, 4, classes=3).network.layers[0].label.num_embeddings == 3
+    assert tiny(1, 4, classes=3, label_dropout=0.1).network.layers[0].label.num_embeddings == 4
+
+
+class Update:
+    """What `train_step` asks of the trainer's updater, without an optimizer."""
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def __call__(self, value, role, measure=True):
+        return torch.zeros(())
+
+
+def test_label_dropout_gives_the_network_null_labels_and_none_draws_nothing():
+    labels = torch.arange(400) % 3
+    x = from_levels(torch.randint(0, 256, (400, 1, 4, 4)))
+    for dropout in (0.25, 0.0):
+        model, seen = tiny(1, 4, classes=3, label_dropout=dropout), []
+
+        def network(x, y, net=model.network, seen=seen):
+            seen.append(y)
+            return net(x, y)
+
+        model.replicas["network"] = network
+        before = torch.get_rng_state()
+        model.train_step(iter([(x, labels)]), ExactNLL(), Update())
+        dropped = seen[0] == 3
+        assert torch.equal(seen[0][~dropped], labels[~dropped])
+        if dropout:
+            assert dropped.float().mean().item() == pytest.approx(dropout, abs=0.07)
+        else:  # no null label and no random draw: such runs train as before label dropout
+            assert not dropped.any() and torch.equal(torch.get_rng_state(), before)
 
 
 def test_temperature_sharpens_towards_the_likeliest_value():
@@ -238,6 +333,13 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="label_map must be >= 0"):
         tiny(classes=2, label_map=-1)
     assert tiny(label_map=2).network.class_maps is None  # no classes, no class maps
+    with pytest.raises(ValueError, match=r"label_dropout must be in \[0, 1\), got 1.0"):
+        tiny(classes=2, label_dropout=1.0)
+    for unguidable in ({"classes": 2}, {"label_dropout": 0.1}):
+        with pytest.raises(ValueError, match="solver.guidance=2.0 needs a class-conditional"):
+            tiny(guidance=2, **unguidable)
+    with pytest.raises(ValueError, match="samples value by value: solver=autoregressive"):
+        PixelCNN(partial(GatedPixelCNN), solver=DDIM(steps=5), channels=1, image_size=5)
 
 
 def test_class_maps_start_at_zero_and_give_each_class_a_bias_per_position():
@@ -290,3 +392,29 @@ def test_genlab_sample_completes_held_out_digits_of_their_own_class_at_a_tempera
     vae = VAE(lambda **k: nn.Identity(), lambda **k: nn.Identity(), channels=1, image_size=8)
     with pytest.raises(ValueError, match="sampler.temperature needs a model that samples at a"):
         cold.check(vae)
+
+
+def test_genlab_eval_and_sample_guide_a_conditional_pixelcnn(tmp_path):
+    """`solver.guidance` on the eval and sample command lines reaches a PixelCNN run's sampling:
+    named in the protocol and the eval file; a diffusion solver is refused in one message."""
+    from PIL import Image
+
+    from genlab.commands.eval import evaluate
+    from genlab.commands.sample import sample
+    from genlab.commands.train import train
+    from genlab.errors import ConfigError
+
+    run = tmp_path / "run"
+    tiny_run = ["model=pixelcnn", "model.conditional=true", *TINY_NETWORKS["pixelcnn"]]
+    train(make_cfg(*tiny_run, "dataset=digits", "trainer=smoke", "logger=none"), run_dir=run)
+    own = ["evaluator.num_generated=20", "evaluator.kid_subset_size=10", "tensorboard=false"]
+    own += [f"evaluator.cache_dir={tmp_path / 'cache'}", "evaluator.classifier_steps=20"]
+    report = evaluate(make_cfg(f"run={run}", "+solver.guidance=3", *own, config_name="eval"))
+    assert report.protocol["sampler"] == "autoregressive" and report.protocol["guidance"] == 3
+    assert [p.name for p in (run / "eval").iterdir()] == ["classifier-12px_g3_step0000005.json"]
+    out = tmp_path / "five.png"
+    sampled = ["sampler.label=5", "sampler.num_images=4", f"out={out}"]
+    sample(make_cfg(f"run={run}", "+solver.guidance=0", *sampled, config_name="sample"))
+    assert Image.open(out).size[0] > 12
+    with pytest.raises(ConfigError, match="model: a PixelCNN samples value by value"):
+        evaluate(make_cfg(f"run={run}", "solver=ddim", *own, config_name="eval"))

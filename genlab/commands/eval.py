@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Path:
-    """RUN/eval/<features>[_<solver><steps>[_eta<eta>][_g<guidance>][_noclip]]_step<step>.json:
-    evaluations with other features or another diffusion solver keep files of their own."""
+    """RUN/eval/<features>[_<solver><steps>][_eta<eta>][_g<guidance>][_noclip]_step<step>.json:
+    evaluations with other features, another diffusion solver or guidance keep files of their
+    own."""
     p = report.protocol
-    how = f"_{p['sampler']}{p['sampler_steps']}" if "sampler" in p else ""
+    how = f"_{p['sampler']}{p['sampler_steps']}" if "sampler_steps" in p else ""
     if p.get("eta"):
         how += f"_eta{p['eta']:g}"
     if p.get("guidance", 1) != 1:

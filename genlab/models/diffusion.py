@@ -31,7 +31,7 @@ from genlab.models import denoising
 from genlab.models.base import Exported, OneNetwork, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import Updater
-from genlab.solvers import DDIM, Solver, training_schedule
+from genlab.solvers import DDIM, Solver, guided, training_schedule
 
 TRAJECTORY_ROWS = 8  # timesteps shown by the trajectory grid, the last one the result
 
@@ -71,9 +71,10 @@ class Diffusion(OneNetwork):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if solver is None:
+        if not isinstance(solver, Solver):
             raise ValueError(
-                "a diffusion model samples through a solver: solver=ddim (or ddpm, dpm_solver)"
+                "a diffusion model samples through a diffusion solver: solver=ddim (or ddpm, "
+                "dpm_solver)"
             )
         if prediction not in denoising.DIFFUSERS_PREDICTION:
             raise ValueError(f"prediction must be eps, v or x0, got {prediction!r}")
@@ -167,13 +168,13 @@ class Diffusion(OneNetwork):
         if guidance == 0:
             return lambda x, t: net(x, t, null)
 
-        def guided(x: Tensor, t: Tensor) -> Tensor:
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
             cond, uncond = net(
                 torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])
             ).chunk(2)
-            return uncond + guidance * (cond - uncond)
+            return guided(cond, uncond, guidance)
 
-        return guided
+        return denoise
 
     def solve(
         self,

@@ -37,6 +37,7 @@ from genlab.losses import (
 from genlab.models.base import Exported, OneNetwork, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import Updater
+from genlab.solvers import Autoregressive, guided
 
 Likelihood = Literal["softmax", "logistic_mixture"]
 
@@ -97,13 +98,27 @@ def gate(x: Tensor) -> Tensor:
     return torch.tanh(a) * torch.sigmoid(b)
 
 
+def class_table(num_classes: int, null_label: bool, width: int) -> nn.Embedding:
+    """A learnt row of `width` per class, and with `null_label` a row of zeros that never trains
+    for the null label `num_classes` (classifier-free guidance's unconditional model: no class
+    bias, no class maps)."""
+    null = num_classes if null_label else None
+    return nn.Embedding(num_classes + null_label, width, padding_idx=null)
+
+
 class GatedLayer(nn.Module):
     """A gated residual layer of both stacks (type B), with a class bias in its gates and, given
     `label_map` channels of class maps, a 1 x 1 convolution of them added too. The vertical
     stack's pre-activation reaches the horizontal stack through a 1 x 1 `link`."""
 
     def __init__(
-        self, features: int, kernel: int, image_channels: int, num_classes: int, label_map: int
+        self,
+        features: int,
+        kernel: int,
+        image_channels: int,
+        num_classes: int,
+        label_map: int,
+        null_label: bool = False,
     ) -> None:
         super().__init__()
         g = groups(features, image_channels)
@@ -114,7 +129,7 @@ class GatedLayer(nn.Module):
         )
         self.vertical_to_horizontal = nn.Conv2d(2 * features, 2 * features, 1)
         self.residual = PointwiseConv(features, features, channel_mask(g, g, strict=False))
-        self.label = nn.Embedding(num_classes, 2 * features) if num_classes else None
+        self.label = class_table(num_classes, null_label, 2 * features) if num_classes else None
         self.label_map = nn.Conv2d(label_map, 2 * features, 1, bias=False) if label_map else None
 
     def bias(self, labels: Tensor | None, maps: Tensor | None) -> Tensor | float:
@@ -148,7 +163,8 @@ class GatedPixelCNN(nn.Module):
     in every gate and, with `label_map` > 0 (ignored without classes), learnt class maps of
     `label_map` channels at the image's size that every gate adds through a 1 x 1 convolution:
     the paper's location-dependent conditioning, so a class can say where its strokes lie (zero
-    at first: the plain bias).
+    at first: the plain bias). With `null_label`, label `num_classes` is the null label of
+    classifier-free guidance: no class bias and no class maps.
 
     Sampling draws a row pixel by pixel. The vertical stack at a row sees only the rows above,
     so `row_links` computes it once per row (from the `reach` rows above); `row_output` then runs
@@ -166,6 +182,7 @@ class GatedPixelCNN(nn.Module):
         kernel: int = 3,
         first_kernel: int = 7,
         label_map: int = 0,
+        null_label: bool = False,
     ) -> None:
         super().__init__()
         require_at_least(channels, features=features)
@@ -183,12 +200,13 @@ class GatedPixelCNN(nn.Module):
             channels, features, first_kernel, channel_mask(g, pixel, strict=True)
         )
         self.layers = nn.ModuleList(
-            GatedLayer(features, kernel, channels, num_classes, label_map) for _ in range(layers)
+            GatedLayer(features, kernel, channels, num_classes, label_map, null_label)
+            for _ in range(layers)
         )
         self.map_shape = (label_map, image_size, image_size)
         self.class_maps = None
         if label_map:
-            self.class_maps = nn.Embedding(num_classes, math.prod(self.map_shape))
+            self.class_maps = class_table(num_classes, null_label, math.prod(self.map_shape))
             nn.init.zeros_(self.class_maps.weight)
         head = groups(channels * outputs, channels)
         self.hidden = PointwiseConv(features, features, channel_mask(g, g, strict=False))
@@ -243,8 +261,10 @@ class PixelCNN(OneNetwork):
     a discretized mixture of `mixtures` logistics (`logistic_mixture`, PixelCNN++). Sampling
     draws sub-pixel after sub-pixel by the inverse CDF of a uniform, the uniform being Phi(z)
     for Gaussian latents z (one per sub-pixel): the same latents give the same images, and an
-    export maps latents to images. Grids show at most `grid_images` images (each costs a pass of
-    the network per sub-pixel)."""
+    export maps latents to images. A class-conditional model trained with `label_dropout` (the
+    share of labels replaced by the null label) samples with its `solver`'s classifier-free
+    guidance. Grids show at most `grid_images` images (each costs a pass of the network per
+    sub-pixel)."""
 
     roles: ClassVar[dict[str, str]] = {"model": "PixelCNN"}
     abilities: ClassVar[frozenset[str]] = frozenset({"likelihood", "temperature"})
@@ -253,9 +273,11 @@ class PixelCNN(OneNetwork):
     def __init__(
         self,
         network: Callable[..., nn.Module],
+        solver: Autoregressive | None = None,
         likelihood: Likelihood = "softmax",
         mixtures: int = 5,
         conditional: bool = False,
+        label_dropout: float = 0.0,
         grid_images: int = 16,
         init_from: str | None = None,
         freeze: Sequence[str] = (),
@@ -268,11 +290,27 @@ class PixelCNN(OneNetwork):
         if likelihood not in ("softmax", "logistic_mixture"):
             raise ValueError(f"likelihood must be softmax or logistic_mixture, got {likelihood!r}")
         require_at_least(1, mixtures=mixtures, grid_images=grid_images)
+        solver = Autoregressive() if solver is None else solver  # runs from before solvers
+        if not isinstance(solver, Autoregressive):
+            raise ValueError(
+                "a PixelCNN samples value by value: solver=autoregressive, not a diffusion solver"
+            )
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
         classes = conditional_classes(conditional, num_classes, "PixelCNN")
+        if solver.guidance != 1 and not (classes and label_dropout):
+            raise ValueError(
+                f"solver.guidance={solver.guidance} needs a class-conditional PixelCNN trained "
+                "with label dropout (model.conditional=true, model.label_dropout > 0); others "
+                "sample with guidance 1"
+            )
         shape = self.set_shape(channels * image_size * image_size, classes, channels, image_size)
         self.likelihood, self.grid_images = likelihood, grid_images
+        self.solver, self.label_dropout = solver, label_dropout if classes else 0.0
         outputs = LEVELS if likelihood == "softmax" else 3 * mixtures
-        self.network = network(outputs=outputs, num_classes=classes, **shape)
+        self.network = network(
+            outputs=outputs, num_classes=classes, null_label=bool(self.label_dropout), **shape
+        )
         self.finish(init_from, freeze)
 
     def log_prob(self, out: Tensor, levels: Tensor) -> Tensor:
@@ -306,8 +344,13 @@ class PixelCNN(OneNetwork):
         """One update of the negative log-likelihood of a batch (nats per image), logged in bits
         per dimension too."""
         x, labels = next(batches)
+        if not self.num_classes:
+            labels = None
+        elif self.label_dropout:  # the null label, for classifier-free guidance
+            dropped = torch.rand(len(x), device=x.device) < self.label_dropout
+            labels = torch.where(dropped, self.num_classes, labels)
         with update.autocast():
-            value = loss(self.nll(x, labels if self.num_classes else None))
+            value = loss(self.nll(x, labels))
         norm = update(value, "model", measure=metrics)
         nats = value.detach()
         values = {"loss/nll": nats, "loss/bits_per_dim": nats / (x[0].numel() * math.log(2))}
@@ -328,12 +371,22 @@ class PixelCNN(OneNetwork):
     ) -> Tensor:
         """Images in [-1, 1] for latents `z` (N, C*H*W), sub-pixel by sub-pixel from
         `first_row` (the rows above come from `start`). A sub-pixel takes the value where the
-        CDF of its distribution, raised to the power 1/`temperature` and renormalized, reaches
+        CDF of its distribution (log-probabilities `guided` by the solver's guidance for a
+        conditional model), raised to the power 1/`temperature` and renormalized, reaches
         Phi(z). The network's vertical stack runs once per row and its horizontal stack once
         per sub-pixel (`GatedPixelCNN.row_links`, `row_output`): exact, as its masks make the
         rest irrelevant."""
         if self.num_classes and labels is None:
             raise ValueError("a class-conditional PixelCNN needs labels to sample")
+        guidance = self.solver.guidance if labels is not None else 1.0
+        if guidance != 1:  # the unconditional model (guidance 0), or both in one batch
+            null = torch.full_like(labels, self.num_classes)
+            labels = null if guidance == 0 else torch.cat([labels, null])
+        twice = labels is not None and len(labels) > len(z)
+
+        def both(t: Tensor) -> Tensor:
+            return torch.cat([t, t]) if twice else t
+
         c, s = self.shape["channels"], self.shape["image_size"]
         u = torch.special.ndtr(z.float()).view(len(z), c, s, s)
         x = torch.zeros_like(u) if start is None else start.float().clone()
@@ -342,12 +395,16 @@ class PixelCNN(OneNetwork):
         with eval_mode(self), bar:
             for i in range(first_row, s):
                 top = max(0, i - net.reach)
-                links = net.row_links(x[:, :, top : i + 1], labels, top)
+                links = net.row_links(both(x[:, :, top : i + 1]), labels, top)
                 for j in range(s):
-                    row, upto = x[:, :, i : i + 1, : j + 1], [link[..., : j + 1] for link in links]
+                    upto = [link[..., : j + 1] for link in links]
                     for k in range(c):
+                        row = both(x[:, :, i : i + 1, : j + 1])
                         out = net.row_output(row, upto, labels, i)[:, :, k].float()
-                        cdf = torch.softmax(self.value_log_probs(out) / temperature, 1).cumsum(1)
+                        log_p = self.value_log_probs(out)
+                        if twice:
+                            log_p = guided(*log_p.chunk(2), guidance)
+                        cdf = torch.softmax(log_p / temperature, 1).cumsum(1)
                         level = torch.searchsorted(cdf, u[:, k, i, j, None].contiguous())
                         x[:, k, i, j] = from_levels(level[:, 0].clamp(max=LEVELS - 1))
                         bar.update()
@@ -379,6 +436,10 @@ class PixelCNN(OneNetwork):
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """An exported PixelCNN samples: latents (and labels) to images."""
         return self.sample(z, labels)
+
+    def sampling_protocol(self) -> dict[str, Any]:
+        """The solver and its guidance."""
+        return self.solver.protocol()
 
     def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
         """Latents (and labels: a row per class for a conditional model) for at most
