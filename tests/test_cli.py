@@ -37,7 +37,7 @@ def test_train_help_lists_groups_and_options():
     models = "cdcgan, cgan, dcgan, ddpm, dit, gan, pixelcnn, sngan, sngan_projection, vae, vae_mlp"
     assert f"model: {models}" in out
     assert "model/network: dit, unet" in out
-    assert "solver: ddim, ddpm, dpm_solver" in out
+    assert "solver: autoregressive, ddim, ddpm, dpm_solver" in out
     assert "loss: bce, denoising, elbo, hinge, lsgan, nll, wgan_gp" in out
     assert "dataset: cifar10, digits, fashion_mnist, image_folder, mnist, mnist5k" in out
     assert "optimizer: adam, adamw, rmsprop, sgd" in out
