@@ -31,6 +31,16 @@ def guided(conditional: Tensor, unconditional: Tensor, guidance: float) -> Tenso
     return unconditional + guidance * (conditional - unconditional)
 
 
+def guidance_labels(labels: Tensor | None, null: int, guidance: float) -> Tensor | None:
+    """The labels a conditional network sees for classifier-free guidance scale `guidance`:
+    `labels` at 1 (and None for an unconditional model), the null label `null` at 0, otherwise
+    `labels` then the null label in one batch of twice the size (split it and apply `guided`)."""
+    if labels is None or guidance == 1:
+        return labels
+    nulls = torch.full_like(labels, null)
+    return nulls if guidance == 0 else torch.cat([labels, nulls])
+
+
 def check_guidance(guidance: float) -> float:
     require_at_least(0, guidance=guidance)
     return float(guidance)

@@ -31,7 +31,7 @@ from genlab.models import denoising
 from genlab.models.base import Exported, OneNetwork, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import Updater
-from genlab.solvers import DDIM, Solver, guided, training_schedule
+from genlab.solvers import DDIM, Solver, guidance_labels, guided, training_schedule
 
 TRAJECTORY_ROWS = 8  # timesteps shown by the trajectory grid, the last one the result
 
@@ -162,16 +162,12 @@ class Diffusion(OneNetwork):
         """(x_t, t) -> the sampling network's output, with classifier-free guidance: the
         unconditional output + `guidance` * (conditional - unconditional)."""
         net = self.sampling_network()
-        if labels is None or guidance == 1:
-            return lambda x, t: net(x, t, labels)
-        null = torch.full_like(labels, self.num_classes)
-        if guidance == 0:
-            return lambda x, t: net(x, t, null)
+        seen = guidance_labels(labels, self.num_classes, guidance)
+        if seen is None or len(seen) == len(labels):
+            return lambda x, t: net(x, t, seen)
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
-            cond, uncond = net(
-                torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])
-            ).chunk(2)
+            cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), seen).chunk(2)
             return guided(cond, uncond, guidance)
 
         return denoise

@@ -37,7 +37,7 @@ from genlab.losses import (
 from genlab.models.base import Exported, OneNetwork, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import Updater
-from genlab.solvers import Autoregressive, guided
+from genlab.solvers import Autoregressive, guidance_labels, guided
 
 Likelihood = Literal["softmax", "logistic_mixture"]
 
@@ -378,10 +378,8 @@ class PixelCNN(OneNetwork):
         rest irrelevant."""
         if self.num_classes and labels is None:
             raise ValueError("a class-conditional PixelCNN needs labels to sample")
-        guidance = self.solver.guidance if labels is not None else 1.0
-        if guidance != 1:  # the unconditional model (guidance 0), or both in one batch
-            null = torch.full_like(labels, self.num_classes)
-            labels = null if guidance == 0 else torch.cat([labels, null])
+        guidance = self.solver.guidance
+        labels = guidance_labels(labels, self.num_classes, guidance)
         twice = labels is not None and len(labels) > len(z)
 
         def both(t: Tensor) -> Tensor:
