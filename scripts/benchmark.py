@@ -94,7 +94,7 @@ REFERENCE["ddpm"] = Loading("diffusers train_unconditional.py", True, True, work
 REFERENCE["dit"] = REFERENCE["ddpm"]  # the same recipe, another network
 DIFFUSION = ("ddpm", "dit")
 SOLVERS = (("ddpm", None), ("ddim", 50), ("ddim", 20), ("dpm_solver", 20), ("dpm_solver", 10))
-TUNED = Loading("DataLoader, 2 workers", resize=False, normalize=True, workers=2)
+TUNED = Loading("DataLoader (no reference script)", resize=False, normalize=True, workers=2)
 # what `genlab-no-<feature>` turns off in genlab's loop, to measure each feature's cost
 FEATURES = ("logging", "grids", "checkpoints", "guards")
 
