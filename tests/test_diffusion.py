@@ -15,7 +15,7 @@ from genlab.config import build, build_model
 from genlab.losses import DenoisingLoss
 from genlab.models import Diffusion, denoising
 from genlab.optim import Updater
-from genlab.solvers import DDIM, DDPM, DPMSolver
+from genlab.solvers import DDIM, DDPM, DPMSolver, guidance_labels
 from tests.conftest import TINY_NETWORKS, make_cfg
 
 T = 1000
@@ -205,6 +205,14 @@ def test_guidance_zero_is_unconditional_one_conditional_and_more_extrapolates():
         model.solver = DDIM(steps=20, guidance=guidance)
         images = model.generate(1, None, torch.Generator().manual_seed(0), torch.tensor([3]))
         torch.testing.assert_close(images, (base + shift).clamp(-1, 1), atol=3e-3, rtol=0)
+
+
+def test_guidance_labels_per_scale():
+    labels = torch.tensor([3, 7])
+    assert guidance_labels(None, 10, 2.0) is None  # an unconditional model
+    assert guidance_labels(labels, 10, 1.0).tolist() == [3, 7]
+    assert guidance_labels(labels, 10, 0.0).tolist() == [10, 10]
+    assert guidance_labels(labels, 10, 2.0).tolist() == [3, 7, 10, 10]  # conditional, then null
 
 
 def test_dit_long_skips_and_final_conv_reduce_to_the_plain_dit_when_neutral():
