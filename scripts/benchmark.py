@@ -473,10 +473,12 @@ def main() -> None:
     if args.root:
         cases.update({f"{k}-mnist": (m, "mnist", s, b) for k, (m, _, s, b) in list(cases.items())})
     step_counts = [int(n) for n in args.steps.split(",")]
+    cuda = args.device.startswith("cuda")
+    on_cpu = args.device == "cpu"  # where genlab's runs time their own steps (`_measure`)
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {mp.cpu_count()} CPU cores, "
         f"device {args.device}"
-        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
+        + (f" ({torch.cuda.get_device_name()})" if cuda else "")
         + f"; torch {torch.__version__}. genlab, bare and bare again alternate in {args.rounds} "
         f"to {args.max_rounds} rounds (until half the IQR of genlab / bare is at most "
         f"{100 * args.tolerance:.0f}%); ms/step are medians, ratios are medians of per-round "
@@ -512,7 +514,6 @@ def main() -> None:
         "ms/step | / bare |",
         "|---|---|---|---|---|---|",
     ]
-    cuda = args.device.startswith("cuda")
     variants = ["genlab", "bare", "bare again"]
     if args.features:
         variants += [f"genlab-no-{f}" for f in FEATURES]
@@ -538,7 +539,7 @@ def main() -> None:
             )
             lines.append(row)
             print(row, flush=True)
-            if args.device == "cpu":  # where genlab's runs time their steps
+            if on_cpu:
                 inside.append(loop_row(name, steps, runs))
             for feature in FEATURES if args.features else ():
                 without = ms(runs[f"genlab-no-{feature}"])
@@ -554,7 +555,7 @@ def main() -> None:
                     f"| {name} | {steps} | {feature} | {bs.spread(without).median:.2f} "
                     f"| {cost.cell('+.1f', 100, '%')} |"
                 )
-    if args.device == "cpu":
+    if on_cpu:
         print("\n".join(inside), flush=True)
         lines += inside
     if args.features:
