@@ -189,6 +189,26 @@ def test_a_logistic_mixture_log_prob_is_finite_far_from_its_mean():
     assert torch.isfinite(categorical_log_prob(torch.zeros(1, 256, 3, 1), levels)).all()
 
 
+@pytest.mark.parametrize(("channels", "label_map"), [(1, 0), (3, 2)])
+def test_the_sampler_s_pixel_by_pixel_pass_is_the_network_s_output(channels, label_map):
+    """`row_links` once per row, then `column_output` pixel after pixel with the layers' inputs
+    it keeps: the full network's output at every pixel, for any image (windows cut by the
+    image's left edge and not, class maps and colour included)."""
+    net = tiny(channels, 9, classes=3, label_map=label_map).network
+    if label_map:
+        nn.init.normal_(net.class_maps.weight, 0, 1)
+    x, labels = torch.rand(2, channels, 9, 9) * 2 - 1, torch.tensor([1, 2])
+    with torch.no_grad():
+        full = net(x, labels)
+        for i in range(9):
+            top = max(0, i - net.reach)
+            links = net.row_links(x[:, :, top : i + 1], labels, top)
+            inputs = net.row_inputs(links)
+            for j in range(9):
+                out = net.column_output(x[:, :, i], links, inputs, j)
+                torch.testing.assert_close(out, full[..., i, j], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("label_map", [0, 2])
 def test_samples_are_the_inverse_cdf_of_the_distributions_the_model_gives_them(label_map):
     """Each sampled sub-pixel is where the CDF of its distribution (given the image as finally

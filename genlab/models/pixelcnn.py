@@ -80,6 +80,11 @@ class HorizontalConv(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(F.pad(x, self.pad), self.weight * self.mask, self.bias)
 
+    def column(self, window: Tensor) -> Tensor:
+        """The output (N, out) at the last column of `window` (N, in, kernel width), zeros where
+        it reaches left of the image: `forward` there, as one matrix product."""
+        return F.linear(window.flatten(1), (self.weight * self.mask).flatten(1), self.bias)
+
 
 class PointwiseConv(nn.Conv2d):
     """A 1 x 1 convolution whose output groups see only the allowed input groups."""
@@ -90,6 +95,10 @@ class PointwiseConv(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+    def column(self, x: Tensor) -> Tensor:
+        """`forward` for one pixel's features (N, in), as one matrix product."""
+        return F.linear(x, (self.weight * self.mask).flatten(1), self.bias)
 
 
 def gate(x: Tensor) -> Tensor:
@@ -148,6 +157,12 @@ class GatedLayer(nn.Module):
     def horizontal_step(self, h: Tensor, link: Tensor, bias: Tensor | float) -> Tensor:
         return h + self.residual(gate(self.horizontal(h) + link + bias))
 
+    def horizontal_column(self, window: Tensor, link: Tensor) -> Tensor:
+        """`horizontal_step` at one pixel: its input's columns up to the pixel's (N, features,
+        kernel width) and the link plus class terms there (N, 2 features)."""
+        h = window[..., -1]
+        return h + self.residual.column(gate(self.horizontal.column(window) + link))
+
     def forward(
         self, v: Tensor, h: Tensor, labels: Tensor | None, maps: Tensor | None
     ) -> tuple[Tensor, Tensor]:
@@ -167,9 +182,10 @@ class GatedPixelCNN(nn.Module):
     classifier-free guidance: no class bias and no class maps.
 
     Sampling draws a row pixel by pixel. The vertical stack at a row sees only the rows above,
-    so `row_links` computes it once per row (from the `reach` rows above); `row_output` then runs
-    only the horizontal stack, on the row up to the pixel drawn: the same numbers as `forward`,
-    at a fraction of the work."""
+    so `row_links` computes it once per row (from the `reach` rows above); `column_output` then
+    runs only the horizontal stack, at the pixel drawn alone: its convolutions see only columns
+    to the left, whose features it keeps (`row_inputs`). The same numbers as `forward`, with a
+    matrix product per layer instead of a convolution over the image."""
 
     def __init__(
         self,
@@ -234,25 +250,40 @@ class GatedPixelCNN(nn.Module):
         return out.view(n, self.channels, self.outputs, height, width).transpose(1, 2)
 
     def row_links(self, x: Tensor, labels: Tensor | None, top: int = 0) -> list[Tensor]:
-        """Each layer's link from the vertical stack at the last row of `x` (N, C, rows, W), the
-        image's rows from `top` on, which depends only on the rows above it."""
+        """Each layer's link from the vertical stack plus its class terms (N, 2 features, W) at
+        the last row of `x` (N, C, rows, W), the image's rows from `top` on: what the horizontal
+        stack adds there, which depends only on the rows above it."""
         v, links = self.vertical(x), []
         maps = self.maps(labels, top, *x.shape[2:])
         for layer in self.layers:
-            v, link = layer.vertical_step(v, layer.bias(labels, maps))
-            links.append(link[:, :, -1:])
+            bias = layer.bias(labels, maps)
+            v, link = layer.vertical_step(v, bias)
+            links.append((link + bias)[:, :, -1])
         return links
 
-    def row_output(
-        self, row: Tensor, links: Sequence[Tensor], labels: Tensor | None, i: int = 0
+    def row_inputs(self, links: Sequence[Tensor]) -> list[Tensor]:
+        """Each gated layer's input along a row (N, features, padding + W), zero: the
+        horizontal convolution's padding on the left, and the columns `column_output` fills."""
+        n, width = len(links[0]), links[0].shape[-1]
+        return [
+            links[0].new_zeros(n, layer.horizontal.in_channels, layer.horizontal.pad[0] + width)
+            for layer in self.layers
+        ]
+
+    def column_output(
+        self, row: Tensor, links: Sequence[Tensor], inputs: Sequence[Tensor], j: int
     ) -> Tensor:
-        """(N, outputs, C) at the last pixel of `row` (N, C, 1, columns), the image's row `i`,
-        given the `links` of its row (cut to as many columns)."""
-        h = self.horizontal(row)
-        maps = self.maps(labels, i, *row.shape[2:])
-        for layer, link in zip(self.layers, links, strict=True):
-            h = layer.horizontal_step(h, link, layer.bias(labels, maps))
-        return self.head(h[:, :, :, -1:])[:, :, :, 0, 0]
+        """(N, outputs, C) at column `j` of `row` (N, C, W), an image row drawn up to there,
+        given its `links` and the layers' `inputs` at the columns before (filled in at `j`)."""
+        left = self.horizontal.pad[0]
+        window = row[..., max(0, j - left) : j + 1]
+        h = self.horizontal.column(F.pad(window, (left + 1 - window.shape[-1], 0)))
+        for layer, link, cols in zip(self.layers, links, inputs, strict=True):
+            left = layer.horizontal.pad[0]
+            cols[..., left + j] = h
+            h = layer.horizontal_column(cols[..., j : left + j + 1], link[..., j])
+        out = self.out.column(F.elu(self.hidden.column(F.elu(h))))
+        return out.view(len(out), self.channels, self.outputs).transpose(1, 2)
 
 
 class PixelCNN(OneNetwork):
@@ -374,8 +405,8 @@ class PixelCNN(OneNetwork):
         CDF of its distribution (log-probabilities `guided` by the solver's guidance for a
         conditional model), raised to the power 1/`temperature` and renormalized, reaches
         Phi(z). The network's vertical stack runs once per row and its horizontal stack once
-        per sub-pixel (`GatedPixelCNN.row_links`, `row_output`): exact, as its masks make the
-        rest irrelevant."""
+        per sub-pixel, at that pixel alone (`GatedPixelCNN.row_links`, `column_output`): exact,
+        as its masks make the rest irrelevant."""
         if self.num_classes and labels is None:
             raise ValueError("a class-conditional PixelCNN needs labels to sample")
         guidance = self.solver.guidance
@@ -394,11 +425,11 @@ class PixelCNN(OneNetwork):
             for i in range(first_row, s):
                 top = max(0, i - net.reach)
                 links = net.row_links(both(x[:, :, top : i + 1]), labels, top)
+                inputs = net.row_inputs(links)
                 for j in range(s):
-                    upto = [link[..., : j + 1] for link in links]
                     for k in range(c):
-                        row = both(x[:, :, i : i + 1, : j + 1])
-                        out = net.row_output(row, upto, labels, i)[:, :, k].float()
+                        out = net.column_output(both(x[:, :, i]), links, inputs, j)[:, :, k]
+                        out = out.float()
                         log_p = self.value_log_probs(out)
                         if twice:
                             log_p = guided(*log_p.chunk(2), guidance)
