@@ -191,19 +191,19 @@ def test_a_logistic_mixture_log_prob_is_finite_far_from_its_mean():
 
 @pytest.mark.parametrize(("channels", "label_map"), [(1, 0), (3, 2)])
 def test_the_sampler_s_pixel_by_pixel_pass_is_the_network_s_output(channels, label_map):
-    """`row_links` once per row, then `column_output` pixel after pixel with the layers' inputs
-    it keeps: the full network's output at every pixel, for any image (windows cut by the
-    image's left edge and not, class maps and colour included)."""
+    """`row_links` at each row alone, then `column_output` at each pixel alone, with the rows
+    and columns each keeps: the full network's output at every pixel, for any image (windows
+    cut by the image's edges and not, class maps and colour included)."""
     net = tiny(channels, 9, classes=3, label_map=label_map).network
     if label_map:
         nn.init.normal_(net.class_maps.weight, 0, 1)
     x, labels = torch.rand(2, channels, 9, 9) * 2 - 1, torch.tensor([1, 2])
     with torch.no_grad():
         full = net(x, labels)
+        rows = net.stack_rows(x)
         for i in range(9):
-            top = max(0, i - net.reach)
-            links = net.row_links(x[:, :, top : i + 1], labels, top)
-            inputs = net.row_inputs(links)
+            links = net.row_links(x, labels, i, rows)
+            inputs = net.column_inputs(links)
             for j in range(9):
                 out = net.column_output(x[:, :, i], links, inputs, j)
                 torch.testing.assert_close(out, full[..., i, j], atol=1e-5, rtol=1e-5)

@@ -65,6 +65,13 @@ class VerticalConv(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(F.pad(x, self.pad))[:, :, : x.shape[2]]
 
+    def row(self, x: Tensor, i: int) -> Tensor:
+        """`forward` at row `i` of `x` (N, in, H, W) alone, (N, out, 1, W): from the rows it
+        sees, zeros above the image."""
+        height, first = self.kernel_size[0], i - self.pad[2]  # first: the first row it sees
+        part = x[:, :, max(0, first) : first + height]
+        return super().forward(F.pad(part, (*self.pad[:2], height - part.shape[2], 0)))
+
 
 class HorizontalConv(nn.Conv2d):
     """A 1 x k convolution that sees the pixels left of the output pixel and, through
@@ -149,9 +156,10 @@ class GatedLayer(nn.Module):
         bias = self.label(labels)[:, :, None, None]
         return bias if maps is None else bias + self.label_map(maps)
 
-    def vertical_step(self, v: Tensor, bias: Tensor | float) -> tuple[Tensor, Tensor]:
-        """The vertical stack's next features, and its link to the horizontal stack."""
-        pre = self.vertical(v) + bias
+    def vertical_step(self, conv: Tensor, bias: Tensor | float) -> tuple[Tensor, Tensor]:
+        """The vertical stack's next features, and its link to the horizontal stack, from the
+        vertical convolution's output `conv`."""
+        pre = conv + bias
         return gate(pre), self.vertical_to_horizontal(pre)
 
     def horizontal_step(self, h: Tensor, link: Tensor, bias: Tensor | float) -> Tensor:
@@ -167,7 +175,7 @@ class GatedLayer(nn.Module):
         self, v: Tensor, h: Tensor, labels: Tensor | None, maps: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         bias = self.bias(labels, maps)
-        v, link = self.vertical_step(v, bias)
+        v, link = self.vertical_step(self.vertical(v), bias)
         return v, self.horizontal_step(h, link, bias)
 
 
@@ -182,10 +190,10 @@ class GatedPixelCNN(nn.Module):
     classifier-free guidance: no class bias and no class maps.
 
     Sampling draws a row pixel by pixel. The vertical stack at a row sees only the rows above,
-    so `row_links` computes it once per row (from the `reach` rows above); `column_output` then
-    runs only the horizontal stack, at the pixel drawn alone: its convolutions see only columns
-    to the left, whose features it keeps (`row_inputs`). The same numbers as `forward`, with a
-    matrix product per layer instead of a convolution over the image."""
+    so `row_links` computes it once per row, at that row alone from each layer's rows above it,
+    which it keeps (`stack_rows`); `column_output` then runs only the horizontal stack, at the
+    pixel drawn alone: its convolutions see only columns to the left, whose features it keeps
+    (`column_inputs`). The same numbers as `forward`, at a fraction of the work."""
 
     def __init__(
         self,
@@ -209,7 +217,6 @@ class GatedPixelCNN(nn.Module):
             if value < 3 or value % 2 == 0:
                 raise ValueError(f"{name} must be odd and >= 3, got {value}")
         self.channels, self.outputs = channels, outputs
-        self.reach = first_kernel // 2 + layers * (kernel // 2)  # rows above an output it sees
         g, pixel = groups(features, channels), torch.arange(channels)
         self.vertical = VerticalConv(channels, features, first_kernel, first=True)
         self.horizontal = HorizontalConv(
@@ -249,19 +256,29 @@ class GatedPixelCNN(nn.Module):
         n, _, height, width = out.shape
         return out.view(n, self.channels, self.outputs, height, width).transpose(1, 2)
 
-    def row_links(self, x: Tensor, labels: Tensor | None, top: int = 0) -> list[Tensor]:
+    def stack_rows(self, x: Tensor) -> list[Tensor]:
+        """Each gated layer's vertical-stack input (N, features, H, W) for images like `x`,
+        zero: `row_links` fills it in row by row."""
+        n, _, height, width = x.shape
+        return [x.new_zeros(n, layer.vertical.in_channels, height, width) for layer in self.layers]
+
+    def row_links(
+        self, x: Tensor, labels: Tensor | None, i: int, rows: Sequence[Tensor]
+    ) -> list[Tensor]:
         """Each layer's link from the vertical stack plus its class terms (N, 2 features, W) at
-        the last row of `x` (N, C, rows, W), the image's rows from `top` on: what the horizontal
-        stack adds there, which depends only on the rows above it."""
-        v, links = self.vertical(x), []
-        maps = self.maps(labels, top, *x.shape[2:])
-        for layer in self.layers:
+        row `i` of `x` (N, C, H, W), drawn above it: what the horizontal stack adds there. The
+        vertical stack's `rows` (`stack_rows`) must hold the rows above `i`; row `i` is filled
+        in."""
+        v, links = self.vertical.row(x, i), []
+        maps = self.maps(labels, i, 1, x.shape[3])
+        for layer, kept in zip(self.layers, rows, strict=True):
+            kept[:, :, i] = v[:, :, 0]
             bias = layer.bias(labels, maps)
-            v, link = layer.vertical_step(v, bias)
-            links.append((link + bias)[:, :, -1])
+            v, link = layer.vertical_step(layer.vertical.row(kept, i), bias)
+            links.append((link + bias)[:, :, 0])
         return links
 
-    def row_inputs(self, links: Sequence[Tensor]) -> list[Tensor]:
+    def column_inputs(self, links: Sequence[Tensor]) -> list[Tensor]:
         """Each gated layer's input along a row (N, features, padding + W), zero: the
         horizontal convolution's padding on the left, and the columns `column_output` fills."""
         n, width = len(links[0]), links[0].shape[-1]
@@ -422,10 +439,12 @@ class PixelCNN(OneNetwork):
         net = self.network
         bar = tqdm(total=(s - first_row) * s * c, desc="sub-pixels", leave=False, disable=None)
         with eval_mode(self), bar:
-            for i in range(first_row, s):
-                top = max(0, i - net.reach)
-                links = net.row_links(both(x[:, :, top : i + 1]), labels, top)
-                inputs = net.row_inputs(links)
+            rows = net.stack_rows(both(x))
+            for i in range(s):
+                links = net.row_links(both(x), labels, i, rows)
+                if i < first_row:  # given: the vertical stack's rows only
+                    continue
+                inputs = net.column_inputs(links)
                 for j in range(s):
                     for k in range(c):
                         out = net.column_output(both(x[:, :, i]), links, inputs, j)[:, :, k]
