@@ -22,7 +22,8 @@ Four loops train the identical model (built from genlab's config), optimizer and
   and `Normalize` (and `Resize` where the model size differs from 28 px).
 
 For the diffusion models a second table gives sampling throughput (images/s, `--sample-images`
-per solver) for each solver and step count; for PixelCNN, with its row cache and without it.
+per solver) for each solver and step count; for PixelCNN, genlab's sampler (which keeps the
+features of the rows and columns done) against the whole network per sub-pixel.
 
 genlab, bare and the bare loop again run in alternating rounds (scripts/benchstats.py): ms/step
 are medians over rounds, ratios are medians of per-round ratios with their quartiles, and the bare
@@ -332,8 +333,9 @@ def _measure_pixelcnn_sampling(
     variant: str, case: tuple, images: int, device_name: str, root, queue
 ) -> None:
     """Images per second of a freshly built PixelCNN: `cached`, its own sampler (the vertical
-    stack once per row, the horizontal stack per sub-pixel); `uncached`, the whole network on the
-    rows done so far for every sub-pixel, the usual way."""
+    stack at each row alone, the horizontal stack at each pixel alone, each from the features it
+    kept); `uncached`, the whole network on the rows done so far for every sub-pixel, the usual
+    way."""
     import torch
 
     from genlab.config import build, build_model
@@ -592,7 +594,7 @@ def main() -> None:
             "",
             f"PixelCNN sampling, images/s ({args.sample_images} images in one batch):",
             "",
-            "| model | row cache (genlab) | whole network per sub-pixel | speed-up |",
+            "| model | genlab (features kept) | whole network per sub-pixel | speed-up |",
             "|---|---|---|---|",
             f"| {case[0]} | {speeds['cached']:.2f} | {speeds['uncached']:.2f} "
             f"| {speeds['cached'] / speeds['uncached']:.1f}x |",
