@@ -73,7 +73,19 @@ class VerticalConv(nn.Conv2d):
         return super().forward(F.pad(part, (*self.pad[:2], height - part.shape[2], 0)))
 
 
-class HorizontalConv(nn.Conv2d):
+class MaskedConv(nn.Conv2d):
+    """A convolution whose weight is multiplied by its `mask` buffer (set by the subclass)."""
+
+    mask: Tensor
+
+    def column(self, window: Tensor) -> Tensor:
+        """The output (N, out) at one pixel, from the input its kernel covers there (N, in, kernel
+        width; zeros where it reaches left of the image): `forward` there, as one matrix
+        product."""
+        return F.linear(window.flatten(1), (self.weight * self.mask).flatten(1), self.bias)
+
+
+class HorizontalConv(MaskedConv):
     """A 1 x k convolution that sees the pixels left of the output pixel and, through
     `channel_mask`, the allowed channels of the pixel itself."""
 
@@ -87,13 +99,8 @@ class HorizontalConv(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(F.pad(x, self.pad), self.weight * self.mask, self.bias)
 
-    def column(self, window: Tensor) -> Tensor:
-        """The output (N, out) at the last column of `window` (N, in, kernel width), zeros where
-        it reaches left of the image: `forward` there, as one matrix product."""
-        return F.linear(window.flatten(1), (self.weight * self.mask).flatten(1), self.bias)
 
-
-class PointwiseConv(nn.Conv2d):
+class PointwiseConv(MaskedConv):
     """A 1 x 1 convolution whose output groups see only the allowed input groups."""
 
     def __init__(self, inp: int, out: int, mask: Tensor) -> None:
@@ -102,10 +109,6 @@ class PointwiseConv(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.weight * self.mask, self.bias)
-
-    def column(self, x: Tensor) -> Tensor:
-        """`forward` for one pixel's features (N, in), as one matrix product."""
-        return F.linear(x, (self.weight * self.mask).flatten(1), self.bias)
 
 
 def gate(x: Tensor) -> Tensor:
