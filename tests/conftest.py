@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,8 +17,10 @@ from omegaconf import DictConfig
 from genlab.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-# Classifiers and reference statistics are cached per session, never in the user's ~/.cache.
+# Classifiers and reference statistics are cached per session (per xdist worker), never in the
+# user's ~/.cache, and removed when it ends.
 os.environ["GENLAB_CACHE"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
+atexit.register(shutil.rmtree, os.environ["GENLAB_CACHE"], ignore_errors=True)
 # Nothing is downloaded: diffusers and huggingface_hub may read only local files.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
