@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from genlab.config import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-# Classifiers and reference statistics are cached per session (per xdist worker), never in the
-# user's ~/.cache, and removed when it ends.
+# Classifiers and reference statistics are cached per process that imports this module, never in
+# the user's ~/.cache, and removed when that process ends.
 os.environ["GENLAB_CACHE"] = tempfile.mkdtemp(prefix="genlab-test-cache-")
 atexit.register(shutil.rmtree, os.environ["GENLAB_CACHE"], ignore_errors=True)
 # Nothing is downloaded: diffusers and huggingface_hub may read only local files.
