@@ -4,6 +4,7 @@
     python scripts/benchmark.py --models dcgan --steps 400 --features   # what each feature costs
     python scripts/benchmark.py --device cuda --out benchmark.md
     python scripts/benchmark.py --root ~/data          # also full MNIST, if ~/data holds it
+    python scripts/benchmark.py --models ddpm,dit --no-training --no-scaling  # sampling alone
 
 Four loops train the identical model (built from genlab's config), optimizer and batch size:
 
@@ -460,6 +461,12 @@ def main() -> None:
     parser.add_argument(
         "--root", help="a folder holding torchvision's MNIST: also benchmark full MNIST"
     )
+    parser.add_argument(
+        "--training",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the training comparison (--no-training: only the sampling tables)",
+    )
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
         "--sample-images", type=int, default=64, help="images per sampling measurement"
@@ -481,19 +488,24 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, {mp.cpu_count()} CPU cores, "
         f"device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if cuda else "")
-        + f"; torch {torch.__version__}. genlab, bare and bare again alternate in {args.rounds} "
-        f"to {args.max_rounds} rounds (until half the IQR of genlab / bare is at most "
-        f"{100 * args.tolerance:.0f}%); ms/step are medians, ratios are medians of per-round "
-        "ratios [quartiles]. The noise floor is bare again / bare: its distance from 1 plus half "
-        "its IQR; an overhead counts only outside it. CPU time is the process's user + system "
-        "time.",
-        "",
-        "| model | steps | rounds | genlab ms/step | bare ms/step | genlab / bare, wall "
-        "| floor | wall | genlab / bare, CPU | floor | CPU | reference script's loading "
-        "| reference ms/step | DataLoader, 2 workers ms/step | genlab speed-up vs reference "
-        "| vs 2 workers | peak MB genlab / bare / reference / 2 workers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        + f"; torch {torch.__version__}."
     ]
+    if args.training:
+        lines[0] += (
+            f" genlab, bare and bare again alternate in {args.rounds} to {args.max_rounds} rounds "
+            f"(until half the IQR of genlab / bare is at most {100 * args.tolerance:.0f}%); "
+            "ms/step are medians, ratios are medians of per-round ratios [quartiles]. The noise "
+            "floor is bare again / bare: its distance from 1 plus half its IQR; an overhead counts "
+            "only outside it. CPU time is the process's user + system time."
+        )
+        lines += [
+            "",
+            "| model | steps | rounds | genlab ms/step | bare ms/step | genlab / bare, wall "
+            "| floor | wall | genlab / bare, CPU | floor | CPU | reference script's loading "
+            "| reference ms/step | DataLoader, 2 workers ms/step | genlab speed-up vs reference "
+            "| vs 2 workers | peak MB genlab / bare / reference / 2 workers |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     print("\n".join(lines), flush=True)
     features = [
         "",
@@ -519,7 +531,7 @@ def main() -> None:
     variants = ["genlab", "bare", "bare again"]
     if args.features:
         variants += [f"genlab-no-{f}" for f in FEATURES]
-    for name, case in cases.items():
+    for name, case in cases.items() if args.training else ():
         for count in step_counts:
             steps = count // 5 if case[2] >= 64 else count
             runs = run_rounds(case, steps, args, variants)
@@ -557,10 +569,10 @@ def main() -> None:
                     f"| {name} | {steps} | {feature} | {bs.spread(without).median:.2f} "
                     f"| {cost.cell('+.1f', 100, '%')} |"
                 )
-    if on_cpu:
+    if on_cpu and args.training:
         print("\n".join(inside), flush=True)
         lines += inside
-    if args.features:
+    if args.features and args.training:
         print("\n".join(features), flush=True)
         lines += features
     sampled = [c for c in cases.values() if c[0] in DIFFUSION]

@@ -82,3 +82,22 @@ def test_loop_row_splits_genlab_time_outside_and_inside_its_steps():
         "10.00",
         "1.000 [1.000, 1.125]",
     ]
+
+
+def test_no_training_measures_nothing_for_a_model_without_sampling(tmp_path, monkeypatch):
+    """`--no-training` leaves out the training comparison (and its rounds): a GAN then has no
+    table at all, and no measurement process is started."""
+    import benchmark
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("nothing should be measured")
+
+    monkeypatch.setattr(benchmark, "measure", refuse)
+    monkeypatch.setattr(benchmark, "run_rounds", refuse)
+    out = tmp_path / "bench.md"
+    argv = ["benchmark.py", "--models", "gan", "--no-training", "--no-scaling", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    benchmark.main()
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Machine: ")
+    assert "rounds" not in lines[0]
