@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from genlab.checkpoint import save_checkpoint
 from genlab.config import build
@@ -213,10 +214,14 @@ class Evaluator:
         classes = model.num_classes
         labels = torch.arange(n, device=device) % classes if classes else None
         chunks = []
-        for start in range(0, n, self.batch_size):
-            part = None if labels is None else labels[start : start + self.batch_size]
-            count = min(self.batch_size, n - start)
-            chunks.append(to_uint8(model.generate(count, loss, gen, part)).cpu())
+        # minutes for a diffusion model's solver: a bar on a terminal, as diffusers' pipelines show
+        bar = tqdm(total=n, desc="generating", unit="image", leave=False, disable=None)
+        with bar:
+            for start in range(0, n, self.batch_size):
+                part = None if labels is None else labels[start : start + self.batch_size]
+                count = min(self.batch_size, n - start)
+                chunks.append(to_uint8(model.generate(count, loss, gen, part)).cpu())
+                bar.update(count)
         return torch.cat(chunks), None if labels is None else labels.cpu()
 
     def __call__(

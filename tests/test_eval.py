@@ -1,7 +1,10 @@
 """`genlab eval` and `genlab sample` on tiny trained runs; the data-set classifier."""
 
+import io
 import json
 import logging
+import sys
+import time
 
 import pytest
 import torch
@@ -130,6 +133,43 @@ def test_class_coverage_reports_a_collapse(caplog):
     assert out["class_kl"] == pytest.approx(torch.log(torch.tensor(10.0)).item())
     assert "cover 1 of 10 classes" in caplog.text
     assert (out["class_share_min"], out["class_share_max"]) == (0.0, 1.0)
+
+
+class Blank:
+    """A stand-in model that draws grey images, slower than the bar's refresh interval (0.1 s),
+    and records its batch sizes."""
+
+    num_classes = 0
+
+    def __init__(self):
+        self.counts = []
+
+    def generate(self, n, loss, gen, labels=None):
+        self.counts.append(n)
+        time.sleep(0.15)
+        return torch.zeros(n, 1, 8, 8)
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_generation_shows_progress_on_a_terminal_only(tty, monkeypatch):
+    stream = Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    model = Blank()
+    images, labels = Evaluator(batch_size=40).generate(model, None, 100, CPU)
+    assert model.counts == [40, 40, 20] and labels is None
+    assert images.shape == (100, 1, 8, 8) and images.dtype == torch.uint8
+    assert (images == 128).all()  # 0 in [-1, 1] is grey
+    bar = stream.getvalue()
+    if tty:  # updated after each batch, then erased (leave=False)
+        assert "generating" in bar and "40/100" in bar and "80/100" in bar
+        assert bar.rstrip("\r").endswith(" ")
+    else:
+        assert bar == ""
 
 
 class ByFirstPixel(nn.Module):
