@@ -429,6 +429,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     )
     image = read_png(out)
     assert image.shape[0] > image.shape[1]  # columns: 2 images; rows: 3 timesteps
+    assert out == run / "samples" / "trajectory_ddim2_label4_seed0.png"  # names its solver
 
     from diffusers import UNet2DModel
 

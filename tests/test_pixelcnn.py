@@ -432,9 +432,9 @@ def test_genlab_eval_and_sample_guide_a_conditional_pixelcnn(tmp_path):
     report = evaluate(make_cfg(f"run={run}", "+solver.guidance=3", *own, config_name="eval"))
     assert report.protocol["sampler"] == "autoregressive" and report.protocol["guidance"] == 3
     assert [p.name for p in (run / "eval").iterdir()] == ["classifier-12px_g3_step0000005.json"]
-    out = tmp_path / "five.png"
-    sampled = ["sampler.label=5", "sampler.num_images=4", f"out={out}"]
-    sample(make_cfg(f"run={run}", "+solver.guidance=0", *sampled, config_name="sample"))
+    sampled = ["sampler.label=5", "sampler.num_images=4", "sampler.temperature=0.9"]
+    out = sample(make_cfg(f"run={run}", "+solver.guidance=0", *sampled, config_name="sample"))
+    assert out == run / "samples" / "samples_g0_label5_temp0.9_seed0.png"  # the grid's settings
     assert Image.open(out).size[0] > 12
     with pytest.raises(ConfigError, match="model: a PixelCNN samples value by value"):
         evaluate(make_cfg(f"run={run}", "solver=ddim", *own, config_name="eval"))

@@ -14,6 +14,7 @@ from genlab.config import CONF_DIR, build, check_config, required, solver_group
 from genlab.errors import GenlabError, one_message
 from genlab.evaluation import Report, format_table
 from genlab.run_folder import load_run, run_of
+from genlab.solvers import protocol_tag
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +24,7 @@ def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Pa
     evaluations with other features, another diffusion solver or guidance keep files of their
     own."""
     p = report.protocol
-    how = f"_{p['sampler']}{p['sampler_steps']}" if "sampler_steps" in p else ""
-    if p.get("eta"):
-        how += f"_eta{p['eta']:g}"
-    if p.get("guidance", 1) != 1:
-        how += f"_g{p['guidance']:g}"
-    if p.get("clip") is False:
-        how += "_noclip"
-    out = run_dir / "eval" / f"{p['features']}{how}_step{step:07d}.json"
+    out = run_dir / "eval" / f"{p['features']}{protocol_tag(p)}_step{step:07d}.json"
     record = {"step": step, "checkpoint": checkpoint, **report.__dict__}
     write_atomically(json.dumps(record, indent=2).encode(), out)
     return out

@@ -11,7 +11,10 @@ from omegaconf import DictConfig
 from genlab.config import CONF_DIR, build, check_config, required, solver_group
 from genlab.errors import ConfigError, one_message
 from genlab.images import save_png, to_grid, written_by_genlab
+from genlab.models.base import Family
 from genlab.run_folder import load_run, run_of
+from genlab.sampling import Sampler
+from genlab.solvers import protocol_tag
 
 
 def sample(cfg: DictConfig) -> Path:
@@ -35,7 +38,7 @@ def sample(cfg: DictConfig) -> Path:
         except ValueError as e:
             raise ConfigError(f"{e} ({path})") from None
         if i == 0:  # the default is the run's own samples/ folder, genlab's to write
-            out = Path(cfg.out) if cfg.out else _default_out(state, sampler)
+            out = Path(cfg.out) if cfg.out else _default_out(state, sampler, model)
 
         def real(node=run_cfg.dataset):  # the held-out data, for modes that start from it
             return build(node, "dataset", split="test")
@@ -57,8 +60,14 @@ def sample(cfg: DictConfig) -> Path:
     return out
 
 
-def _default_out(state: dict, sampler) -> Path:
-    return run_of(Path(state["path"])) / "samples" / f"{sampler.mode}_seed{sampler.seed}.png"
+def _default_out(state: dict, sampler: Sampler, model: Family) -> Path:
+    """RUN/samples/<mode>[_<solver><steps>...][_label<l>][_trunc<t>][_temp<T>]_seed<seed>.png:
+    grids made with another solver or other settings keep files of their own."""
+    how = protocol_tag(model.sampling_protocol())
+    for key, short in (("label", "label"), ("truncation", "trunc"), ("temperature", "temp")):
+        if (value := getattr(sampler, key)) is not None:
+            how += f"_{short}{value:g}"
+    return run_of(Path(state["path"])) / "samples" / f"{sampler.mode}{how}_seed{sampler.seed}.png"
 
 
 def _file(out: Path, i: int) -> Path:
