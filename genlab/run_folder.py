@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -279,6 +280,20 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 # --- reading a run --------------------------------------------------------------------------------
+
+
+def protocol_tag(p: Mapping[str, Any]) -> str:
+    """The part of a file name that tells how images were made, from a sampling protocol `p`:
+    `_<solver><steps>[_eta<eta>][_g<guidance>][_noclip]` ("" for a family without a solver), so
+    that evaluations and grids made another way keep files of their own."""
+    tag = f"_{p['sampler']}{p['sampler_steps']}" if "sampler_steps" in p else ""
+    if p.get("eta"):
+        tag += f"_eta{p['eta']:g}"
+    if p.get("guidance", 1) != 1:
+        tag += f"_g{p['guidance']:g}"
+    if p.get("clip") is False:
+        tag += "_noclip"
+    return tag
 
 
 def run_of(checkpoint: Path) -> Path:

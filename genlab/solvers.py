@@ -41,20 +41,6 @@ def guidance_labels(labels: Tensor | None, null: int, guidance: float) -> Tensor
     return nulls if guidance == 0 else torch.cat([labels, nulls])
 
 
-def protocol_tag(p: Mapping[str, Any]) -> str:
-    """The part of a file name that tells how images were made, from a sampling protocol `p`:
-    `_<solver><steps>[_eta<eta>][_g<guidance>][_noclip]` ("" for a family without a solver), so
-    that evaluations and grids made another way keep files of their own."""
-    tag = f"_{p['sampler']}{p['sampler_steps']}" if "sampler_steps" in p else ""
-    if p.get("eta"):
-        tag += f"_eta{p['eta']:g}"
-    if p.get("guidance", 1) != 1:
-        tag += f"_g{p['guidance']:g}"
-    if p.get("clip") is False:
-        tag += "_noclip"
-    return tag
-
-
 def check_guidance(guidance: float) -> float:
     require_at_least(0, guidance=guidance)
     return float(guidance)

@@ -13,8 +13,7 @@ from genlab.checkpoint import write_atomically
 from genlab.config import CONF_DIR, build, check_config, required, solver_group
 from genlab.errors import GenlabError, one_message
 from genlab.evaluation import Report, format_table
-from genlab.run_folder import load_run, run_of
-from genlab.solvers import protocol_tag
+from genlab.run_folder import load_run, protocol_tag, run_of
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import torch
@@ -11,10 +12,11 @@ from omegaconf import DictConfig
 from genlab.config import CONF_DIR, build, check_config, required, solver_group
 from genlab.errors import ConfigError, one_message
 from genlab.images import save_png, to_grid, written_by_genlab
-from genlab.models.base import Family
-from genlab.run_folder import load_run, run_of
-from genlab.sampling import Sampler
-from genlab.solvers import protocol_tag
+from genlab.run_folder import load_run, protocol_tag, run_of
+
+if TYPE_CHECKING:  # the sampler is built by Hydra; importing it here would load diffusers
+    from genlab.models.base import Family
+    from genlab.sampling import Sampler
 
 
 def sample(cfg: DictConfig) -> Path:
