@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.errors import GenlabError, writing
 from genlab.record import read_records
+from genlab.run_folder import made_here
 
 
 class RunChecks(Callback):
@@ -58,6 +59,8 @@ def _make(config: DictConfig, key: str) -> Path:
     folder = Path(OmegaConf.select(config, key))
     try:
         with writing(folder):
+            if not folder.exists():
+                made_here.add(folder.absolute())
             folder.mkdir(parents=True, exist_ok=True)
     except GenlabError as e:
         raise SystemExit(str(e)) from None

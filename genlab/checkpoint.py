@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import random
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,82 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from genlab.errors import GenlabError, writing
-
-
-def _file_mode() -> int:
-    """The mode `open` gives new files under this process's umask (read once, at import)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()
-
-
-def _replace_atomically(path: Path, write) -> None:
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, FILE_MODE)  # mkstemp's are private
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+from genlab.errors import GenlabError
+from genlab.files import write_file
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` so that a crash at any moment leaves the old file intact."""
-    _replace_atomically(path, lambda f: torch.save(state, f))
+    write_file(path, checkpoint_bytes(state))
 
 
 def checkpoint_bytes(state: dict[str, Any]) -> bytes:
     """`state` as the bytes of a checkpoint file: a snapshot that later changes to its tensors
-    do not touch, for `write_atomically` in another thread."""
+    do not touch, for a write in another thread."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
-
-
-def write_atomically(data: bytes, path: Path) -> None:
-    """Write `data` to `path` so that a crash at any moment leaves the old file intact."""
-    _replace_atomically(path, lambda f: f.write(data))
-
-
-def copy_checkpoint(src: Path, dst: Path) -> None:
-    """Atomically make `dst` hold `src`'s bytes (used for `last.pt`): a hard link renamed into
-    place (no second write), or a copy where the file system has no hard links."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    with writing(dst):
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-
-            def write(f) -> None:
-                with open(src, "rb") as s:
-                    shutil.copyfileobj(s, f)
-
-            _replace_atomically(dst, write)
-            return
-        os.replace(tmp, dst)
-        _sync_folder(dst.parent)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -114,7 +50,56 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise GenlabError(f"checkpoint {path} is truncated or corrupt ({e})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise GenlabError(f"{path} is not a genlab checkpoint (no model weights in it)")
+    _check_fields(state, path)
     return state
+
+
+def _check_fields(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose fields are not of the types genlab writes, naming the field."""
+
+    def bad(field: str, what: str) -> GenlabError:
+        return GenlabError(f"{path} is not a checkpoint genlab can use: its {field} is not {what}")
+
+    model = state["model"]
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        raise bad("model", "a mapping of names to tensors")
+    step = state.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise bad("step", "a whole number >= 0")
+    for field in ("optimizers", "schedulers", "updater", "loader"):
+        if not isinstance(state.get(field, {}), dict):
+            raise bad(field, "a mapping")
+    for i, rng in enumerate(state.get("rng_ranks", [state["rng"]] if "rng" in state else [])):
+        if not _valid_rng(rng):
+            raise bad("rng" if "rng_ranks" not in state else f"rng_ranks[{i}]", RNG_STATE)
+
+
+RNG_STATE = "the random states genlab saves (python's, numpy's MT19937 and torch's)"
+
+
+def _valid_rng(rng: Any) -> bool:
+    """Whether `rng` has the shapes `rng_state` writes (checked before anything is set from it:
+    a stride-0 tensor of a billion keys must not be copied)."""
+    if not isinstance(rng, dict):
+        return False
+    python, n, t = rng.get("python"), rng.get("numpy"), rng.get("torch")
+    return (
+        isinstance(python, tuple | list)
+        and len(python) == 3
+        and isinstance(python[1], tuple | list)
+        and len(python[1]) == 625
+        and all(isinstance(x, int) for x in python[1])
+        and isinstance(n, dict)
+        and isinstance(n.get("keys"), torch.Tensor)
+        and tuple(n["keys"].shape) == (624,)
+        and isinstance(n.get("pos"), int)
+        and isinstance(t, torch.Tensor)
+        and t.dtype == torch.uint8
+        and t.ndim == 1
+        and t.numel() <= 1 << 16
+    )
 
 
 def _check_archive(path: Path) -> None:
@@ -128,6 +113,13 @@ def _check_archive(path: Path) -> None:
             f"{path} is truncated, or not a checkpoint at all: torch.save writes a zip archive, "
             f"and this file is not one ({e})"
         ) from None
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start != b"PK\x03\x04":  # zipfile also reads an archive after bytes of anything else
+        raise GenlabError(
+            f"{path} is not a checkpoint: torch.save writes a zip archive from the file's first "
+            "byte, and this file starts with something else"
+        )
     if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries):
         raise GenlabError(
             f"{path} is not a checkpoint: it holds compressed entries, which "
@@ -199,15 +191,3 @@ def find_resume(resume: str | None, run_dir: Path, key: str = "trainer.resume") 
     if not path.is_file():
         raise GenlabError(f"{key}={resume}: no checkpoint at {path}")
     return path
-
-
-def prune(folder: Path, keep: int | None) -> None:
-    """Delete all but the `keep` newest `step_*.pt` files (`None` keeps them all), and temporary
-    files that a killed save left behind."""
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    if keep is None:
-        return
-    periodic = sorted(folder.glob("step_*.pt"))
-    for old in periodic[: max(0, len(periodic) - keep)]:
-        old.unlink(missing_ok=True)

@@ -134,14 +134,15 @@ def check_config(cfg: DictConfig, groups: collections.abc.Iterable[str]) -> None
 
 
 def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
-    """Instantiate a node; a constructor's `ValueError` or `TypeError` becomes a `ConfigError`."""
+    """Instantiate a node; a constructor's `ValueError`, `TypeError` or `AssertionError` (a
+    library's check of its settings, such as diffusers') becomes a `ConfigError`."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, GenlabError):
             raise cause from None
-        if isinstance(cause, ValueError | TypeError):
+        if isinstance(cause, ValueError | TypeError | AssertionError):
             raise ConfigError(_name_key(node, group, str(cause))) from cause
         raise
 

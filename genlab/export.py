@@ -16,9 +16,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from genlab.checkpoint import write_atomically
 from genlab.config import build, model_node
 from genlab.errors import GenlabError
+from genlab.files import Outputs, join
 from genlab.models.base import Family
 from genlab.trust import check_targets, read_config
 
@@ -52,14 +52,21 @@ class Generator(nn.Module):
         return OUTPUTS[self.output](x)
 
 
-def export(model: Family, loss: Any, run_cfg: DictConfig, source: dict, folder: Path) -> list[str]:
+def export(
+    model: Family, loss: Any, run_cfg: DictConfig, source: dict, out: Outputs, folder: str = ""
+) -> list[str]:
     """Write the network that samples (`Family.export_sampler`: a GAN's generator, its EMA
-    when there is one; a VAE's decoder; a diffusion model) and the config that builds it to
-    `folder`, and what the family writes besides; return what was written."""
+    when there is one; a VAE's decoder; a diffusion model) and the config that builds it to the
+    folder `folder` of `out`, and what the family writes besides; return what was written. Files
+    there that genlab did not write are refused before anything is written."""
     exported = model.export_sampler(loss, model_node(run_cfg))
     network, node, output = exported.network, exported.node, exported.output
+    hint = "move it away, or export elsewhere with out=FOLDER"
+    out.refuse_foreign([join(folder, f"generator.{x}") for x in ("safetensors", "yaml")], hint)
+    if exported.extra_folder:
+        out.check_clear(below=join(folder, exported.extra_folder), why="genlab export: ")
     tensors = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
-    write_atomically(save(tensors), folder / "generator.safetensors")
+    out.write(join(folder, "generator.safetensors"), save(tensors))
     spec = {
         "network": node,
         "latent_dim": model.latent_dim,
@@ -67,10 +74,12 @@ def export(model: Family, loss: Any, run_cfg: DictConfig, source: dict, folder: 
         "output": output,
         "source": source,
     }
-    write_atomically(OmegaConf.to_yaml(OmegaConf.create(spec)).encode(), folder / "generator.yaml")
-    written = [f"{folder}/generator.safetensors and generator.yaml"]
+    out.write(join(folder, "generator.yaml"), OmegaConf.to_yaml(OmegaConf.create(spec)).encode())
+    written = [
+        f"{out.path(folder) if folder else out.root}/generator.safetensors and generator.yaml"
+    ]
     if exported.extra is not None:
-        written.append(exported.extra(folder))
+        written.append(exported.extra(out, folder))
     return written
 
 
@@ -92,6 +101,8 @@ def load_generator(
     check_targets(spec.network, "network", str(source), trust_code)
     try:
         network = build(spec.network, "network")
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"its network builds a {type(network).__name__}, not a torch module")
         network.load_state_dict(load_file(str(folder / "generator.safetensors")))
         output = spec.output
         if output in _OLD_OUTPUTS:  # an older export: the whole VAE, sampled by its decoder

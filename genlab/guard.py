@@ -13,6 +13,9 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
+import torch
+from torch import Tensor, nn
+
 from genlab.errors import GenlabError
 from genlab.logger import NullLogger
 from genlab.optim import NonFiniteError, Updater
@@ -82,6 +85,45 @@ class NonFiniteGuard:
             )
         if self.skipped:
             log.warning("%d non-finite updates were skipped in this run", self.skipped)
+
+
+class StepUndo:
+    """What a step changes in a model besides its trained weights (BatchNorm statistics, EMA
+    copies, other floating-point buffers), kept at the step's start so that a step whose update
+    was skipped leaves it as it was (`trainer.on_nan=skip`). The optimizers keep their state
+    themselves (`optim.Updater`). Integer counters (BatchNorm's batch count, the updates an EMA
+    or a family counts) count the step like the run's step does."""
+
+    def __init__(self, model: nn.Module, update: Updater) -> None:
+        self.update = update
+        self.tensors = [
+            t
+            for t in model.state_dict(keep_vars=True).values()
+            if t.is_floating_point() and not (isinstance(t, nn.Parameter) and t.requires_grad)
+        ]
+        self.saved: list[Tensor] = []
+        self.skipped_before: Tensor | None = None
+
+    def keep(self) -> None:
+        """At the start of a step."""
+        self.saved = [t.detach().clone() for t in self.tensors]
+        self.skipped_before = self._skipped()
+
+    @torch.no_grad()
+    def undo(self, always: bool = False) -> None:
+        """At the end of a step: put the kept state back if an update of this step was skipped
+        (on the device, without a host sync), or `always` (the host refused one)."""
+        if not self.tensors:
+            return
+        if always:
+            torch._foreach_copy_(self.tensors, self.saved)
+            return
+        skipped = self._skipped() > self.skipped_before
+        for t, old in zip(self.tensors, self.saved, strict=True):
+            t.copy_(torch.where(skipped, old, t))
+
+    def _skipped(self) -> Tensor:
+        return torch.stack(list(self.update.skipped.values())).sum()
 
 
 def _steps(first: int, last: int) -> str:

@@ -10,8 +10,6 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
-from genlab.errors import writing
-
 MARK = ("Software", "genlab")  # a text chunk in every PNG genlab writes
 
 
@@ -58,12 +56,3 @@ def written_by_genlab(path: Path) -> bool:
             return im.format == "PNG" and im.info.get(MARK[0]) == MARK[1]
     except Exception:  # not an image, unreadable, a decompression bomb: not ours
         return False
-
-
-def save_png(grid: Tensor, path: Path) -> bytes:
-    """Write `grid` (see `png_bytes`) to `path`; return the PNG's bytes."""
-    png = png_bytes(grid)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png)
-    return png

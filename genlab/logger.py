@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
 from genlab.errors import require_at_least, writing
+from genlab.files import Outputs
 
 
 class NullLogger:
@@ -43,7 +45,8 @@ class TensorBoardLogger(NullLogger):
     ) -> None:
         super().__init__(run_dir=run_dir)
         require_at_least(1, flush_secs=flush_secs)
-        self.folder = self.run_dir / subdir / name if name else self.run_dir / subdir
+        self.subdir = f"{subdir}/{name}" if name else subdir
+        self.folder = Outputs(self.run_dir).path(self.subdir)  # a ValueError if not inside
         self.flush_secs = flush_secs
         self._writer = None
         # imported here, not at the first value logged: inside the loop its ~0.1 s (more from a
@@ -58,8 +61,14 @@ class TensorBoardLogger(NullLogger):
         writes no file)."""
         if self._writer is None:
             _quiet_event_thread()
-            with writing(self.folder):
-                self._writer = self._writer_class(str(self.folder), flush_secs=self.flush_secs)
+            run = Outputs(self.run_dir)
+            folder = run.folder(self.subdir)  # refused where a link is planted
+            with writing(self.folder):  # a random suffix: no name a link could be planted at
+                self._writer = self._writer_class(
+                    str(folder), flush_secs=self.flush_secs, filename_suffix=f".{token_hex(4)}"
+                )
+            event_file = Path(self._writer.file_writer.event_writer._file_name)
+            run.record([event_file.relative_to(self.run_dir).as_posix()])
         return self._writer
 
     def log_scalars(self, values: Mapping[str, float], step: int) -> None:

@@ -155,11 +155,17 @@ class Updater:
                 torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         if self.on_device[name]:
             found_inf = self._found_inf(loss.detach(), norm, grads)
+            fresh = [p for p in params if not optimizer.state.get(p)]
             optimizer.found_inf, optimizer.grad_scale = found_inf, None
             try:
                 optimizer.step()
             finally:
                 del optimizer.found_inf, optimizer.grad_scale
+            skipped = found_inf.bool()
+            for p in fresh:  # a skipped first step leaves the state it made unset (fused SGD's
+                for v in optimizer.state[p].values():  # momentum): zero, as before any step
+                    if isinstance(v, Tensor) and v.is_floating_point() and v.shape == p.shape:
+                        v.masked_fill_(skipped, 0.0)
             self.skipped[name] += found_inf
             return norm
         if not (torch.isfinite(loss) and torch.isfinite(norm)):

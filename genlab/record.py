@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from genlab.checkpoint import write_atomically
+from genlab.files import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     """Replace `run_dir/run.json` atomically with `record`, stamped with the time (`updated`)."""
-    path = Path(run_dir) / RECORD
     record = {**record, "updated": time.time()}
-    write_atomically(json.dumps(record, indent=2, default=str).encode(), path)
-    return path
+    return Outputs(run_dir).write(RECORD, json.dumps(record, indent=2, default=str).encode())
 
 
 def read_records(folder: Path) -> list[dict[str, Any]]:

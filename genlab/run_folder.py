@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -25,9 +24,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.checkpoint import find_resume, load_checkpoint, write_atomically
+from genlab.checkpoint import find_resume, load_checkpoint
 from genlab.config import build, build_model, check_node, saved_config
 from genlab.errors import GenlabError, writing
+from genlab.files import MANIFEST, Outputs, refused
 from genlab.record import RECORD, write_record
 from genlab.trust import check_targets
 
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 LOCK = ".lock"
 # What a run writes besides its log and .hydra/: a folder holding any of these holds a run.
 ARTIFACTS = ("checkpoints", "samples", "tb", "eval", "export", RECORD)
+# The files every run writes under these names, which a new run must not find of someone else's.
+RUN_FILES = (RECORD, "train.log", *(f".hydra/{n}.yaml" for n in ("config", "hydra", "overrides")))
+# Run folders this process made (`genlab.callbacks` makes the run's before `genlab train` runs):
+# a run refused in such a folder removes it if it is left empty.
+made_here: set[Path] = set()
 
 
 class RunLog(logging.FileHandler):
@@ -52,6 +57,11 @@ class RunLog(logging.FileHandler):
         super().__init__(filename, mode, encoding, delay=True)
         self.held: list[logging.LogRecord] | None = []
         self.failed = False
+
+    def _open(self):
+        """The log, appended to as one of genlab's files (never through a link)."""
+        folder, name = os.path.split(self.baseFilename)
+        return Outputs(folder).append(name, self.encoding)
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.held is not None:
@@ -90,16 +100,21 @@ class RunFolder:
         keep_failed: bool = False,
     ) -> None:
         self.path, self.main, self.keep_failed = Path(path), main, keep_failed
+        self.outputs = Outputs(self.path)
         self.record = dict(record or {})
         self.started = False
         self._fd: int | None = None
-        self._replace: list[str] = []
+        self._replace = self._adopt = False
+        self._made_lock = False
         self._t0 = time.perf_counter()
 
     def __enter__(self) -> RunFolder:
         if self.main:
             with writing(self.path):
+                if not self.path.exists():
+                    made_here.add(self.path.absolute())
                 self.path.mkdir(parents=True, exist_ok=True)
+                self._made_lock = not os.path.lexists(self.path / LOCK)
                 self._fd = _lock(self.path)
         return self
 
@@ -114,19 +129,26 @@ class RunFolder:
 
     def claim(self, resume: str | None, overwrite: bool) -> None:
         """Refuse a folder that holds an earlier run, unless `resume` continues it (`auto`, or a
-        checkpoint inside it) or `overwrite` replaces it (its files are deleted at `start`)."""
+        checkpoint inside it) or `overwrite` replaces it: the files genlab wrote there are
+        deleted at `start`, and a folder holding anything else is refused with the list. A run
+        also refuses a folder where a file of its own names (`RUN_FILES`) is someone else's."""
         found = self.holds_run() if self.main else []
-        if not found or self._continues(resume):
+        if found and not self._continues(resume):
+            if not overwrite:
+                raise GenlabError(
+                    f"{self.path} already holds a run ({', '.join(found)}), which a new run "
+                    "would overwrite. Continue it with trainer.resume=auto, replace it with "
+                    "trainer.overwrite=true (the files genlab wrote there are deleted first), "
+                    "or choose another folder with hydra.run.dir=..."
+                )
+            self.outputs.check_clear([LOCK], "trainer.overwrite=true: ")
+            self._replace = True
             return
-        if overwrite:
-            self._replace = found
+        if found and not os.path.lexists(self.path / MANIFEST):
+            self._adopt = True  # a run from before genlab listed its files: continued as its own
             return
-        raise GenlabError(
-            f"{self.path} already holds a run ({', '.join(found)}), which a new run would "
-            "overwrite. Continue it with trainer.resume=auto, replace it with "
-            "trainer.overwrite=true (its files are deleted first), or choose another folder "
-            "with hydra.run.dir=..."
-        )
+        if self.main:
+            self.outputs.refuse_foreign(RUN_FILES, "choose another folder with hydra.run.dir=...")
 
     def _continues(self, resume: str | None) -> bool:
         if resume is None:
@@ -140,11 +162,14 @@ class RunFolder:
         `run.json` says `running`, and the held log lines reach `train.log`."""
         if not self.main:
             return
-        for name in [*self._replace, "train.log", ".hydra"] if self._replace else []:
-            path = self.path / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if self._replace:
+            self.outputs.clear(ignore=[LOCK])
+        if self._adopt:
+            found = [r for r in self.outputs.foreign([LOCK]) if not (self.path / r).is_symlink()]
+            self.outputs.record(found)
+            log.info("%s: the earlier run's %d files listed in %s", self.path, len(found), MANIFEST)
         if cfg is not None:
-            _write_hydra_files(self.path, cfg)
+            _write_hydra_files(self.outputs, cfg)
         self._write(status="running", started=time.time(), **fields)
         for handler in _run_logs(self.path):
             handler.open_log()
@@ -178,11 +203,12 @@ class RunFolder:
                     log.error("%s", e)
                 for handler in _run_logs(self.path):
                     handler.open_log()
-            elif not self.started:
+            elif not self.started:  # refused: leave nothing behind
                 for handler in _run_logs(self.path):
                     handler.held = []
-                if not self.holds_run():  # found empty: leave nothing behind
+                if self._made_lock:
                     (self.path / LOCK).unlink(missing_ok=True)
+                if self.path.absolute() in made_here:
                     _remove_if_empty(self.path)
         finally:
             if self._fd is not None:
@@ -206,7 +232,10 @@ def outcome(error: BaseException) -> tuple[str, str]:
 
 def _lock(folder: Path) -> int | None:
     """Hold `folder`'s lock (the OS drops it with the process); refuse if another run holds it."""
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise refused(folder / LOCK, e, "lock") from None
     if fcntl is None:
         return fd
     try:
@@ -231,7 +260,7 @@ def lock_holder(folder: str | Path) -> int | None:
     if fcntl is None:
         return None
     try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -258,7 +287,7 @@ def _run_logs(folder: Path) -> list[RunLog]:
     ]
 
 
-def _write_hydra_files(folder: Path, cfg: DictConfig) -> None:
+def _write_hydra_files(folder: Outputs, cfg: DictConfig) -> None:
     """`.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml`, as Hydra writes them (train.yaml
     sets `hydra.output_subdir: null` so that Hydra does not, before genlab's checks)."""
     from hydra.core.hydra_config import HydraConfig
@@ -271,7 +300,7 @@ def _write_hydra_files(folder: Path, cfg: DictConfig) -> None:
         "overrides.yaml": HydraConfig.get().overrides.task,
     }
     for name, node in parts.items():
-        write_atomically(OmegaConf.to_yaml(node).encode(), folder / ".hydra" / name)
+        folder.write(f".hydra/{name}", OmegaConf.to_yaml(node).encode())
 
 
 def _remove_if_empty(folder: Path) -> None:

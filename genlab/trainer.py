@@ -27,8 +27,9 @@ from genlab.data import DeviceLoader, ImageData, ImageFiles, StreamLoader
 from genlab.data.loader import normalize
 from genlab.distributed import Processes
 from genlab.errors import GenlabError, require_at_least
-from genlab.guard import NonFiniteGuard
-from genlab.images import save_png
+from genlab.files import Outputs
+from genlab.guard import NonFiniteGuard, StepUndo
+from genlab.images import png_bytes
 from genlab.interrupts import Stopped, StopRequested, StopRequests
 from genlab.logger import NullLogger
 from genlab.models.base import Family
@@ -224,7 +225,8 @@ class Trainer:
         examples = (normalize(loader.examples(self.grid_images)), None)
         per_step = model.batches_per_step(loss)
         training = TrainingState(model, optimizers, schedulers, update, loader, procs)
-        checkpoints = Checkpoints(run_dir / "checkpoints", self.keep_last, training)
+        outputs = Outputs(run_dir)
+        checkpoints = Checkpoints(outputs, self.keep_last, training)
         return _Run(
             model=model,
             loss=loss,
@@ -232,7 +234,7 @@ class Trainer:
             loader=loader,
             update=update,
             logger=logger,
-            run_dir=run_dir,
+            outputs=outputs,
             device=device,
             training=training,
             checkpoints=checkpoints,
@@ -252,6 +254,7 @@ class Trainer:
         run.guard = NonFiniteGuard(
             run.update, self.on_nan, run.start, skipped, run.logger, run.checkpoints.last_good
         )
+        run.undo = StepUndo(run.model, run.update) if self.on_nan == "skip" else None
         if self.compile:
             for net in run.model.compile_targets(run.loss):
                 net.compile(backend=self.compile)
@@ -269,16 +272,23 @@ class Trainer:
 
     def _train_step(self, run: _Run, step: int, log_step: bool) -> dict[str, torch.Tensor] | None:
         """One step of the family, the schedulers' step, and the guard at logging steps."""
+        if run.undo is not None:
+            run.undo.keep()
         try:
             metrics = run.model.train_step(run.loader, run.loss, run.update, metrics=log_step)
         except NonFiniteError as e:
             run.guard.host_skip(step, e)
             metrics = None
+            if run.undo is not None:
+                run.undo.undo(always=True)
         except torch._dynamo.exc.BackendCompilerFailed as e:
             raise GenlabError(
                 f"trainer.compile={self.compile}: torch.compile failed on this machine "
                 f"({str(e).strip().splitlines()[0]}); set trainer.compile=false"
             ) from None
+        else:
+            if run.undo is not None:
+                run.undo.undo()
         for scheduler in run.schedulers.values():
             scheduler.step()
         run.speed.steps += 1
@@ -339,8 +349,9 @@ class Trainer:
         with own_random_streams():
             grids = run.model.sample_grids(run.fixed, run.loss)
         for name, grid in grids.items():
-            path = run.run_dir / "samples" / f"{name}_{step:07d}.png"
-            run.logger.log_png(name, save_png(grid, path), grid.shape, step)
+            png = png_bytes(grid)
+            run.outputs.write(f"samples/{name}_{step:07d}.png", png)
+            run.logger.log_png(name, png, grid.shape, step)
 
     @staticmethod
     def _evaluate(evaluate, stop: StopRequests, logger, step: int) -> dict[str, float]:
@@ -366,7 +377,7 @@ class _Run:
     loader: DeviceLoader
     update: Updater
     logger: NullLogger
-    run_dir: Path
+    outputs: Outputs  # the run folder
     device: torch.device
     training: TrainingState
     checkpoints: Checkpoints
@@ -375,6 +386,7 @@ class _Run:
     total: int
     start: int = 0
     guard: NonFiniteGuard = field(init=False)  # once the checkpoint is loaded
+    undo: StepUndo | None = field(init=False)  # with on_nan=skip
 
     def save(self, step: int) -> Path:
         """The checkpoint of `step`, once the guard has seen the updates before it."""

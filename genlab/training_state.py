@@ -25,24 +25,23 @@ from genlab import distributed
 from genlab.background import BackgroundWriter
 from genlab.checkpoint import (
     checkpoint_bytes,
-    copy_checkpoint,
     find_resume,
     load_checkpoint,
-    prune,
     rng_state,
     seed_everything,
     set_rng_state,
-    write_atomically,
 )
 from genlab.config import meaning_changes, saved_config
 from genlab.data import DeviceLoader
 from genlab.distributed import Processes
 from genlab.errors import ConfigError, GenlabError
+from genlab.files import Outputs
 from genlab.models.base import Family
 from genlab.optim import Updater
 
 log = logging.getLogger(__name__)
 
+FOLDER = "checkpoints"  # in the run folder
 # Scheduler state that counts progress; the rest of a scheduler's state is its settings.
 _PROGRESS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial"}
 
@@ -147,23 +146,24 @@ class TrainingState:
 
 
 class Checkpoints:
-    """`folder`'s checkpoints (`step_<step>.pt`, `last.pt`, the newest `keep_last` kept),
-    serialized at their step and written in the background; as a context manager, leaving waits
-    for every write."""
+    """A run folder's checkpoints (`checkpoints/step_<step>.pt`, `last.pt`, the newest
+    `keep_last` kept), serialized at their step and written in the background; as a context
+    manager, leaving waits for every write."""
 
-    def __init__(self, folder: Path, keep_last: int | None, state: TrainingState) -> None:
-        self.folder, self.keep_last, self.state = folder, keep_last, state
+    def __init__(self, run: Outputs, keep_last: int | None, state: TrainingState) -> None:
+        self.run, self.keep_last, self.state = run, keep_last, state
+        self.folder = run.path(FOLDER)
         self.writer: BackgroundWriter | None = None  # its thread runs while entered
 
     def save(self, step: int, skipped: int) -> Path:
         """Serialize the checkpoint of `step` now (the next steps change the weights while its
         bytes are written) and queue its write; return its path."""
-        path = self.folder / f"step_{step:07d}.pt"
+        name = f"step_{step:07d}.pt"
         state = self.state.state_dict(step, skipped)
         if state is not None:
             data = checkpoint_bytes(state)
-            self.writer.submit(partial(_write_checkpoint, data, path, self.keep_last))
-        return path
+            self.writer.submit(partial(_write_checkpoint, self.run, data, name, self.keep_last))
+        return self.folder / name
 
     def wait(self) -> None:
         """Until every queued checkpoint is on disk (a failed write raises here; once left, all
@@ -188,12 +188,15 @@ class Checkpoints:
         writer.__exit__(*exc)
 
 
-def _write_checkpoint(data: bytes, path: Path, keep_last: int | None) -> None:
-    """Write a serialized checkpoint to `path`, point `last.pt` at it and prune old periodic
-    checkpoints."""
-    write_atomically(data, path)
-    copy_checkpoint(path, path.parent / "last.pt")
-    prune(path.parent, keep_last)
+def _write_checkpoint(run: Outputs, data: bytes, name: str, keep_last: int | None) -> None:
+    """Write a serialized checkpoint `name`, point `last.pt` at it, and delete all but the
+    `keep_last` newest periodic checkpoints (None: keep them all) and what killed writes left."""
+    run.write(f"{FOLDER}/{name}", data)
+    run.copy(f"{FOLDER}/{name}", f"{FOLDER}/last.pt")
+    run.remove_temporary(FOLDER)
+    if keep_last is not None:
+        periodic = sorted(p.name for p in run.path(FOLDER).glob("step_*.pt"))
+        run.remove(f"{FOLDER}/{p}" for p in periodic[: max(0, len(periodic) - keep_last)])
 
 
 def _settings(state: Any) -> Any:

@@ -10,10 +10,16 @@ diffusers imports only from known libraries and transformers runs no repository 
 - its YAML is at most `MAX_BYTES` long and `MAX_DEPTH` levels deep, with no anchors or aliases (a
   few hundred bytes of nested aliases expand to billions of nodes) and no `${...}` interpolations
   (genlab writes its configs resolved);
-- every `_target_` in it, at any depth, is one that genlab's config tree names (`conf/`: genlab's
-  models, networks, losses and data sets, and the torch optimizers and schedulers it configures),
-  or lies under a prefix in `GENLAB_TRUSTED_TARGETS` (comma-separated, e.g. `mypkg.models`), or
-  the command says `trust_code=true` (everything: for runs you made yourself).
+- every `_target_` in it, at any depth, is one that genlab's config tree names in the same group
+  (`conf/<group>/`: a stored `dataset` may name only genlab's data sets, a `model` or an export's
+  `network` only genlab's models and networks, and so on), or is defined under a prefix in
+  `GENLAB_TRUSTED_TARGETS` (comma-separated, e.g. `mypkg.models`), or the command says
+  `trust_code=true` (everything: for runs you made yourself).
+
+Trusting a prefix trusts every class and function defined under it, called with whatever
+arguments the file holds: name your own package, never a library (`torch`, `os`, `builtins`). A
+prefix never trusts genlab's own modules (`GENLAB_TRUSTED_TARGETS=genlab` adds nothing): their
+functions write files, and the targets of genlab's that files may name are the config tree's.
 """
 
 from __future__ import annotations
@@ -81,28 +87,30 @@ def read_config(text: Any, source: str) -> DictConfig:
 
 
 def check_targets(node: Any, path: str, source: str, trust_code: bool = False) -> None:
-    """Refuse a config (read from `source`) that names a `_target_` outside the allow-list, at any
-    depth below `path`, before anything is built."""
+    """Refuse a config of the group `path` (read from `source`) that names a `_target_` outside
+    the group's allow-list, at any depth, before anything is built."""
     if trust_code:
         return
     container = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
     for key, value in _walk(container, path):
         if not key.endswith("._target_") and key != "_target_":
             continue
-        if not (isinstance(value, str) and allowed(value)):
+        if not (isinstance(value, str) and allowed(value, path)):
             raise UntrustedConfigError(
                 f"{source}: {key} is {value!r}, which genlab does not build from a file. Configs "
                 "in checkpoints, run folders and exports may name only the targets of genlab's "
-                f"own config tree. If you made this run yourself, trust its code: {TRUSTED_ENV}="
-                "PREFIX[,PREFIX...] (your package) or trust_code=true"
+                f"own config tree for their group ({_group_dir(path)}). If you made this run "
+                f"yourself, trust its code: {TRUSTED_ENV}=PREFIX[,PREFIX...] (your package) or "
+                "trust_code=true"
             )
 
 
-def allowed(target: str) -> bool:
-    """Whether configs from files may build `target`: one of genlab's own config tree, or an
-    object defined under a prefix of `GENLAB_TRUSTED_TARGETS` (a name reached through a module
-    that is not, such as `mypkg.os.system`, is not)."""
-    if target in shipped_targets():
+def allowed(target: str, group: str | None = None) -> bool:
+    """Whether configs of `group` (None: any) from files may build `target`: one of genlab's own
+    config tree for that group, or an object defined under a prefix of `GENLAB_TRUSTED_TARGETS`
+    (a name reached through a module that is not, such as `mypkg.os.system`, is not; nothing of
+    genlab's own)."""
+    if target in shipped_targets(group):
         return True
     for prefix in trusted_prefixes():
         if target == prefix or target.startswith(prefix + "."):
@@ -118,6 +126,8 @@ def _defined_under(target: str, prefix: str) -> bool:
     except Exception:
         return False
     module = getattr(obj, "__module__", None) or ""
+    if module == "genlab" or module.startswith("genlab."):
+        return False
     name = f"{module}.{getattr(obj, '__qualname__', '')}"
     return any(n == prefix or n.startswith(prefix + ".") for n in (module, name))
 
@@ -126,13 +136,24 @@ def trusted_prefixes() -> list[str]:
     return [p.strip().rstrip(".") for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip()]
 
 
+# Stored config nodes whose targets come from other folders of the config tree: an export's
+# network is a model's (a diffusion model's with its solver).
+GROUP_DIRS = {"network": ("model", "solver")}
+
+
+def _group_dir(group: str) -> str:
+    return " or ".join(f"conf/{d}/" for d in GROUP_DIRS.get(group, (group,)))
+
+
 @functools.cache
-def shipped_targets() -> frozenset[str]:
-    """Every `_target_` named in genlab's config tree (Hydra's own settings aside)."""
+def shipped_targets(group: str | None = None) -> frozenset[str]:
+    """Every `_target_` named in genlab's config tree (Hydra's own settings aside), or in the
+    folder of `group`."""
     from genlab.config import CONF_DIR
 
     targets: set[str] = set()
-    for path in CONF_DIR.rglob("*.yaml"):
+    folders = [CONF_DIR / d for d in GROUP_DIRS.get(group, (group,))] if group else [CONF_DIR]
+    for path in (p for folder in folders for p in folder.rglob("*.yaml")):
         if "hydra" in path.relative_to(CONF_DIR).parts:
             continue
         data = yaml.safe_load(path.read_text())

@@ -1,6 +1,7 @@
 """Objects that tests name in configs (`loss._target_=tests.helpers.NaNAt`)."""
 
 from genlab.losses import NonSaturating, bce_g_loss
+from genlab.models.dcgan import DCGANGenerator
 
 
 class NaNAt(NonSaturating):
@@ -14,3 +15,20 @@ class NaNAt(NonSaturating):
         self.calls += 1
         value = bce_g_loss(fake)
         return value * float("nan") if self.calls in self.steps else value
+
+
+class NaNGenerator(DCGANGenerator):
+    """DCGAN's generator, whose images are NaN at the given training calls: the discriminator's
+    BatchNorm statistics see them before either loss does."""
+
+    def __init__(self, *args, nan_at: list[int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nan_at, self.calls = set(nan_at), 0
+
+    def forward(self, z, labels=None):
+        x = super().forward(z, labels)
+        if self.training:
+            self.calls += 1
+            if self.calls in self.nan_at:
+                x = x * float("nan")
+        return x

@@ -1,6 +1,7 @@
 """Checkpoints are written atomically, in the background, and loaded without running code from
 the file."""
 
+import errno
 import os
 import time
 
@@ -8,29 +9,31 @@ import pytest
 import torch
 
 from genlab.background import BackgroundWriter
-from genlab.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+from genlab.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
 from genlab.errors import GenlabError, WriteError
+from genlab.files import MANIFEST, Outputs
 
 
 def test_round_trip_and_copy(tmp_path):
     state = {"step": 3, "model": {"w": torch.arange(4.0)}, "config": "a: 1"}
-    save_checkpoint(state, tmp_path / "c" / "step.pt")
-    copy_checkpoint(tmp_path / "c" / "step.pt", tmp_path / "c" / "last.pt")
+    run = Outputs(tmp_path)
+    run.write("c/step.pt", checkpoint_bytes(state))
+    run.copy("c/step.pt", "c/last.pt")
     loaded = load_checkpoint(tmp_path / "c" / "last.pt")
     assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["last.pt", "step.pt"]
 
 
-class FailsMidWrite:
-    def __reduce__(self):
-        raise OSError("disk full")
-
-
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"model": {}, "step": 1}, path)
-    with pytest.raises(WriteError, match=f"cannot write {path}: disk full"):
-        save_checkpoint({"model": {"w": torch.ones(1000)}, "step": FailsMidWrite()}, path)
+
+    def half_then_full(f):
+        f.write(b"PK" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError, match=f"cannot write {path}: the disk is full"):
+        Outputs(tmp_path, manifest=False).write("last.pt", half_then_full)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
 
@@ -70,8 +73,10 @@ def test_foreign_file(tmp_path):
 def test_last_is_a_hard_link_that_survives_pruning(tmp_path):
     """`last.pt` costs no second write, and deleting the step file leaves it intact."""
     step = tmp_path / "step_0000001.pt"
-    save_checkpoint({"model": {"w": torch.ones(3)}}, step)
-    copy_checkpoint(step, tmp_path / "last.pt")
+    run = Outputs(tmp_path)
+    run.write(step.name, checkpoint_bytes({"model": {"w": torch.ones(3)}}))
+    run.copy(step.name, "last.pt")
+    assert (tmp_path / MANIFEST).read_text().split() == ["step_0000001.pt", "last.pt"]
     assert os.stat(step).st_ino == os.stat(tmp_path / "last.pt").st_ino
     step.unlink()
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(3))

@@ -12,6 +12,7 @@ from genlab.checkpoint import load_checkpoint, save_checkpoint
 from genlab.config import CONF_DIR, build, build_model
 from genlab.data.loader import DeviceLoader, normalize
 from genlab.export import export, load_generator
+from genlab.files import Outputs
 from genlab.models.base import ABILITIES, Family, require
 from genlab.models.common import eval_mode
 from genlab.optim import Updater
@@ -76,7 +77,7 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
 
     # the export samples as the model does, without genlab's trainer
     folder = tmp_path / "export"
-    export(model, loss, cfg, {"step": 1}, folder)
+    export(model, loss, cfg, {"step": 1}, Outputs(folder))
     exported = load_generator(folder)
     assert (exported.latent_dim, exported.num_classes) == (model.latent_dim, model.num_classes)
     if "interpolate" in model.abilities:  # latents to images, as decode_latents maps them

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from genlab.config import build, build_model
+from genlab.files import Outputs
 from genlab.losses import DenoisingLoss
 from genlab.models import Diffusion, denoising
 from genlab.optim import Updater
@@ -312,7 +313,7 @@ def test_the_export_loads_in_diffusers_offline_and_samples_as_genlab(tmp_path, m
     data = build(cfg.dataset, "dataset")
     torch.manual_seed(0)
     model = build_model(cfg, data).eval()
-    messages = export(model, build(cfg.loss, "loss"), cfg, {"step": 0}, tmp_path)
+    messages = export(model, build(cfg.loss, "loss"), cfg, {"step": 0}, Outputs(tmp_path))
     assert "DDPMPipeline.from_pretrained" in messages[1]
 
     def refuse(*args, **kwargs):
@@ -434,7 +435,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     from diffusers import UNet2DModel
 
     model, loss, run_cfg, _ = load_run(run, torch.device("cpu"))
-    messages = export(model, loss, run_cfg, {"step": 5}, tmp_path / "export")
+    messages = export(model, loss, run_cfg, {"step": 5}, Outputs(tmp_path / "export"))
     labels = torch.tensor([1, 2])
     assert "class_labels=labels" in messages[1]
     unet = UNet2DModel.from_pretrained(str(tmp_path / "export" / "diffusers" / "unet"))

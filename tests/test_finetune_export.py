@@ -7,6 +7,7 @@ from genlab.checkpoint import load_checkpoint
 from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError
 from genlab.export import export, load_generator
+from genlab.files import Outputs
 from genlab.run_folder import load_run
 from tests.conftest import make_cfg, run_cli
 
@@ -55,7 +56,7 @@ def test_exported_generator_gives_the_same_images(model, tmp_path):
     cfg = make_cfg(f"model={model}", *FAST, *extra)
     train(cfg, run_dir=tmp_path / "run")
     net, loss, run_cfg, state = load_run(str(tmp_path / "run"), torch.device("cpu"))
-    export(net, loss, run_cfg, {"step": state["step"]}, tmp_path / "export")
+    export(net, loss, run_cfg, {"step": state["step"]}, Outputs(tmp_path / "export"))
     g = load_generator(tmp_path / "export")
     z = torch.randn(10, g.latent_dim)
     labels = torch.arange(10) if model == "cgan" else None

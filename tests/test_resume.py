@@ -181,6 +181,47 @@ def test_nan_skip_counts_and_goes_on(tmp_path, caplog):
     assert "2 non-finite updates were skipped in this run" in caplog.text
 
 
+NAN_IMAGES = ["model=dcgan", "model.generator._target_=tests.helpers.NaNGenerator"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"], ids=["on the device", "on the host"])
+def test_a_skipped_update_skips_everything(optimizer, tmp_path):
+    """on_nan=skip: a step whose fakes are NaN (the discriminator's BatchNorm statistics see them
+    first) leaves every floating-point tensor of the model (BatchNorm statistics, EMA copy) and
+    of the optimizers as before it; a skipped first step leaves SGD's momentum zero, not unset."""
+    cfg = make_cfg(
+        *NAN_IMAGES,
+        "+model.generator.nan_at=[1,3]",
+        "model.ema_decay=0.5",
+        f"optimizer={optimizer}",
+        *FAST,
+        "trainer.on_nan=skip",
+        "trainer.max_steps=4",
+        "trainer.ckpt_every=1",
+        "trainer.keep_last=null",
+    )
+    train(cfg, run_dir=tmp_path)
+    step = {s: load_checkpoint(tmp_path / "checkpoints" / f"step_{s:07d}.pt") for s in (1, 2, 3)}
+    # on the device D's and G's updates are skipped; on the host the refused D update ends the step
+    assert step[3]["skipped"] == (4 if optimizer == "sgd" else 2)
+    for s in step.values():
+        tensors = [*s["model"].values()]
+        tensors += [v for o in s["optimizers"].values() for p in o["state"].values()
+                    for v in p.values()]  # fmt: skip
+        assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+    before, after = step[2], step[3]
+    for key, value in before["model"].items():
+        if value.is_floating_point():
+            assert torch.equal(value, after["model"][key]), key
+    for name, optimizer_state in before["optimizers"].items():
+        for p, state in optimizer_state["state"].items():
+            for k, v in state.items():
+                assert torch.equal(v, after["optimizers"][name]["state"][p][k]), (name, p, k)
+    momentum = [p.get("momentum_buffer") for p in step[1]["optimizers"]["g"]["state"].values()]
+    if optimizer == "sgd":  # the first update was skipped
+        assert momentum and all(torch.equal(m, torch.zeros_like(m)) for m in momentum)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop"], ids=["on the device", "on the host"])
 def test_a_run_whose_last_window_skipped_every_update_has_failed(optimizer, tmp_path):
     """on_nan=skip with every generator update of the last logging window non-finite: the run
@@ -410,15 +451,16 @@ def test_streamed_image_folder_resumes_bit_identically(tmp_path):
 def test_a_checkpoint_holds_its_step_while_a_slow_disk_writes_it(tmp_path, monkeypatch):
     """Checkpoints are written while training goes on: the file of step 2 holds step 2's weights
     although the disk takes a second to start writing it (steps 3 and 4 run meanwhile)."""
-    from genlab import training_state
+    from genlab.files import Outputs
 
-    write = training_state.write_atomically
+    write = Outputs.write
 
-    def write_late(data, path):
-        time.sleep(1)
-        write(data, path)
+    def write_late(self, rel, data):
+        if rel.startswith("checkpoints/"):
+            time.sleep(1)
+        return write(self, rel, data)
 
-    monkeypatch.setattr(training_state, "write_atomically", write_late)
+    monkeypatch.setattr(Outputs, "write", write_late)
     train(make_cfg("model=gan", *FAST, "trainer.max_steps=4"), run_dir=tmp_path / "long")
     monkeypatch.undo()
     train(make_cfg("model=gan", *FAST, "trainer.max_steps=2"), run_dir=tmp_path / "short")

@@ -202,17 +202,17 @@ def test_run_json_says_running_then_how_the_run_ended(tmp_path):
 
 def test_run_json_is_replaced_atomically(tmp_path, monkeypatch):
     write_record(tmp_path, {"status": "finished", "metrics": {"x": 1.0}})
-    from genlab import checkpoint
+    from genlab import files
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(WriteError, match="run.json: the disk is full"):
         write_record(tmp_path, {"status": "running"})
     monkeypatch.undo()
     assert json.loads((tmp_path / "run.json").read_text())["metrics"] == {"x": 1.0}
-    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".genlab-files", "run.json"]  # no temp
 
 
 def test_report_skips_unreadable_records_naming_them(tmp_path, caplog, monkeypatch):
@@ -240,12 +240,16 @@ def test_report_skips_unreadable_records_naming_them(tmp_path, caplog, monkeypat
 def test_a_full_disk_is_one_message(tmp_path, monkeypatch):
     """A checkpoint that cannot be written (written by the background thread) ends the run with
     one message naming the file, and run.json records it."""
-    from genlab import training_state
+    from genlab import files
 
-    def full_disk(data, path):
-        raise WriteError(f"cannot write {path}: the disk is full")
+    replace = files._replace
 
-    monkeypatch.setattr(training_state, "write_atomically", full_disk)
+    def full_disk(fd, name, write):
+        if name.startswith("step_"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(fd, name, write)
+
+    monkeypatch.setattr(files, "_replace", full_disk)
     with pytest.raises(WriteError, match="step_0000002.pt: the disk is full"):
         train(make_cfg(*TINY, "trainer.ckpt_every=2"), run_dir=tmp_path)
     record = json.loads((tmp_path / "run.json").read_text())

@@ -16,6 +16,7 @@ from genlab.checkpoint import load_checkpoint, save_checkpoint
 from genlab.commands.train import train
 from genlab.errors import GenlabError
 from genlab.export import export, load_generator
+from genlab.files import Outputs
 from genlab.run_folder import load_run
 from genlab.trust import TRUSTED_ENV, UntrustedConfigError, allowed, read_config, shipped_targets
 from tests.conftest import make_cfg, run_cli
@@ -144,7 +145,7 @@ def test_the_allow_list_is_genlabs_own_config_tree():
 def test_an_export_builds_only_allow_listed_networks(run, tmp_path):
     model, loss, run_cfg, state = load_run(run, CPU)
     folder = tmp_path / "export"
-    export(model, loss, run_cfg, {"step": 2}, folder)
+    export(model, loss, run_cfg, {"step": 2}, Outputs(folder))
     assert load_generator(folder)(torch.randn(2, model.latent_dim)).shape == (2, 1, 32, 32)
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")

@@ -9,10 +9,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from genlab.checkpoint import write_atomically
 from genlab.config import CONF_DIR, build, check_config, required, solver_group
+from genlab.data.datasets import read_only
 from genlab.errors import GenlabError, one_message
 from genlab.evaluation import Report, format_table
+from genlab.files import Outputs
 from genlab.run_folder import load_run, protocol_tag, run_of
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,9 @@ def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Pa
     evaluations with other features, another diffusion solver or guidance keep files of their
     own."""
     p = report.protocol
-    out = run_dir / "eval" / f"{p['features']}{protocol_tag(p)}_step{step:07d}.json"
+    name = f"eval/{p['features']}{protocol_tag(p)}_step{step:07d}.json"
     record = {"step": step, "checkpoint": checkpoint, **report.__dict__}
-    write_atomically(json.dumps(record, indent=2).encode(), out)
-    return out
+    return Outputs(run_dir).write(name, json.dumps(record, indent=2).encode())
 
 
 def evaluate(cfg: DictConfig) -> Report:
@@ -56,4 +56,5 @@ def evaluate(cfg: DictConfig) -> Report:
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
 @one_message
 def main(cfg: DictConfig) -> dict[str, float]:
-    return evaluate(cfg).metrics
+    with read_only():  # the run's data set config is anyone's
+        return evaluate(cfg).metrics

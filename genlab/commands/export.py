@@ -9,22 +9,32 @@ import torch
 from omegaconf import DictConfig
 
 from genlab.config import CONF_DIR, check_config, required, solver_group
+from genlab.data.datasets import read_only
 from genlab.errors import one_message
 from genlab.export import export
+from genlab.files import Outputs
 from genlab.run_folder import load_run, run_of
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
 @one_message
 def main(cfg: DictConfig) -> None:
+    with read_only():  # the run's data set config is anyone's
+        export_run(cfg)
+
+
+def export_run(cfg: DictConfig) -> None:
     run = required(cfg, "run", "genlab export run=RUN_FOLDER_OR_CHECKPOINT")
     check_config(cfg, solver_group(cfg))
     model, loss, run_cfg, state = load_run(
         run, torch.device("cpu"), cfg.trust_code, cfg.get("solver")
     )
-    folder = Path(cfg.out) if cfg.out else run_of(Path(state["path"])) / "export"
+    # out=FOLDER is an output folder of its own; by default the export is the run's export/
+    run_dir = run_of(Path(state["path"]))
+    out, sub = (Outputs(cfg.out), "") if cfg.out else (Outputs(run_dir), "export")
+    folder = out.path(sub)
     source = {"checkpoint": state["path"], "step": int(state["step"])}
-    written = export(model, loss, run_cfg, source, folder)
+    written = export(model, loss, run_cfg, source, out, sub)
     print(
         f"Wrote {written[0]} (step {state['step']}). Load with:\n"
         f"  from genlab.export import load_generator; g = load_generator({str(folder)!r})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from genlab.errors import GenlabError, writing
+from genlab.files import Outputs
 from genlab.record import read_records
 
 log = logging.getLogger(__name__)
 
 SEED_KEYS = ("trainer.seed",)
+FILES = ("report.csv", "report.md", "report.png", "best.png")  # what a report writes
 
 
 def values(record: dict, evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -125,8 +128,8 @@ def _markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
 
 
-def plot(finished: list[dict], swept: list[str], metric: str, path: Path) -> None:
-    """The objective of every run against each swept parameter."""
+def plot(finished: list[dict], swept: list[str], metric: str) -> bytes:
+    """The objective of every run against each swept parameter, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,13 +154,12 @@ def plot(finished: list[dict], swept: list[str], metric: str, path: Path) -> Non
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _png(fig)
 
 
-def best_grids(rows: list[dict], swept: list[str], path: Path, k: int = 3) -> bool:
-    """The latest sample grid of the best `k` groups' first runs, side by side."""
+def best_grids(rows: list[dict], swept: list[str], k: int = 3) -> bytes | None:
+    """The latest sample grid of the best `k` groups' first runs, side by side, as a PNG (None
+    when none has a grid)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +176,7 @@ def best_grids(rows: list[dict], swept: list[str], path: Path, k: int = 3) -> bo
             except Exception as e:  # unreadable, or a decompression bomb
                 log.warning("leaving %s out of best.png: %s", grids[-1], e)
     if not picks:
-        return False
+        return None
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.6))
     axes = [axes] if len(picks) == 1 else list(axes)
     for i, (ax, (g, image)) in enumerate(zip(axes, picks, strict=True), 1):
@@ -182,10 +184,18 @@ def best_grids(rows: list[dict], swept: list[str], path: Path, k: int = 3) -> bo
         title = ", ".join(f"{key}={g['params'].get(key)}" for key in swept)
         ax.set_title(f"#{i} {_fmt(g)}\n{title}", fontsize=8)
         ax.axis("off")
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (closed)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    return True
+    return buffer.getvalue()
 
 
 def report(
@@ -215,14 +225,16 @@ def report(
     metrics = [metric, *(c for c in columns if c != metric)]
     rows = rank(groups(finished, metrics), direction)
     lines = table(rows, swept, metrics)
-    with open(folder / "report.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        stats = [f"{m} {s}" for m in metrics for s in ("mean", "std")]
-        writer.writerow([*swept, *stats, "seeds", "run_dirs"])
-        for g in rows:
-            dirs = ";".join(r["run_dir"] for r in g["runs"])
-            numbers = [g["stats"][m][s] for m in metrics for s in ("mean", "std")]
-            writer.writerow([*(g["params"].get(k, "") for k in swept), *numbers, g["n"], dirs])
+    out = Outputs(folder)
+    out.refuse_foreign(FILES, "move it away, or report into a copy of the folder")
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    stats = [f"{m} {s}" for m in metrics for s in ("mean", "std")]
+    writer.writerow([*swept, *stats, "seeds", "run_dirs"])
+    for g in rows:
+        dirs = ";".join(r["run_dir"] for r in g["runs"])
+        numbers = [g["stats"][m][s] for m in metrics for s in ("mean", "std")]
+        writer.writerow([*(g["params"].get(k, "") for k in swept), *numbers, g["n"], dirs])
     how = (
         f"ranked by {metric} ({direction})"
         if ranked
@@ -241,15 +253,18 @@ def report(
     md = f"# Sweep report: {folder}\n\n{how[0].upper() + how[1:]}.\n\n{_markdown(lines)}\n"
     if unfinished:
         md += "\n## Runs that did not finish\n\n" + "\n".join(f"- {f}" for f in unfinished) + "\n"
-    (folder / "report.md").write_text(md)
-    plot(finished, swept, metric, folder / "report.png")
-    has_best = best_grids(rows, swept, folder / "best.png")
+    best = best_grids(rows, swept)
+    out.write("report.csv", f.getvalue().encode())
+    out.write("report.md", md.encode())
+    out.write("report.png", plot(finished, swept, metric))
+    if best is not None:
+        out.write("best.png", best)
     counts = Counter(r.get("status") for r in others)
     text = ", ".join([f"{len(finished)} finished", *(f"{n} {s}" for s, n in counts.items())])
     text += f"; {how}\n" + _text(lines)
     if unfinished:
         text += "\n\nNot finished:\n" + "\n".join(f"  {f}" for f in unfinished)
-    written = ["report.csv", "report.md", "report.png"] + (["best.png"] if has_best else [])
+    written = [*FILES[:3], *(FILES[3:] if best is not None else [])]
     return text + f"\n\nWritten to {folder}: {', '.join(written)}"
 
 

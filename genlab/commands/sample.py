@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from genlab.config import CONF_DIR, build, check_config, required, solver_group
+from genlab.data.datasets import read_only
 from genlab.errors import ConfigError, one_message
-from genlab.images import save_png, to_grid, written_by_genlab
+from genlab.files import Outputs
+from genlab.images import png_bytes, to_grid, written_by_genlab
 from genlab.run_folder import load_run, protocol_tag, run_of
 
 if TYPE_CHECKING:  # the sampler is built by Hydra; importing it here would load diffusers
@@ -32,15 +34,20 @@ def sample(cfg: DictConfig) -> Path:
             f"images; set files=true to write each image (the grid then shows the first "
             f"{sampler.MAX_GRID})"
         )
+    runs = cfg.runs
+    if not OmegaConf.is_list(runs):
+        raise ConfigError(
+            f"runs={runs!r}: give a list of run folders or checkpoints, e.g. runs=[RUN2,RUN3]"
+        )
     grids, written = [], 0
-    for i, path in enumerate([run, *cfg.runs]):
+    for i, path in enumerate([run, *runs]):
         model, loss, run_cfg, state = load_run(path, device, cfg.trust_code, cfg.get("solver"))
         try:
             sampler.check(model)
         except ValueError as e:
             raise ConfigError(f"{e} ({path})") from None
-        if i == 0:  # the default is the run's own samples/ folder, genlab's to write
-            out = Path(cfg.out) if cfg.out else _default_out(state, sampler, model)
+        if i == 0:
+            folder, name = _where(cfg, state, sampler, model)
 
         def real(node=run_cfg.dataset):  # the held-out data, for modes that start from it
             return build(node, "dataset", split="test")
@@ -50,31 +57,41 @@ def sample(cfg: DictConfig) -> Path:
         for images in batches:  # at most sampler.batch_size images in memory besides the grid
             if i == 0 and cfg.files:
                 for image in images:
-                    save_png(to_grid(image[None], 1)[:, 2:-2, 2:-2], _file(out, written))
+                    png = png_bytes(to_grid(image[None], 1)[:, 2:-2, 2:-2])
+                    folder.write(_file(name, written), png)
                     written += 1
             room = sampler.MAX_GRID - sum(len(s) for s in shown)
             if room > 0:
                 shown.append(images[:room])
         grids.append(to_grid(torch.cat(shown), nrow))
     grid = grids[0] if len(grids) == 1 else _side_by_side(grids)
-    save_png(grid, out)
+    out = folder.write(name, png_bytes(grid))
     print(f"Wrote {out}" + (f" and {written} images in {out.with_suffix('')}/" if written else ""))
     return out
 
 
-def _default_out(state: dict, sampler: Sampler, model: Family) -> Path:
-    """RUN/samples/<mode>[_<solver><steps>...][_label<l>][_trunc<t>][_temp<T>]_seed<seed>.png:
-    grids made with another solver or other settings keep files of their own."""
+def _where(cfg: DictConfig, state: dict, sampler: Sampler, model: Family) -> tuple[Outputs, str]:
+    """The folder and name of the grid: `out`, or by default, in the run folder,
+    samples/<mode>[_<solver><steps>...][_label<l>][_trunc<t>][_temp<T>]_seed<seed>.png (grids made
+    with another solver or other settings keep files of their own). Refused before any image is
+    made where a file genlab did not write would be replaced."""
+    if cfg.out:  # checked by _check_out
+        out = Path(cfg.out)
+        return Outputs(out.parent, manifest=False), out.name
     how = protocol_tag(model.sampling_protocol())
     for key, short in (("label", "label"), ("truncation", "trunc"), ("temperature", "temp")):
         if (value := getattr(sampler, key)) is not None:
             how += f"_{short}{value:g}"
-    return run_of(Path(state["path"])) / "samples" / f"{sampler.mode}{how}_seed{sampler.seed}.png"
+    run = Outputs(run_of(Path(state["path"])))
+    name = f"samples/{sampler.mode}{how}_seed{sampler.seed}.png"
+    files = [_file(name, i) for i in range(sampler.num_images)] if cfg.files else []
+    run.refuse_foreign([name, *files], "move it away, or write elsewhere with out=FILE.png")
+    return run, name
 
 
-def _file(out: Path, i: int) -> Path:
-    """The `i`-th image's own file (`files=true`)."""
-    return out.with_suffix("") / f"{i:05d}.png"
+def _file(name: str, i: int) -> str:
+    """The `i`-th image's own file (`files=true`): beside the grid, in a folder of its name."""
+    return f"{name.removesuffix('.png')}/{i:05d}.png"
 
 
 def _check_out(out: Path, cfg: DictConfig, num: int) -> None:
@@ -114,4 +131,5 @@ def _side_by_side(grids: list[torch.Tensor]) -> torch.Tensor:
 @hydra.main(config_path=str(CONF_DIR), config_name="sample", version_base="1.3")
 @one_message
 def main(cfg: DictConfig) -> None:
-    sample(cfg)
+    with read_only():  # the runs' data set configs are anyone's
+        sample(cfg)

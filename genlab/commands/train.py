@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import shlex
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,11 @@ from genlab.distributed import Processes
 from genlab.errors import ConfigError, one_message
 from genlab.logger import NullLogger
 from genlab.optim import autocast_dtype
-from genlab.run_folder import RunFolder
+from genlab.run_folder import RunFolder, made_here
 from genlab.training_state import resume_point
 
 log = logging.getLogger(__name__)
 
-HYDRA_FILES = {".hydra", "train.log"}
 GROUPS = (
     "trainer",
     "device",
@@ -166,7 +164,7 @@ def _train(
 
 def _follow_rank0(run_dir: Path, procs: Processes) -> Path:
     """Every process writes into rank 0's run folder; the others log warnings only. A folder
-    Hydra made for this process at another second (holding only its own files) is removed."""
+    made for this process at another second, and left empty, is removed."""
     root = logging.getLogger()
     if not procs.main:
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
@@ -175,8 +173,9 @@ def _follow_rank0(run_dir: Path, procs: Processes) -> Path:
         root.setLevel(logging.WARNING)
     shared = Path(distributed.broadcast(str(run_dir.resolve()), procs))
     own = run_dir.resolve()
-    if own != shared and own.is_dir() and {p.name for p in own.iterdir()} <= HYDRA_FILES:
-        shutil.rmtree(own, ignore_errors=True)
+    if own != shared and run_dir.absolute() in made_here:
+        with contextlib.suppress(OSError):  # not empty: not only this process's
+            own.rmdir()
     return shared
 
 

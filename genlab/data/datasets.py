@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab.errors import DataUnavailableError, require_at_least
+from genlab.errors import DataUnavailableError, GenlabError, require_at_least
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,21 @@ class ImageData:
         return self.images.shape[-1]
 
 
+_READ_ONLY: ContextVar[bool] = ContextVar("genlab_data_read_only", default=False)
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Data sets built inside never download and write no file (a cache is read where there is
+    one): for data set configs read from a run (`genlab eval`, `sample`, `export`), whose `root`
+    anyone may have written."""
+    token = _READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
+
+
 def cache_dir() -> Path:
     """Where decoded data sets without a root of their own are cached."""
     return Path(os.environ.get("GENLAB_CACHE", "~/.cache/genlab")).expanduser() / "data"
@@ -80,10 +96,10 @@ def cached(
         if problem is None:
             return data
         log.warning("rebuilding the data cache %s: %s", path, problem)
-        path.unlink(missing_ok=True)
     data = make()
-    with contextlib.suppress(OSError):  # a read-only data folder: work without the cache
-        save_checkpoint(dict(data.__dict__), path)
+    if not _READ_ONLY.get():
+        with contextlib.suppress(GenlabError):  # a read-only data folder: work without the cache
+            save_checkpoint(dict(data.__dict__), path)
     return data
 
 
@@ -203,6 +219,11 @@ def _torchvision(cls, root: str, download: bool, train: bool):
     try:
         return cls(str(path), train=train, download=False)
     except RuntimeError:
+        if _READ_ONLY.get():
+            raise DataUnavailableError(
+                f"{name} was not found under {path}, where the run's config looks for it (a "
+                "data set named by a run is never downloaded): download it by training once."
+            ) from None
         if not download:
             raise DataUnavailableError(
                 f"{name} was not found under {path}. Set dataset.root to the folder that holds "
@@ -336,12 +357,21 @@ def image_folder(
         raise DataUnavailableError(f"dataset.root={path} is not a folder of images")
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     folders = [(path / c, i) for i, c in enumerate(classes)] or [(path, None)]
-    files = [
+    named = [
         (f, label)
         for folder, label in folders
         for f in sorted(folder.rglob("*") if classes else folder.iterdir())
         if f.suffix.lower() in IMAGE_SUFFIXES
     ]
+    files = [(f, label) for f, label in named if f.is_file()]  # a FIFO would block a read
+    if len(files) < len(named):
+        odd = [str(f) for f, _ in named if not f.is_file()]
+        log.warning(
+            "skipping %d entries under %s that are not regular files: %s",
+            len(odd),
+            path,
+            ", ".join(odd[:5]) + (", ..." if len(odd) > 5 else ""),
+        )
     if not files:
         raise DataUnavailableError(
             f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}"

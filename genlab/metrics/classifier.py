@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from genlab.augment import affine_jitter
-from genlab.checkpoint import write_atomically
 from genlab.data import ImageData
 from genlab.data.loader import normalize
 from genlab.errors import GenlabError
+from genlab.files import write_file
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ def save_classifier(model: Classifier, record: dict, folder: Path, key: str) -> 
     data = save(tensors)
     record = {**record, "shape": list(model.shape), "sha256": hashlib.sha256(data).hexdigest()}
     try:
-        write_atomically(data, folder / f"{key}.safetensors")
-        write_atomically(json.dumps(record, indent=2).encode(), folder / f"{key}.json")
+        write_file(folder / f"{key}.safetensors", data)
+        write_file(folder / f"{key}.json", json.dumps(record, indent=2).encode())
     except GenlabError as e:
         log.warning("the classifier is not cached: %s", e)
     return record

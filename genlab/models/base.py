@@ -13,7 +13,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from genlab.data.loader import Batch
 from genlab.errors import require_at_least
+from genlab.files import Outputs
 from genlab.models import finetune
 from genlab.optim import OptimizerSpec, Updater
 
@@ -38,13 +38,16 @@ ABILITIES = {
 class Exported:
     """What `genlab export` writes for a family: the network that samples, the config node that
     builds it (allow-listed targets only), and how its output becomes an image in [-1, 1]
-    (`export.OUTPUTS`: `image` as is, `sigmoid` then mapped, or `clamp`); `extra` writes more
-    into the export folder (a diffusion model's diffusers pipeline) and says what it wrote."""
+    (`export.OUTPUTS`: `image` as is, `sigmoid` then mapped, or `clamp`); `extra(outputs,
+    folder)` writes more into the export folder `folder` of `outputs` (a diffusion model's
+    diffusers pipeline, in its sub-folder `extra_folder`, which genlab checks before the export
+    writes anything) and says what it wrote."""
 
     network: nn.Module
     node: dict[str, Any]
     output: str
-    extra: Callable[[Path], str] | None = None
+    extra: Callable[[Outputs, str], str] | None = None
+    extra_folder: str | None = None
 
 
 class Family(nn.Module, ABC):

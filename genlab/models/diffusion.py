@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -25,6 +22,7 @@ from torch import Tensor, nn
 from genlab.data.loader import Batch
 from genlab.ema import EMA
 from genlab.errors import require_at_least, writing
+from genlab.files import Outputs, join, temporary_name
 from genlab.images import to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
@@ -33,6 +31,7 @@ from genlab.models.common import class_rows, conditional_classes, eval_mode, row
 from genlab.optim import Updater
 from genlab.solvers import DDIM, Solver, guidance_labels, guided, training_schedule
 
+PIPELINE = "diffusers"  # the export's folder holding a diffusers pipeline (U-Net models)
 TRAJECTORY_ROWS = 8  # timesteps shown by the trajectory grid, the last one the result
 
 
@@ -264,26 +263,31 @@ class Diffusion(OneNetwork):
         exported = nn.Module()  # the state_dict keys of a model without EMA
         exported.network = self.sampling_network()
         exported.register_buffer("updates", self.updates)
-        return Exported(exported, built, "image", self._write_pipeline)
+        return Exported(exported, built, "image", self._write_pipeline, PIPELINE)
 
-    def _write_pipeline(self, folder: Path) -> str:
+    def _write_pipeline(self, outputs: Outputs, folder: str) -> str:
         """A diffusers `DDPMPipeline` in `folder/diffusers` for a U-Net: the sampling network and
-        the training schedule, loadable offline with `DDPMPipeline.from_pretrained`."""
+        the training schedule, loadable offline with `DDPMPipeline.from_pretrained`. It is
+        written beside, then replaces the pipeline genlab wrote there before."""
         unet = getattr(self.sampling_network(), "unet", None)
         if not isinstance(unet, UNet2DModel):
             return "No diffusers pipeline: diffusers has no class for this network (genlab's "
             "export above samples it)."
-        target = folder / "diffusers"
-        with writing(target):
-            tmp = tempfile.mkdtemp(dir=folder, prefix=".diffusers-")
-            try:
-                scheduler = DDPMScheduler.from_config(self.noise_schedule.config)
-                pipe = DDPMPipeline(unet=copy.deepcopy(unet).eval(), scheduler=scheduler)
+        target = join(folder, PIPELINE)
+        tmp = outputs.folder(join(folder, temporary_name(PIPELINE)))
+        try:
+            scheduler = DDPMScheduler.from_config(self.noise_schedule.config)
+            pipe = DDPMPipeline(unet=copy.deepcopy(unet).eval(), scheduler=scheduler)
+            with writing(outputs.path(target)):
                 pipe.save_pretrained(tmp)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(tmp, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            written = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
+            outputs.record(f"{target}/{p}" for p in written)
+            outputs.clear(below=target)  # the earlier pipeline, all genlab's (checked first)
+            outputs.rename(tmp.relative_to(outputs.root).as_posix(), target)
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+        target = outputs.path(target)
         note = ""
         if self.num_classes:
             note = (

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
+from genlab.errors import require_at_least
+
 
 class UNet(nn.Module):
     """A U-Net with one level per entry of `channels` (each level but the last halves the
@@ -29,6 +31,9 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         features, attention = list(features), list(attention)
+        require_at_least(1, layers=layers, groups=groups, **{"features": min(features, default=1)})
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not features or len(attention) != len(features):
             raise ValueError(
                 f"features and attention need one entry per level, got {len(features)} and "
