@@ -4,9 +4,10 @@ what a run left behind loads without running code.
 Training holds its folder (`RunFolder`) before it writes anything: an OS lock on `.lock`, which
 the OS drops when the process ends (a killed run leaves no stale lock), keeps a second run out,
 and `claim` refuses a folder that already holds a run unless this run continues it
-(`trainer.resume=auto`, or a checkpoint inside it) or replaces it (`trainer.overwrite=true`).
-The run's own files (`.hydra/`, `run.json`, `train.log`) are written from `start` on, once every
-check has passed: a refused command leaves every file as it was.
+(`trainer.resume=auto`, or a checkpoint inside it) or replaces it (`trainer.overwrite=true`:
+only the files genlab listed writing there go, `genlab.files`). The run's own files (`.hydra/`,
+`run.json`, `train.log`) are written from `start` on, once every check has passed: a refused
+command leaves every file as it was and creates none.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genlab.background import BackgroundWriter
-from genlab.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from genlab.checkpoint import checkpoint_bytes, load_checkpoint, rng_state, save_checkpoint
 from genlab.errors import GenlabError, WriteError
 from genlab.files import MANIFEST, Outputs
 
@@ -67,6 +67,40 @@ def test_foreign_file(tmp_path):
     path = tmp_path / "other.pt"
     torch.save([1, 2, 3], path)
     with pytest.raises(GenlabError, match="not a genlab checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_zip_after_other_bytes_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "prefixed.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "step": 1}, path)
+    path.write_bytes(b"JUNK" * 100 + path.read_bytes())  # zipfile itself reads past such bytes
+    with pytest.raises(GenlabError, match="zip archive from the file's first byte"):
+        load_checkpoint(path)
+
+
+def _rng_with_a_billion_keys():
+    state = rng_state()
+    state["numpy"]["keys"] = torch.zeros(1, dtype=torch.int64).expand(10**9)  # 8 bytes on disk
+    return state
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("model", "abc", "its model is not a mapping of names to tensors"),
+        ("model", {"w": [1, 2]}, "its model is not a mapping of names to tensors"),
+        ("step", [1, 2], "its step is not a whole number >= 0"),
+        ("optimizers", "x", "its optimizers is not a mapping"),
+        ("rng", "_rng_with_a_billion_keys", "its rng is not the random states genlab saves"),
+    ],
+)
+def test_malformed_fields_are_one_message_naming_the_field(tmp_path, field, value, message):
+    if value == "_rng_with_a_billion_keys":
+        value = _rng_with_a_billion_keys()
+    path = tmp_path / "odd.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "step": 1, field: value}, path)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(GenlabError, match=f"{path} is not a checkpoint genlab can use: {message}"):
         load_checkpoint(path)
 
 

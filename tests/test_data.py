@@ -1,5 +1,7 @@
 """Data sets decode to the right tensors; the device loader matches a plain DataLoader."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from genlab.data import (
     mnist,
     mnist5k,
 )
-from genlab.data.datasets import resize
+from genlab.data.datasets import read_only, resize
 from genlab.errors import DataUnavailableError
 
 
@@ -72,6 +74,32 @@ def test_image_folder_flat_and_grey(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     data = image_folder(str(tmp_path), image_size=8, channels=1)
     assert data.images.shape == (4, 1, 8, 8) and data.labels is None and data.num_classes is None
+
+
+def test_an_image_folder_skips_what_is_not_a_regular_file(tmp_path, caplog):
+    """A FIFO named like an image would block the read forever: it is skipped with a warning."""
+    _write_images(tmp_path, 4, (10, 10), (255, 255, 255))
+    os.mkfifo(tmp_path / "x.png")
+    data = image_folder(str(tmp_path), image_size=8, channels=1)
+    assert data.images.shape == (4, 1, 8, 8)
+    assert f"skipping 1 entries under {tmp_path} that are not regular files" in caplog.text
+    assert str(tmp_path / "x.png") in caplog.text
+
+
+def test_data_built_read_only_never_downloads_nor_writes(tmp_path, monkeypatch):
+    """As for a data set config read from a run: the cache is read where there is one, never
+    written, and torchvision's sets are never downloaded (no folder made at `root`)."""
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "cache"))
+    with read_only():
+        first = digits(image_size=8, split="test")
+        with pytest.raises(DataUnavailableError, match="never downloaded"):
+            mnist(root=str(tmp_path / "anywhere" / "data"), download=True)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "anywhere").exists()
+    assert torch.equal(digits(image_size=8, split="test").images, first.images)
+    cache = tmp_path / "cache" / "data" / "digits-test-8px.pt"
+    assert cache.is_file()
+    with read_only():
+        assert torch.equal(digits(image_size=8, split="test").images, first.images)
 
 
 def test_image_folder_errors_name_the_folder(tmp_path):

@@ -473,3 +473,22 @@ def test_a_solver_for_a_model_without_one_and_bad_solver_settings_are_one_messag
         with pytest.raises(ConfigError, match=message):
             train(make_cfg(*base, *overrides), run_dir=tmp_path / "run")
         assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("model.network.layers=-1", "model.network.layers must be >= 1, got -1"),
+        ("model.network.features=[0,8]", "model.network.features must be >= 1, got 0"),
+        ("model.network.dropout=1.5", r"model.network.dropout must be in \[0, 1\), got 1.5"),
+    ],
+)
+def test_network_settings_diffusers_asserts_on_are_refused_first(tmp_path, setting, message):
+    """One message before the run starts (diffusers would raise an AssertionError inside its
+    U-Net), and no run folder left."""
+    from genlab.commands.train import train
+    from genlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg("model=ddpm", "dataset=digits", "trainer=smoke", setting), tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -165,6 +165,59 @@ def test_an_export_builds_only_allow_listed_networks(run, tmp_path):
     assert victim.read_text() == "keep me" and not marker.exists()
 
 
+def test_an_export_is_refused_where_its_network_is_no_network(run, tmp_path):
+    """A data set (which could download or write anywhere) or a partial in generator.yaml."""
+    model, loss, run_cfg, state = load_run(run, CPU)
+    folder = tmp_path / "export"
+    export(model, loss, run_cfg, {"step": 2}, Outputs(folder))
+    spec = OmegaConf.load(folder / "generator.yaml")
+    own = OmegaConf.to_container(spec.network)
+    nowhere = tmp_path / "nowhere"
+    spec.network = {"_target_": "genlab.data.mnist", "root": str(nowhere), "download": True}
+    OmegaConf.save(spec, folder / "generator.yaml")
+    with pytest.raises(UntrustedConfigError, match=r"'genlab.data.mnist'.*\(conf/model/ or conf/s"):
+        load_generator(folder)
+    assert not nowhere.exists()
+    spec.network = {**own, "_partial_": True}
+    OmegaConf.save(spec, folder / "generator.yaml")
+    with pytest.raises(GenlabError, match="its network builds a .*, not a torch module"):
+        load_generator(folder)
+
+
+def test_a_stored_data_set_is_never_downloaded(run, tmp_path):
+    """torchvision's MNIST with `root` anywhere and `download=true` in a run's stored config:
+    one message, and no folder made there."""
+    anywhere = tmp_path / "anywhere" / "data"
+    node = {"_target_": "genlab.data.mnist", "root": str(anywhere), "download": True}
+    path = tampered(run, tmp_path, "dataset", {**node, "image_size": 32})
+    result = run_cli("export", f"run={path}", f"out={tmp_path / 'x'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "is never downloaded" in result.stderr
+    assert not (tmp_path / "anywhere").exists() and not (tmp_path / "x").exists()
+
+
+def test_trusting_genlab_by_prefix_trusts_none_of_its_writers(run, tmp_path, monkeypatch):
+    """`GENLAB_TRUSTED_TARGETS=genlab` adds nothing: genlab's functions that write files, built
+    from a stored config, would write where the file says (shown first), and are refused; a
+    stored config may name only its own group's targets."""
+    shown = tmp_path / "shown.pt"
+    writer = {"_target_": "genlab.checkpoint.save_checkpoint", "state": {"model": {}}}
+    instantiate({**writer, "path": str(shown)})
+    assert shown.is_file()  # what building it would do
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    monkeypatch.setenv(TRUSTED_ENV, "genlab")
+    for target in ("genlab.checkpoint.save_checkpoint", "genlab.files.write_file"):
+        path = tampered(run, tmp_path, "loss", {**writer, "_target_": target, "path": str(victim)})
+        with pytest.raises(UntrustedConfigError, match=f"loss._target_ is '{target}'"):
+            load_run(path, CPU)
+    assert victim.read_text() == "keep me"
+    assert not allowed("genlab.files.Outputs") and allowed("genlab.models.VAE")
+    path = tampered(run, tmp_path, "dataset", {"_target_": "genlab.models.VAE"})
+    with pytest.raises(UntrustedConfigError, match=r"for their group \(conf/dataset/\)"):
+        load_run(path, CPU)
+
+
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
 )
