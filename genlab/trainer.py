@@ -49,7 +49,8 @@ class Trainer:
     a new run replace an earlier one in its folder (`run_folder.RunFolder.claim`). `on_nan`:
     `stop` ends the run at the first NaN or infinite loss or gradient, `skip` leaves that step
     out (weights, buffers and EMA as before it: `guard.StepUndo`) and goes on (and fails the run
-    if every update of a network in its last logging window was left out). `precision`: 32, `bf16` or `16-mixed` (see `optim.Updater`); `channels_last`
+    if every update of a network in its last logging window was left out). `precision`: 32,
+    `bf16` or `16-mixed` (see `optim.Updater`); `channels_last`
     stores images and convolution weights NHWC; `compile` runs the networks through `torch.compile`
     (true: inductor, or a backend's name). `deterministic` selects deterministic kernels (torch
     warns about any op that has none), which exact resume on CUDA needs; otherwise cuDNN
