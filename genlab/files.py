@@ -182,14 +182,19 @@ class Outputs:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def write(self, rel: str, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    def write(
+        self, rel: str, data: bytes | Callable[[BinaryIO], object], durable: bool = True
+    ) -> Path:
         """Replace `rel` atomically with `data` (bytes, or a function writing to a binary file);
-        refused if `rel` exists and genlab did not write it here."""
+        refused if `rel` exists and genlab did not write it here. `durable`: the file and the
+        rename are on disk when this returns (fsync), not only whole for other processes (for
+        thousands of small files, such as `genlab sample files=true`'s)."""
         parts = _parts(rel)
         path = self.root / parts.as_posix()
         with writing(path), self._dir(parts.parts[:-1], create=True) as fd:
             self._claim(fd, parts)
-            _replace(fd, parts.name, data if callable(data) else lambda f: f.write(data))
+            write = data if callable(data) else lambda f: f.write(data)
+            _replace(fd, parts.name, write, durable)
         return path
 
     def copy(self, src: str, rel: str) -> Path:
@@ -344,20 +349,23 @@ def temporary_name(name: str) -> str:
     return f".{name}{_TEMP}{secrets.token_hex(4)}.tmp"
 
 
-def _replace(fd: int, name: str, write: Callable[[BinaryIO], object]) -> None:
-    """Write a new temporary file in the folder `fd`, fsync it and rename it over `name`."""
+def _replace(fd: int, name: str, write: Callable[[BinaryIO], object], durable: bool = True) -> None:
+    """Write a new temporary file in the folder `fd`, fsync it (if `durable`) and rename it over
+    `name`."""
     tmp = temporary_name(name)
     f = os.open(tmp, _NEW, 0o666, dir_fd=fd)
     try:
         with os.fdopen(f, "wb") as out:
             write(out)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
     except BaseException:
         _unlink(fd, tmp)
         raise
-    os.fsync(fd)  # the rename is durable
+    if durable:
+        os.fsync(fd)  # the rename is on disk
 
 
 def _unlink(fd: int, name: str) -> None:

@@ -85,6 +85,15 @@ def total_norm(grads: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
 
+def _zero_if(skipped: Tensor, params: list[Tensor], optimizer: Optimizer) -> None:
+    """Zero the state `optimizer` made for `params` at a step it `skipped` (a device flag), as
+    it was before any step."""
+    for p in params:
+        for v in optimizer.state[p].values():
+            if isinstance(v, Tensor) and v.is_floating_point() and v.shape == p.shape:
+                v.masked_fill_(skipped, 0.0)
+
+
 class Updater:
     """Backward pass and optimizer step for each network, with the run's precision and guards.
 
@@ -155,17 +164,19 @@ class Updater:
                 torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         if self.on_device[name]:
             found_inf = self._found_inf(loss.detach(), norm, grads)
-            fresh = [p for p in params if not optimizer.state.get(p)]
+            # a skipped first step leaves the state it makes unset (fused SGD's momentum)
+            fresh = (
+                [p for p in params if not optimizer.state.get(p)]
+                if (len(optimizer.state) < len(params))
+                else []
+            )
             optimizer.found_inf, optimizer.grad_scale = found_inf, None
             try:
                 optimizer.step()
             finally:
                 del optimizer.found_inf, optimizer.grad_scale
-            skipped = found_inf.bool()
-            for p in fresh:  # a skipped first step leaves the state it made unset (fused SGD's
-                for v in optimizer.state[p].values():  # momentum): zero, as before any step
-                    if isinstance(v, Tensor) and v.is_floating_point() and v.shape == p.shape:
-                        v.masked_fill_(skipped, 0.0)
+            if fresh:
+                _zero_if(found_inf.bool(), fresh, optimizer)
             self.skipped[name] += found_inf
             return norm
         if not (torch.isfinite(loss) and torch.isfinite(norm)):

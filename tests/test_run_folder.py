@@ -244,10 +244,10 @@ def test_a_full_disk_is_one_message(tmp_path, monkeypatch):
 
     replace = files._replace
 
-    def full_disk(fd, name, write):
+    def full_disk(fd, name, write, durable=True):
         if name.startswith("step_"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        replace(fd, name, write)
+        replace(fd, name, write, durable)
 
     monkeypatch.setattr(files, "_replace", full_disk)
     with pytest.raises(WriteError, match="step_0000002.pt: the disk is full"):

@@ -139,7 +139,7 @@ def plot(finished: list[dict], swept: list[str], metric: str) -> bytes:
     axes = [axes] if not hasattr(axes, "__len__") else list(axes)
     for ax, key in zip(axes, swept or ["run"], strict=False):
         points = [
-            (r.get("params", {}).get(key, r["run_dir"]), value)
+            (r.get("params", {}).get(key, Path(r["run_dir"]).name), value)
             for r in finished
             if (value := _number(r["values"].get(metric))) is not None
         ]

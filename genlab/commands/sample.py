@@ -58,7 +58,7 @@ def sample(cfg: DictConfig) -> Path:
             if i == 0 and cfg.files:
                 for image in images:
                     png = png_bytes(to_grid(image[None], 1)[:, 2:-2, 2:-2])
-                    folder.write(_file(name, written), png)
+                    folder.write(_file(name, written), png, durable=False)
                     written += 1
             room = sampler.MAX_GRID - sum(len(s) for s in shown)
             if room > 0:
