@@ -630,7 +630,9 @@ def main() -> None:
             print(row, flush=True)
         lines += scale
     if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+        from genlab.files import write_file
+
+        write_file(args.out, ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":
