@@ -63,7 +63,6 @@ class Outputs:
 
     def __init__(self, root: str | Path, *, manifest: bool = True) -> None:
         self.root, self.manifest = Path(root), manifest
-        self._recorded: set[str] | None = None  # the list as this object last read or wrote it
 
     def path(self, rel: str) -> Path:
         """The path of `rel` ("" is the folder itself)."""
@@ -91,10 +90,8 @@ class Outputs:
         event files, a diffusers pipeline)."""
         if not self.manifest:
             return
-        if self._recorded is None:
-            self._recorded = self.owned()
-        paths = dict.fromkeys(_parts(r).as_posix() for r in rels)
-        new = [r for r in paths if r not in self._recorded]
+        owned = self.owned()  # read each time: other writers (threads, processes) append too
+        new = [r for r in dict.fromkeys(_parts(r).as_posix() for r in rels) if r not in owned]
         if not new:
             return
         with self._dir((), create=True) as fd:
@@ -104,7 +101,6 @@ class Outputs:
                 raise refused(self.root / MANIFEST, e, "write") from None
             with os.fdopen(f, "ab") as text:
                 text.write("".join(f"{r}\n" for r in new).encode())
-        self._recorded.update(new)
 
     def foreign(self, ignore: Iterable[str] = (), below: str = "") -> list[str]:
         """Every file, link or other non-folder under `root` (or its folder `below`) that genlab
@@ -177,7 +173,6 @@ class Outputs:
         else:
             with self._dir((), create=False) as fd:
                 _replace(fd, MANIFEST, lambda f: None)
-            self._recorded = set()
         return gone
 
     # --- writing --------------------------------------------------------------------------------

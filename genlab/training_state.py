@@ -194,9 +194,10 @@ def _write_checkpoint(run: Outputs, data: bytes, name: str, keep_last: int | Non
     run.write(f"{FOLDER}/{name}", data)
     run.copy(f"{FOLDER}/{name}", f"{FOLDER}/last.pt")
     run.remove_temporary(FOLDER)
-    if keep_last is not None:
-        periodic = sorted(p.name for p in run.path(FOLDER).glob("step_*.pt"))
-        run.remove(f"{FOLDER}/{p}" for p in periodic[: max(0, len(periodic) - keep_last)])
+    if keep_last is not None:  # genlab's own (a file of the same name planted there is kept)
+        periodic = sorted(p for p in run.owned() if p.startswith(f"{FOLDER}/step_"))
+        periodic = [p for p in periodic if run.path(p).is_file()]
+        run.remove(periodic[: max(0, len(periodic) - keep_last)])
 
 
 def _settings(state: Any) -> Any:
