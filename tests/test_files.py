@@ -350,3 +350,10 @@ def test_a_run_folder_may_be_the_users_own_link(finished, tmp_path):
         make_cfg(f"run={tmp_path / 'latest'}", "sampler.num_images=4", config_name="sample")
     )
     assert grid.resolve().parent == (real / "samples").resolve()
+
+
+def test_a_refused_run_keeps_an_empty_folder_of_the_users(tmp_path):
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(GenlabError, match="optimizer.lr must be > 0"):
+        train(make_cfg(*TINY, "optimizer.lr=-1"), run_dir=tmp_path / "mine")
+    assert tree(tmp_path) == {"mine": "folder"}
