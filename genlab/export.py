@@ -75,9 +75,7 @@ def export(
         "source": source,
     }
     out.write(join(folder, "generator.yaml"), OmegaConf.to_yaml(OmegaConf.create(spec)).encode())
-    written = [
-        f"{out.path(folder) if folder else out.root}/generator.safetensors and generator.yaml"
-    ]
+    written = [f"{out.path(folder)}/generator.safetensors and generator.yaml"]
     if exported.extra is not None:
         written.append(exported.extra(out, folder))
     return written

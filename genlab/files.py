@@ -91,7 +91,12 @@ class Outputs:
         if not self.manifest:
             return
         owned = self.owned()  # read each time: other writers (threads, processes) append too
-        new = [r for r in dict.fromkeys(_parts(r).as_posix() for r in rels) if r not in owned]
+        self._append(
+            [r for r in dict.fromkeys(_parts(r).as_posix() for r in rels) if r not in owned]
+        )
+
+    def _append(self, new: list[str]) -> None:
+        """Append `new` paths to the list."""
         if not new:
             return
         with self._dir((), create=True) as fd:
@@ -109,12 +114,10 @@ class Outputs:
         start = self.path(below)
         if below and os.path.lexists(start) and (start.is_symlink() or not start.is_dir()):
             return [below]  # where genlab would write a folder
-        if not start.is_dir():
-            return []
         owned, skip = self.owned(), {MANIFEST, *ignore}
         return sorted(
             rel
-            for rel, entry in _walk(start, f"{below}/" if below else "")
+            for rel, entry in self._entries(below)
             if not (entry.is_dir(follow_symlinks=False) or is_temporary(entry.name))
             and rel not in owned
             and rel not in skip
@@ -128,7 +131,7 @@ class Outputs:
             if os.path.lexists(path):
                 owned = self.owned() if owned is None else owned
                 if not self.manifest or rel not in owned:
-                    raise NotOursError(f"{path} exists and genlab did not write it: {hint}")
+                    raise _not_ours(path, hint)
 
     def check_clear(self, ignore: Iterable[str] = (), why: str = "", below: str = "") -> None:
         """Refuse, with the list, a folder holding anything genlab did not write (`clear`)."""
@@ -149,12 +152,11 @@ class Outputs:
         folders this leaves empty, once nothing else is there (refused with the list otherwise);
         return how many files went."""
         self.check_clear(ignore, below=below)
-        start = self.path(below)
-        if not start.is_dir():
+        if not self.path(below).is_dir():
             return 0
         owned, gone = self.owned(), 0
-        found = _walk(start, f"{below}/" if below else "")
-        for rel, entry in sorted(found, key=lambda x: -x[0].count("/")):  # contents first
+        deepest_first = sorted(self._entries(below), key=lambda x: -x[0].count("/"))
+        for rel, entry in deepest_first:
             parts = PurePosixPath(rel).parts
             with self._dir(parts[:-1], create=False) as fd:
                 folder = entry.is_dir(follow_symlinks=False)
@@ -268,17 +270,23 @@ class Outputs:
         rel = parts.as_posix()
         if not self.manifest:
             return
+        owned = self.owned()
+        if rel in owned:
+            return
         try:
             os.stat(parts.name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
-            pass
+            self._append([rel])
         else:
-            if rel not in self.owned():
-                raise NotOursError(
-                    f"{self.root / rel} exists and genlab did not write it (it is not in "
-                    f"{self.root / MANIFEST}): move it away, or choose another folder"
-                )
-        self.record([rel])
+            raise _not_ours(
+                self.root / rel,
+                f"it is not in {self.root / MANIFEST}; move it away, or choose another folder",
+            )
+
+    def _entries(self, below: str) -> Iterator[tuple[str, os.DirEntry]]:
+        """`_walk` of the folder `below` (nothing where it is no folder)."""
+        start = self.path(below)
+        return _walk(start, f"{below}/" if below else "") if start.is_dir() else iter(())
 
     @contextlib.contextmanager
     def _dir(self, parts: tuple[str, ...], create: bool) -> Iterator[int]:
@@ -313,6 +321,10 @@ def refused(path: Path, error: OSError, what: str) -> Exception:
             f"links inside its output folders. Remove the link, or choose another folder"
         )
     return error
+
+
+def _not_ours(path: Path, hint: str) -> NotOursError:
+    return NotOursError(f"{path} exists and genlab did not write it: {hint}")
 
 
 def _parts(rel: str | PurePosixPath) -> PurePosixPath:

@@ -165,11 +165,9 @@ class Updater:
         if self.on_device[name]:
             found_inf = self._found_inf(loss.detach(), norm, grads)
             # a skipped first step leaves the state it makes unset (fused SGD's momentum)
-            fresh = (
-                [p for p in params if not optimizer.state.get(p)]
-                if (len(optimizer.state) < len(params))
-                else []
-            )
+            fresh = []
+            if len(optimizer.state) < len(params):
+                fresh = [p for p in params if not optimizer.state.get(p)]
             optimizer.found_inf, optimizer.grad_scale = found_inf, None
             try:
                 optimizer.step()

@@ -264,7 +264,7 @@ def report(
     text += f"; {how}\n" + _text(lines)
     if unfinished:
         text += "\n\nNot finished:\n" + "\n".join(f"  {f}" for f in unfinished)
-    written = [*FILES[:3], *(FILES[3:] if best is not None else [])]
+    written = [name for name in FILES if name != "best.png" or best is not None]
     return text + f"\n\nWritten to {folder}: {', '.join(written)}"
 
 

@@ -363,9 +363,10 @@ def image_folder(
         for f in sorted(folder.rglob("*") if classes else folder.iterdir())
         if f.suffix.lower() in IMAGE_SUFFIXES
     ]
-    files = [(f, label) for f, label in named if f.is_file()]  # a FIFO would block a read
+    regular = [f.is_file() for f, _ in named]  # a FIFO would block a read
+    files = [entry for entry, ok in zip(named, regular, strict=True) if ok]
     if len(files) < len(named):
-        odd = [str(f) for f, _ in named if not f.is_file()]
+        odd = [str(f) for (f, _), ok in zip(named, regular, strict=True) if not ok]
         log.warning(
             "skipping %d entries under %s that are not regular files: %s",
             len(odd),
