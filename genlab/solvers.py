@@ -11,14 +11,16 @@ settings of `genlab sample`; diffusers calls them schedulers.)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from genlab.errors import require_at_least
+
+if TYPE_CHECKING:  # diffusers is imported when a scheduler is made: it takes seconds to import
+    from diffusers import DDPMScheduler
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 Spacing = Literal["leading", "trailing", "linspace"]
 # (x_t, t) -> the network's output at that step, guided
@@ -71,7 +73,7 @@ class Solver:
     al.'s sampler; for DDIM, the noise is re-derived from it, as GLIDE does)."""
 
     name: ClassVar[str]
-    scheduler_class: ClassVar[type[SchedulerMixin]]
+    scheduler_class: ClassVar[str]  # the diffusers scheduler's class name
     deterministic: ClassVar[bool] = True  # the same noise always gives the same image
 
     def __init__(
@@ -91,8 +93,10 @@ class Solver:
     def scheduler(self, schedule: Mapping[str, Any]) -> SchedulerMixin:
         """A fresh diffusers scheduler for the model's training `schedule` (a scheduler config),
         set to this solver's steps."""
+        import diffusers
+
         steps = self.steps_for(schedule)
-        scheduler = self.scheduler_class.from_config(
+        scheduler = getattr(diffusers, self.scheduler_class).from_config(
             schedule, timestep_spacing=self.spacing, **self.options()
         )
         scheduler.set_timesteps(steps)
@@ -154,7 +158,7 @@ class DDPM(Solver):
     """Ancestral sampling (Ho et al. 2020) through every training timestep (`steps` null)."""
 
     name = "ddpm"
-    scheduler_class = DDPMScheduler
+    scheduler_class = "DDPMScheduler"
     deterministic = False
 
     def __init__(
@@ -171,7 +175,7 @@ class DDIM(Solver):
     """DDIM (Song et al. 2021): deterministic at `eta` 0, ancestral-like at 1."""
 
     name = "ddim"
-    scheduler_class = DDIMScheduler
+    scheduler_class = "DDIMScheduler"
 
     def __init__(
         self,
@@ -198,7 +202,7 @@ class DPMSolver(Solver):
     """DPM-Solver++ (2M) (Lu et al. 2022): second-order multistep, good in 10-20 steps."""
 
     name = "dpm_solver"
-    scheduler_class = DPMSolverMultistepScheduler
+    scheduler_class = "DPMSolverMultistepScheduler"
 
     def __init__(
         self,
@@ -226,6 +230,8 @@ def training_schedule(
     """The noise schedule a model trains with, as diffusers' DDPM scheduler (whose config every
     solver and the exported pipeline start from): `linear` (Ho et al.) or `cosine` (Nichol &
     Dhariwal 2021, diffusers' `squaredcos_cap_v2`)."""
+    from diffusers import DDPMScheduler
+
     from genlab.models.denoising import DIFFUSERS_PREDICTION
 
     names = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
