@@ -394,9 +394,11 @@ def test_the_classifier_trains_in_proportion_to_the_data(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     data = digits(image_size=8, split="test")
     classifier_for(data, data, tmp_path, CPU, steps=2)
-    assert "Evaluation: training a classifier on digits-1x8px once (2 steps; cached in" in (
-        caplog.text
-    )
+    assert "training a classifier on digits-1x8px-2steps once (2 steps; cached in" in caplog.text
+    default = default_steps(data)
+    classifier_for(data, data, tmp_path, CPU, steps=default)  # the default: the data set's name
+    assert (tmp_path / "classifiers" / "digits-1x8px.safetensors").is_file()
+    assert (tmp_path / "classifiers" / "digits-1x8px-2steps.safetensors").is_file()
     assert "trainer.eval_every=null trains without evaluating" in caplog.text
 
 

@@ -1,8 +1,9 @@
 """A small classifier trained on a data set itself: offline features for Fréchet distance, KID
 and precision/recall on MNIST-like data, and labels for cGAN accuracy and class coverage.
 
-Trained once per data set (name, channels, image size) and cached as safetensors with a JSON
-record (accuracy on the held-out split, sha256 of the weights) under `cache_dir/classifiers/`.
+Trained once per data set (name, channels, image size) and number of steps, and cached as
+safetensors with a JSON record (accuracy on the held-out split, sha256 of the weights) under
+`cache_dir/classifiers/`.
 """
 
 from __future__ import annotations
@@ -118,8 +119,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(data: ImageData) -> str:
-    return f"{data.name}-{data.channels}x{data.image_size}px"
+def cache_key(data: ImageData, steps: int) -> str:
+    """The cached classifier's name: the data set, and its training steps where they are not
+    the default (`evaluator.classifier_steps` never reuses a classifier trained otherwise)."""
+    key = f"{data.name}-{data.channels}x{data.image_size}px"
+    return key if steps == default_steps(data) else f"{key}-{steps}steps"
 
 
 def save_classifier(model: Classifier, record: dict, folder: Path, key: str) -> dict:
@@ -163,12 +167,12 @@ def classifier_for(
     device: torch.device,
     steps: int | None = None,
 ) -> tuple[Classifier, dict]:
-    """The cached classifier of this data set, trained first if there is none."""
-    folder, key = Path(cache_dir).expanduser() / "classifiers", cache_key(train)
+    """The cached classifier of this data set and steps, trained first if there is none."""
+    steps = steps or default_steps(train)
+    folder, key = Path(cache_dir).expanduser() / "classifiers", cache_key(train, steps)
     cached = load_classifier(folder, key, device)
     if cached is not None:
         return cached
-    steps = steps or default_steps(train)
     log.info(
         "Evaluation: training a classifier on %s once (%d steps; cached in %s) for the metrics' "
         "features (trainer.eval_every=null trains without evaluating)",
