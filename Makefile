@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install train test test-all lint clean
+.PHONY: install train test test-all coverage lint clean
 
 $(BIN)/genlab: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,14 @@ install: $(BIN)/genlab
 train: install  ## the tuned class-conditional DCGAN (experiment=cdcgan_mnist) on the embedded MNIST digits; or your own settings: make train ARGS="model=vae"
 	$(BIN)/genlab train $(or $(ARGS),experiment=cdcgan_mnist)
 
-test: install
+test: install  ## every model through each command, the trust, run-folder, signal and NaN cases
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-test-all: install  ## also the slow checks (torch.compile with inductor)
+test-all: install  ## also the slow tier: full model x data set matrices, SIGKILL loops, compile, real launchers
 	$(BIN)/python -m pytest $(ARGS)
+
+coverage: install  ## line coverage of genlab by the whole suite (the code run in-process)
+	$(BIN)/python -m pytest --cov=genlab --cov-report=term $(ARGS)
 
 lint: install
 	$(BIN)/ruff check genlab tests scripts
