@@ -12,7 +12,7 @@ from PIL import Image
 
 from genlab.commands.train import train
 from genlab.errors import GenlabError
-from tests.conftest import ROOT, make_cfg, run_cli
+from tests.conftest import ROOT, cli, make_cfg, run_cli
 
 
 def test_genlab_help_lists_commands():
@@ -33,7 +33,7 @@ def test_unknown_command_is_refused():
 
 
 def test_train_help_lists_groups_and_options():
-    out = run_cli("train", "--help").stdout
+    out = cli("train", "--help").stdout
     models = "cdcgan, cgan, dcgan, ddpm, dit, gan, pixelcnn, sngan, sngan_projection, vae, vae_mlp"
     assert f"model: {models}" in out
     assert "model/network: dit, unet" in out
@@ -45,15 +45,15 @@ def test_train_help_lists_groups_and_options():
 
 
 def test_cfg_job_shows_the_model_default_loss():
-    out = run_cli("train", "model=vae", "--cfg", "job").stdout
+    out = cli("train", "model=vae", "--cfg", "job").stdout
     assert "_target_: genlab.models.VAE" in out and "_target_: genlab.losses.ELBO" in out
-    out = run_cli("train", "model=gan", "loss=hinge", "--cfg", "job").stdout
+    out = cli("train", "model=gan", "loss=hinge", "--cfg", "job").stdout
     assert "_target_: genlab.losses.Hinge" in out
 
 
 def test_a_run_through_the_cli_writes_its_folder(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli("train", "model=dcgan", "trainer=smoke", f"hydra.run.dir={run_dir}")
+    result = cli("train", "model=dcgan", "trainer=smoke", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr
     assert f"Run folder: {run_dir}" in result.stdout
     assert (run_dir / ".hydra" / "config.yaml").is_file()
@@ -64,7 +64,7 @@ def test_a_run_through_the_cli_writes_its_folder(tmp_path):
 
 
 def test_default_run_folder_is_under_outputs(tmp_path):
-    result = run_cli("train", "trainer=smoke", "model=gan", cwd=tmp_path)
+    result = cli("train", "trainer=smoke", "model=gan", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "outputs").glob("gan_mnist5k/*")
     assert (run_dir / "checkpoints" / "last.pt").is_file()
@@ -76,7 +76,7 @@ def test_user_config_dir_adds_options(tmp_path):
         "defaults:\n  - gan\n  - _self_\nlatent_dim: 8\ngenerator:\n  hidden: [32]\n"
     )
     run_dir = tmp_path / "run"
-    result = run_cli(
+    result = cli(
         "train",
         "--config-dir",
         str(tmp_path),
@@ -91,7 +91,7 @@ def test_user_config_dir_adds_options(tmp_path):
 
 
 def test_multirun_sweeps_models(tmp_path):
-    result = run_cli(
+    result = cli(
         "train",
         "-m",
         "model=gan,vae",
@@ -125,7 +125,7 @@ ERRORS = [
     (["trainer.seed=4294967296"], "trainer.seed must be < 2**32 (4294967296), got 4294967296"),
     (["trainer.grid_images=5000"], "trainer.grid_images must be <= 1024"),
 ]
-# Through the real CLI (a process each): Hydra's composition errors and one of genlab's.
+# Through the CLI's dispatch and Hydra's app: Hydra's composition errors and one of genlab's.
 CLI_ERRORS = [
     (["model=foo"], "Could not find 'model/foo'"),
     (["trainer.max_stepz=5"], "Could not override 'trainer.max_stepz'"),
@@ -146,7 +146,7 @@ def test_config_errors_name_the_key(overrides, message, tmp_path):
     ("overrides", "message"), CLI_ERRORS, ids=[" ".join(o) for o, _ in CLI_ERRORS]
 )
 def test_config_errors_are_one_clear_message(overrides, message, tmp_path):
-    result = run_cli("train", *overrides, "trainer=smoke", f"hydra.run.dir={tmp_path}/run")
+    result = cli("train", *overrides, "trainer=smoke", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -160,13 +160,13 @@ def test_a_run_folder_that_cannot_be_made_is_one_message(tmp_path):
         (tmp_path / ("x" * 300), "the name is too long"),
         (tmp_path / "file" / "run", "a part of the path is a file, not a folder"),
     ):
-        result = run_cli("train", "trainer=smoke", f"hydra.run.dir={run_dir}")
+        result = cli("train", "trainer=smoke", f"hydra.run.dir={run_dir}")
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert f"cannot write {run_dir}: {reason}" in result.stderr
 
 
 def test_data_set_missing_offline(tmp_path):
-    result = run_cli(
+    result = cli(
         "train",
         "dataset=fashion_mnist",
         f"dataset.root={tmp_path}",
@@ -183,6 +183,7 @@ def test_cgan_on_unlabelled_images(tmp_path):
     images.mkdir()
     for i in range(4):
         Image.new("L", (28, 28), 255).save(images / f"{i}.png")
+    # a genlab error through a real process: exit status 1, no traceback
     result = run_cli(
         "train",
         "model=cgan",

@@ -358,7 +358,6 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
         "model.conditional=true",
         "trainer.grid_images=20",
         "model.grid_images=20",
-        f"evaluator.cache_dir={tmp_path / 'cache'}",
         "evaluator.classifier_steps=20",
         "evaluator.num_generated_cheap=20",
     )
@@ -377,7 +376,6 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
             "evaluator.num_generated=20",
             "evaluator.nll_samples=3",
             "evaluator.kid_subset_size=10",
-            f"evaluator.cache_dir={tmp_path / 'cache'}",
             "evaluator.classifier_steps=20",
             "tensorboard=false",
             config_name="eval",
@@ -397,7 +395,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     ]
     assert solver_settings("train", ["solver.steps=5"]) == ["solver.steps=5"]
     own = ["+solver.guidance=0", "evaluator.num_generated=20", "evaluator.kid_subset_size=10"]
-    own += [f"evaluator.cache_dir={tmp_path / 'cache'}", "evaluator.classifier_steps=20"]
+    own += ["evaluator.classifier_steps=20"]
     unguided = evaluate(make_cfg(f"run={run}", *own, "tensorboard=false", config_name="eval"))
     assert unguided.protocol["sampler"] == "ddim" and unguided.protocol["sampler_steps"] == 3
     assert unguided.protocol["guidance"] == 0.0

@@ -17,7 +17,7 @@ from genlab.errors import ConfigError, DataUnavailableError, GenlabError
 from genlab.evaluation import Evaluator
 from genlab.metrics.classifier import train_classifier
 from genlab.metrics.inception import inception_weights
-from tests.conftest import make_cfg, run_cli
+from tests.conftest import cli, make_cfg
 from tests.test_train import scalars
 
 CPU = torch.device("cpu")
@@ -53,7 +53,7 @@ def test_classifier_reaches_its_bar_on_mnist5k():
 
 
 def test_eval_writes_metrics_with_their_protocol(runs):
-    result = run_cli("eval", f"run={runs / 'cgan'}", *SMALL)
+    result = cli("eval", f"run={runs / 'cgan'}", *SMALL)
     assert result.returncode == 0, result.stderr
     assert "class_accuracy" in result.stdout and "features_sha256" in result.stdout
     (out,) = (runs / "cgan" / "eval").glob("classifier-32px_step*.json")
@@ -220,7 +220,7 @@ def test_sample_is_reproducible_and_sized(runs, tmp_path):
     outs = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.png"
-        result = run_cli("sample", f"run={runs / 'cgan'}", "sampler.num_images=20", f"out={out}")
+        result = cli("sample", f"run={runs / 'cgan'}", "sampler.num_images=20", f"out={out}")
         assert result.returncode == 0, result.stderr
         outs.append(out)
     assert outs[0].read_bytes() == outs[1].read_bytes()
@@ -251,12 +251,12 @@ def test_sample_modes_and_ensembles(runs, tmp_path):
 
 
 def test_sample_refuses_what_does_not_fit(runs):
-    result = run_cli("sample", f"run={runs / 'cgan'}", "sampler.mode=reconstruct")
+    result = cli("sample", f"run={runs / 'cgan'}", "sampler.mode=reconstruct")
     assert result.returncode == 1
     assert "sampler.mode=reconstruct needs a model that encodes images; GAN does not" in (
         result.stderr
     )
-    result = run_cli("eval", "run=/nonexistent/run")
+    result = cli("eval", "run=/nonexistent/run")
     assert result.returncode == 1 and "no checkpoint at /nonexistent/run" in result.stderr
 
 

@@ -9,7 +9,7 @@ from genlab.errors import ConfigError, GenlabError
 from genlab.export import export, load_generator
 from genlab.files import Outputs
 from genlab.run_folder import load_run
-from tests.conftest import make_cfg, run_cli
+from tests.conftest import cli, make_cfg
 
 FAST = ["dataset=digits", "trainer=smoke", "logger=none", "trainer.sample_every=0"]
 
@@ -69,7 +69,7 @@ def test_exported_generator_gives_the_same_images(model, tmp_path):
 
 def test_export_command_writes_safetensors(tmp_path):
     train(make_cfg("model=dcgan", *FAST), run_dir=tmp_path / "run")
-    result = run_cli("export", f"run={tmp_path / 'run'}")
+    result = cli("export", f"run={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "export" / "generator.safetensors").is_file()
     assert load_generator(tmp_path / "run" / "export")(torch.randn(2, 100)).shape == (2, 1, 32, 32)

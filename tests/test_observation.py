@@ -5,7 +5,7 @@ import pytest
 
 from genlab.commands.train import train
 from genlab.config import CONF_DIR
-from tests.conftest import TINY_NETWORKS, make_cfg
+from tests.conftest import TINY_NETWORKS, make_cfg, tiered
 from tests.test_resume import assert_identical, weights
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -20,7 +20,8 @@ BASE = [
 ]
 
 
-@pytest.mark.parametrize("model", MODELS)
+# a model of each family, and conditional GANs (make test-all: every model)
+@pytest.mark.parametrize("model", tiered(MODELS, fast={"cgan", "dcgan", "dit", "pixelcnn", "vae"}))
 def test_grids_and_evaluations_do_not_change_the_weights(model, tmp_path):
     """30 steps with no observation, with an evaluation every 10 steps (the first one trains
     the classifier: a new cache) and with a grid every 5 steps: the same weights and optimizer

@@ -428,7 +428,7 @@ def test_genlab_eval_and_sample_guide_a_conditional_pixelcnn(tmp_path):
     tiny_run = ["model=pixelcnn", "model.conditional=true", *TINY_NETWORKS["pixelcnn"]]
     train(make_cfg(*tiny_run, "dataset=digits", "trainer=smoke", "logger=none"), run_dir=run)
     own = ["evaluator.num_generated=20", "evaluator.kid_subset_size=10", "tensorboard=false"]
-    own += [f"evaluator.cache_dir={tmp_path / 'cache'}", "evaluator.classifier_steps=20"]
+    own += ["evaluator.classifier_steps=20"]
     report = evaluate(make_cfg(f"run={run}", "+solver.guidance=3", *own, config_name="eval"))
     assert report.protocol["sampler"] == "autoregressive" and report.protocol["guidance"] == 3
     assert [p.name for p in (run / "eval").iterdir()] == ["classifier-12px_g3_step0000005.json"]

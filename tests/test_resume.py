@@ -14,7 +14,7 @@ import torch
 from genlab.checkpoint import load_checkpoint
 from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError
-from tests.conftest import ROOT, TINY_NETWORKS, finish, make_cfg, run_cli
+from tests.conftest import ROOT, TINY_NETWORKS, cli, finish, make_cfg
 
 FAST = ["trainer=smoke", "logger=none", "trainer.sample_every=0", "trainer.ckpt_every=2"]
 
@@ -312,7 +312,7 @@ def test_signal_saves_and_tells_how_to_resume(signum, tmp_path):
     name = signal.Signals(signum).name
     assert record["status"] == "interrupted" and record["reason"].startswith(f"{name} at step")
     assert 0 < step < 100000
-    result = run_cli(
+    result = cli(
         "train",
         "model=dcgan",
         "logger=none",
@@ -365,6 +365,7 @@ def test_sigterm_during_the_end_of_run_evaluation_stops_it(tmp_path):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_leaves_loadable_checkpoints(tmp_path):
     """Checkpoints every step, killed at several moments: every file left loads."""
     for kill in range(3):
@@ -382,7 +383,7 @@ def test_sigkill_while_saving_leaves_loadable_checkpoints(tmp_path):
         for path in (tmp_path / "checkpoints").glob("*.pt"):
             load_checkpoint(path)  # raises on a corrupt or truncated file
     last = weights(tmp_path)["step"]
-    result = run_cli(
+    result = cli(
         "train",
         "model=dcgan",
         "logger=none",
@@ -410,7 +411,7 @@ def test_bad_checkpoint_through_the_cli(kind, tmp_path):
                 return (os.system, ("true",))
 
         torch.save({"model": {}, "x": Payload()}, path)
-    result = run_cli(
+    result = cli(
         "train",
         "model=gan",
         "trainer=smoke",

@@ -22,7 +22,7 @@ from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError, WriteError
 from genlab.record import read_records, write_record
 from genlab.run_folder import RunFolder, lock_holder
-from tests.conftest import ROOT, finish, make_cfg, run_cli
+from tests.conftest import ROOT, cli, finish, make_cfg, run_cli
 
 SMOKE = ["dataset=digits", "trainer=smoke", "logger=none", "trainer.sample_every=0"]
 TINY = ["model=gan", *SMOKE]
@@ -62,9 +62,7 @@ def test_a_new_run_never_writes_over_an_earlier_one(tmp_path):
 def test_a_refused_command_leaves_every_file_as_it_was(tmp_path):
     """Through the CLI: the run's .hydra/, train.log, run.json, event files and checkpoints."""
     run = tmp_path / "run"
-    result = run_cli(
-        "train", "model=gan", "dataset=digits", "trainer=smoke", f"hydra.run.dir={run}"
-    )
+    result = cli("train", "model=gan", "dataset=digits", "trainer=smoke", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr
     before = snapshot(run)
     assert {".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "run.json"} <= set(before)
@@ -73,7 +71,7 @@ def test_a_refused_command_leaves_every_file_as_it_was(tmp_path):
         [],  # a fresh run into a folder that holds one
     ]
     for extra in refused:
-        result = run_cli(
+        result = cli(
             "train", "model=gan", "dataset=digits", "trainer=smoke", f"hydra.run.dir={run}", *extra
         )
         assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -10,11 +10,12 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from genlab.checkpoint import load_checkpoint
 from genlab.commands.eval import save_report
 from genlab.commands.report import report
 from genlab.config import CONF_DIR
 from genlab.evaluation import Report
-from tests.conftest import run_cli
+from tests.conftest import cli, run_cli
 
 TINY = ["model=gan", "dataset=digits", "trainer=smoke", "trainer.sample_every=5"]
 
@@ -23,7 +24,7 @@ TINY = ["model=gan", "dataset=digits", "trainer=smoke", "trainer.sample_every=5"
 def sweep(tmp_path_factory):
     """lr in {1e-4, 2e-4, -1 (fails)} x seed in {0, 1}, ranked by the logged lr (known answer)."""
     folder = tmp_path_factory.mktemp("sweep")
-    result = run_cli(
+    result = cli(
         "train",
         "-m",
         *TINY,
@@ -109,7 +110,7 @@ def test_report_columns_take_each_runs_latest_evaluation(sweep, tmp_path):
 
 def test_a_sweep_into_a_folder_of_runs_is_refused(sweep):
     before = sorted(p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file())
-    result = run_cli("train", "-m", *TINY, "optimizer.lr=1e-4", f"hydra.sweep.dir={sweep}")
+    result = cli("train", "-m", *TINY, "optimizer.lr=1e-4", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"the sweep folder {sweep} already holds runs" in result.stderr
     assert sorted(p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()) == before
@@ -132,7 +133,7 @@ def test_tensorboard_run_names_and_hparams(sweep):
 
 def test_optuna_sweep_finishes_and_reports_its_best(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    result = run_cli(
+    result = cli(
         "train",
         "hparams_search=vae_optuna",
         "dataset=digits",
@@ -151,10 +152,31 @@ def test_optuna_sweep_finishes_and_reports_its_best(tmp_path):
 
 
 def test_a_bad_objective_is_refused_before_training(tmp_path):
-    result = run_cli("train", *TINY, "optimized_metric=eval/fd", f"hydra.run.dir={tmp_path}")
+    result = cli("train", *TINY, "optimized_metric=eval/fd", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 1
     assert "optimized_metric=eval/fd needs an evaluation" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_on_the_joblib_launcher_runs_its_jobs_in_processes(tmp_path):
+    """The real launcher: two jobs at once, each a finished run folder with its own settings."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = run_cli(
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=gan,vae",
+        "trainer=smoke",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, model in (("0", "gan"), ("1", "vae")):
+        assert json.loads((tmp_path / job / "run.json").read_text())["status"] == "finished"
+        assert f"model={model}" in (tmp_path / job / ".hydra" / "overrides.yaml").read_text()
+        assert load_checkpoint(tmp_path / job / "checkpoints" / "last.pt")["step"] == 5
 
 
 @pytest.mark.parametrize(

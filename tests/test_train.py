@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from genlab.checkpoint import load_checkpoint
 from genlab.commands.train import train
 from genlab.config import CONF_DIR
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, tiered
 
 SIZES = {"mnist5k": 28, "digits": 32}
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -30,7 +30,7 @@ def scalars(run_dir):
     return acc, {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("dataset", list(SIZES))
+@pytest.mark.parametrize("dataset", tiered(list(SIZES), fast={"mnist5k"}))  # digits: contract
 @pytest.mark.parametrize("model", MODELS)
 def test_model_trains_and_leaves_a_run(model, dataset, tmp_path):
     cfg = make_cfg(f"model={model}", f"dataset={dataset}", "trainer=smoke", "trainer.max_steps=4")

@@ -19,7 +19,7 @@ from genlab.export import export, load_generator
 from genlab.files import Outputs
 from genlab.run_folder import load_run
 from genlab.trust import TRUSTED_ENV, UntrustedConfigError, allowed, read_config, shipped_targets
-from tests.conftest import make_cfg, run_cli
+from tests.conftest import cli, make_cfg, run_cli
 
 CPU = torch.device("cpu")
 
@@ -101,7 +101,7 @@ def test_eval_sample_and_export_refuse_it_through_the_cli(run, tmp_path):
     marker = tmp_path / "pwned"
     path = tampered(run, tmp_path, "dataset", code_chain(marker))
     for command in ("eval", "sample", "export"):
-        result = run_cli(command, f"run={path}", "device=cpu" if command != "export" else "out=x")
+        result = cli(command, f"run={path}", "device=cpu" if command != "export" else "out=x")
         assert result.returncode == 1, result.stderr
         assert "dataset._target_ is 'torch.load'" in result.stderr
         assert "trust_code=true" in result.stderr and "Traceback" not in result.stderr
@@ -190,7 +190,7 @@ def test_a_stored_data_set_is_never_downloaded(run, tmp_path):
     anywhere = tmp_path / "anywhere" / "data"
     node = {"_target_": "genlab.data.mnist", "root": str(anywhere), "download": True}
     path = tampered(run, tmp_path, "dataset", {**node, "image_size": 32})
-    result = run_cli("export", f"run={path}", f"out={tmp_path / 'x'}")
+    result = cli("export", f"run={path}", f"out={tmp_path / 'x'}")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "is never downloaded" in result.stderr
     assert not (tmp_path / "anywhere").exists() and not (tmp_path / "x").exists()
