@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import shutil
 import sys
 import time
 
@@ -399,6 +400,12 @@ def test_the_classifier_trains_in_proportion_to_the_data(tmp_path, caplog):
     classifier_for(data, data, tmp_path, CPU, steps=default)  # the default: the data set's name
     assert (tmp_path / "classifiers" / "digits-1x8px.safetensors").is_file()
     assert (tmp_path / "classifiers" / "digits-1x8px-2steps.safetensors").is_file()
+    folder = tmp_path / "classifiers"
+    for suffix in (".safetensors", ".json"):  # a cache from before: 2 steps, the default's name
+        shutil.copy(folder / f"digits-1x8px-2steps{suffix}", folder / f"digits-1x8px{suffix}")
+    caplog.clear()
+    _, record = classifier_for(data, data, tmp_path, CPU)
+    assert record["steps"] == default and "classifier on digits-1x8px once" in caplog.text
     assert "trainer.eval_every=null trains without evaluating" in caplog.text
 
 

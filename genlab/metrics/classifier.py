@@ -171,7 +171,8 @@ def classifier_for(
     steps = steps or default_steps(train)
     folder, key = Path(cache_dir).expanduser() / "classifiers", cache_key(train, steps)
     cached = load_classifier(folder, key, device)
-    if cached is not None:
+    # a cache from before the key named the steps may hold one trained for other steps
+    if cached is not None and cached[1].get("steps") == steps:
         return cached
     log.info(
         "Evaluation: training a classifier on %s once (%d steps; cached in %s) for the metrics' "
