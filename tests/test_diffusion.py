@@ -395,7 +395,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     ]
     assert solver_settings("train", ["solver.steps=5"]) == ["solver.steps=5"]
     own = ["+solver.guidance=0", "evaluator.num_generated=20", "evaluator.kid_subset_size=10"]
-    own += ["evaluator.classifier_steps=20"]
+    own += ["evaluator.classifier_steps=20", "evaluator.nll_samples=3"]
     unguided = evaluate(make_cfg(f"run={run}", *own, "tensorboard=false", config_name="eval"))
     assert unguided.protocol["sampler"] == "ddim" and unguided.protocol["sampler_steps"] == 3
     assert unguided.protocol["guidance"] == 0.0
