@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab.checkpoint import load_checkpoint
 from genlab.commands.train import train
 from genlab.config import CONF_DIR
 from tests.conftest import make_cfg
+from tests.test_resume import weights
 
 RECORD = Path(__file__).with_name("results_unchanged.json")
 CHOICES = [f"model={p.stem}" for p in sorted((CONF_DIR / "model").glob("*.yaml"))] + [
@@ -45,7 +45,7 @@ def weights_sha256(choice: str) -> str:
     try:
         with tempfile.TemporaryDirectory() as folder:
             train(make_cfg(choice, *STEPS), run_dir=Path(folder) / "run")
-            state = load_checkpoint(Path(folder) / "run" / "checkpoints" / "last.pt")["model"]
+            state = weights(Path(folder) / "run")["model"]
     finally:
         torch.set_num_threads(threads)
     digest = hashlib.sha256()
