@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
@@ -38,6 +39,12 @@ def choice(group: str) -> str:
         if value is not None:
             return str(value)
     return "?"
+
+
+def named(group: str, otherwise: str | None = None) -> str:
+    """`model=dcgan` when run through Hydra, else `otherwise` (or the group's name)."""
+    chosen = choice(group)
+    return f"{group}={chosen}" if chosen != "?" else otherwise or group
 
 
 def _describe(hint: Any) -> str:
@@ -103,25 +110,61 @@ def check_node(node: DictConfig, path: str) -> None:
         if key.startswith("_") and key.endswith("_"):
             continue
         full = f"{path}.{key}"
+        shown = user_key(full)  # as the command line sets it
         if key not in params and not open_kwargs:
             allowed = ", ".join(k for k, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
-            raise ConfigError(f"{full}: unknown key for {target_name}; allowed keys: {allowed}")
+            raise ConfigError(f"{shown}: unknown key for {target_name}; allowed keys: {allowed}")
         try:
             value = node[key]  # resolves interpolations
         except MissingMandatoryValue:
-            raise ConfigError(f"{full} is required: set {full}=...") from None
+            raise ConfigError(f"{shown} is required: set {shown}=...") from None
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{full}: {e}") from None
+            raise ConfigError(f"{shown}: {e}") from None
         if isinstance(value, DictConfig):
             if "_target_" in value:
                 check_node(value, full)
+                if key in hints:
+                    _check_kind(value._target_, hints[key], shown, target_name)
             continue
         if isinstance(value, ListConfig):
             value = OmegaConf.to_container(value, resolve=True)
         if key in hints and not _matches(value, hints[key]):
             raise ConfigError(
-                f"{full}: expected {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
+                f"{shown}: expected {_describe(hints[key])}, got {value!r} ({type(value).__name__})"
             )
+
+
+def _is_kind(target: Any, hint: Any) -> bool:
+    """Whether a built object of class `target` fits a type hint naming classes (a loss class
+    for `objective`); hints of other kinds (a network's `Callable`) are not checked here."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return any(_is_kind(target, a) for a in typing.get_args(hint))
+    if not inspect.isclass(hint) or hint is type(None):
+        return not inspect.isclass(hint)
+    return inspect.isclass(target) and issubclass(target, hint)
+
+
+def _check_kind(target_name: str, hint: Any, key: str, owner: str) -> None:
+    """Refuse a node (`key`, as the command line sets it) whose target is not of the class its
+    parameter in `owner` names: `loss=elbo` for a GAN (`objective: AdversarialLoss`), saying
+    which options of its config group fit."""
+    if _is_kind(get_object(target_name), hint):
+        return
+    group = key.partition(".")[0]
+    fitting = [
+        p.stem
+        for p in sorted((CONF_DIR / group).glob("*.yaml"))
+        if key == group
+        if (t := _yaml_target(p)) and _is_kind(get_object(t), hint)
+    ]
+    allowed = f"; it takes {group}={' | '.join(fitting)}" if fitting else ""
+    shown = named(group) if key == group else key
+    raise ConfigError(f"{shown} ({target_name}) does not fit {named('model', owner)}{allowed}")
+
+
+def _yaml_target(path: Path) -> str | None:
+    data = yaml.safe_load(path.read_text())
+    return data.get("_target_") if isinstance(data, dict) else None
 
 
 def check_config(cfg: DictConfig, groups: collections.abc.Iterable[str]) -> None:
@@ -147,46 +190,52 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
         raise
 
 
-def solver_group(cfg: DictConfig) -> tuple[str, ...]:
-    """("solver",) when the config holds a solver (a diffusion or PixelCNN run's, or one an
-    eval, sample or export command line chose), else () (also for settings of the run's own
-    solver alone, such as `solver.guidance=2`, which `load_run` checks once merged onto the
-    run's)."""
-    solver = cfg.get("solver")
-    return ("solver",) if isinstance(solver, DictConfig) and "_target_" in solver else ()
+# Config groups that choose a part of the model node: `loss=hinge` its objective, `solver=ddim`
+# its sampler. A family's yaml names the parts it takes (`objective: ${loss}`); `fold` moves
+# them in.
+MODEL_PARTS = {"loss": "objective", "solver": "sampler"}
 
 
-def _check_takes_solver(cfg: DictConfig) -> None:
-    if "solver" not in inspect.signature(get_object(cfg.model._target_)).parameters:
-        raise ConfigError(
-            f"solver={choice('solver')} is for diffusion and autoregressive models; "
-            f"model={choice('model')} ({cfg.model._target_}) samples without one"
-        )
+def fold(cfg: DictConfig, stored: bool = False) -> DictConfig:
+    """A copy of a composed run config with the model's parts inside the model node: the
+    top-level `loss` and `solver` become `model.objective` and `model.sampler` and leave the
+    top level, so that a run config says each once. A part for a model whose yaml names none (a
+    solver for a GAN) is refused, naming the group. A config `stored` by an earlier genlab
+    (before the model held its parts) is folded as it is: its model node is checked later."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for group, part in MODEL_PARTS.items():
+            if group not in cfg:
+                continue
+            node = cfg[group]
+            if node is not None:
+                if not stored and part not in cfg.model:
+                    target = cfg.model.get("_target_")
+                    raise ConfigError(
+                        f"{named(group)} does not fit {named('model', target)}: {target} takes "
+                        f"no {part} (model.{part}); the models whose yaml names one do"
+                    )
+                cfg.model[part] = OmegaConf.to_container(node, resolve=True)
+            del cfg[group]
+    return cfg
 
 
-def model_node(cfg: DictConfig) -> DictConfig:
-    """The node that builds a run's model: `model`, with the run's `solver` (a group of its own,
-    which eval and sample may choose anew) inside for a model with one (diffusion, PixelCNN)."""
-    if cfg.get("solver") is None:
-        return cfg.model
-    _check_takes_solver(cfg)
-    node = cfg.model.copy()
-    with open_dict(node):
-        node.solver = cfg.solver
-    return node
+def user_key(path: str) -> str:
+    """A key as the command line sets it: `model.objective.r1` -> `loss.r1`."""
+    for group, part in MODEL_PARTS.items():
+        if path == f"model.{part}" or path.startswith(f"model.{part}."):
+            return group + path.removeprefix(f"model.{part}")
+    return path
 
 
 def build_model(cfg: DictConfig, data: Any) -> Any:
-    """The model a run config names (`model_node`), shaped for a data set (channels, image
-    size, classes)."""
+    """The model a (folded) run config names, with its objective and sampler, shaped for a data
+    set (channels, image size, classes)."""
     shape = {
         "channels": data.channels,
         "image_size": data.image_size,
         "num_classes": data.num_classes,
     }
-    if cfg.get("solver") is not None:  # built alone: its messages name solver.*
-        _check_takes_solver(cfg)
-        shape["solver"] = build(cfg.solver, "solver")
     return build(cfg.model, "model", **shape)
 
 
@@ -207,14 +256,17 @@ def _name_key(node: DictConfig, group: str, message: str) -> str:
     """'lr must be > 0' -> 'optimizer.lr must be > 0 (optimizer=adam)' when `lr` is a config key."""
     first, _, rest = message.partition(" ")
     path = _find_key(node, first, group) if rest else None
+    if path:  # a key of the model's objective or sampler: named as the command line sets it
+        path = user_key(path)
+        group = path.partition(".")[0]
     chosen = choice(group)  # "?" for a node read from a run, not chosen on this command line
     named = group if chosen == "?" else f"{group}={chosen}"
     return f"{path} {rest} ({named})" if path else f"{named}: {message}"
 
 
 # What a checkpoint means: resuming with other values here is refused unless forced.
-MEANING = ("model", "loss", "dataset", "optimizer.impl._target_")
-NOT_MEANING = ("dataset.root", "dataset.download")
+MEANING = ("model", "dataset", "optimizer.impl._target_")
+NOT_MEANING = ("dataset.root", "dataset.download", "model.sampler")
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -243,19 +295,21 @@ def saved_config(state: dict[str, Any], source: str) -> DictConfig:
         sizes = {k: model.pop(k) for k in ("features", "hidden") if k in model}
         for part, net in (("encoder", "ConvEncoder"), ("decoder", "ConvDecoder")):
             model[part] = {"_target_": f"genlab.models.vae.{net}", "_partial_": True, **sizes}
-    return cfg
+    return fold(cfg, stored=True)  # runs from before the model held its objective and sampler
+
+
+def _within(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def meaning_changes(saved: DictConfig, current: DictConfig) -> list[str]:
     """`key: old -> new` for each key that changes what a checkpoint means."""
     old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (saved, current))
     keys = {
-        k
-        for k in old.keys() | new.keys()
-        if any(k == m or k.startswith(m + ".") for m in MEANING) and k not in NOT_MEANING
+        k for k in old.keys() | new.keys() if _within(k, MEANING) and not _within(k, NOT_MEANING)
     }
     return [
-        f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}"
+        f"{user_key(k)}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}"
         for k in sorted(keys)
         if old.get(k, "<absent>") != new.get(k, "<absent>")
     ]

@@ -206,9 +206,7 @@ class Evaluator:
     # --- evaluation ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(
-        self, model: Any, loss: Any, n: int, device: torch.device
-    ) -> tuple[Tensor, Tensor | None]:
+    def generate(self, model: Any, n: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
         """`n` generated images as uint8 (class-balanced labels for a conditional model)."""
         gen = torch.Generator(device=device).manual_seed(self.seed)
         classes = model.num_classes
@@ -220,18 +218,18 @@ class Evaluator:
             for start in range(0, n, self.batch_size):
                 part = None if labels is None else labels[start : start + self.batch_size]
                 count = min(self.batch_size, n - start)
-                chunks.append(to_uint8(model.generate(count, loss, gen, part)).cpu())
+                chunks.append(to_uint8(model.generate(count, gen, part)).cpu())
                 bar.update(count)
         return torch.cat(chunks), None if labels is None else labels.cpu()
 
     def __call__(
-        self, model: Any, loss: Any, dataset: DictConfig, device: torch.device, cheap: bool = False
+        self, model: Any, dataset: DictConfig, device: torch.device, cheap: bool = False
     ) -> Report:
         train, real = self.load_real(dataset)
         features = self.feature_extractor(train, real, device)
         ref = self.real_features(features, real, device)
         n = self.num_generated_cheap if cheap else self.num_generated
-        fake, labels = self.generate(model, loss, n, device)
+        fake, labels = self.generate(model, n, device)
         f = self._extract(features, fake, device)
         metrics = {"fd": frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"])}
         if not cheap:
@@ -260,7 +258,7 @@ class Evaluator:
         k, bound = 0 if cheap else self.nll_samples, {}
         if "likelihood" in model.abilities:  # k = 0: what the family measures cheaply, if any
             images = normalize(real.images.to(device))
-            bound = model.likelihood_metrics(loss, images, k, self.seed)
+            bound = model.likelihood_metrics(images, k, self.seed)
             metrics.update(bound)
         protocol = {
             "features": features.name,
@@ -293,7 +291,7 @@ class Evaluator:
             protocol["classifier_accuracy"] = features.record["accuracy"]
             protocol["classifier_split"] = features.record.get("test_split", "test")
         if bound:
-            protocol.update(model.likelihood_protocol(loss, k))
+            protocol.update(model.likelihood_protocol(k))
         return Report(metrics, protocol)
 
     def conditional_metrics(

@@ -8,7 +8,6 @@ images = g(torch.randn(16, g.latent_dim))      # in [-1, 1]; cGAN: g(z, labels)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from genlab.config import build, model_node
+from genlab.config import build
 from genlab.errors import GenlabError
 from genlab.files import Outputs, join
 from genlab.models.base import Family
@@ -53,13 +52,13 @@ class Generator(nn.Module):
 
 
 def export(
-    model: Family, loss: Any, run_cfg: DictConfig, source: dict, out: Outputs, folder: str = ""
+    model: Family, run_cfg: DictConfig, source: dict, out: Outputs, folder: str = ""
 ) -> list[str]:
     """Write the network that samples (`Family.export_sampler`: a GAN's generator, its EMA
     when there is one; a VAE's decoder; a diffusion model) and the config that builds it to the
     folder `folder` of `out`, and what the family writes besides; return what was written. Files
     there that genlab did not write are refused before anything is written."""
-    exported = model.export_sampler(loss, model_node(run_cfg))
+    exported = model.export_sampler(run_cfg.model)
     network, node, output = exported.network, exported.node, exported.output
     hint = "move it away, or export elsewhere with out=FOLDER"
     out.refuse_foreign([join(folder, f"generator.{x}") for x in ("safetensors", "yaml")], hint)
@@ -96,6 +95,8 @@ def load_generator(
     spec = read_config(text, str(source))
     if not isinstance(spec.get("network"), DictConfig):
         raise GenlabError(f"{source} names no network")
+    if "solver" in spec.network:  # exported before the model node named it its sampler
+        spec.network.sampler = spec.network.pop("solver")
     check_targets(spec.network, "network", str(source), trust_code)
     try:
         network = build(spec.network, "network")

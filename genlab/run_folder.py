@@ -337,33 +337,31 @@ def load_run(
     device: torch.device,
     trust_code: bool = False,
     solver: DictConfig | None = None,
-) -> tuple[Any, Any, DictConfig, dict]:
-    """The model (weights loaded, on `device`), loss, run config and checkpoint of a run folder
-    or checkpoint; a model with a solver (diffusion, PixelCNN) samples with `solver` when given
-    (a solver node, or keys without `_target_` that change the run's own), else with the run's.
-    The
-    config stored in the checkpoint builds only allow-listed targets (`genlab.trust`) unless
-    `trust_code`; the checkpoint's `path` is added to the state."""
+) -> tuple[Any, DictConfig, dict]:
+    """The model (weights loaded, on `device`), run config and checkpoint of a run folder or
+    checkpoint; a model with a sampler (diffusion, PixelCNN) samples with `solver` when given
+    (a node of the solver group, or keys without `_target_` that change the run's own), else
+    with the run's. The config stored in the checkpoint builds only allow-listed targets
+    (`genlab.trust`) unless `trust_code`; the checkpoint's `path` is added to the state."""
     path = find_resume(str(run), Path(run), key="run")
     state = load_checkpoint(path)
     source = str(path)
     cfg = saved_config(state, source)
-    for group in ("dataset", "model", "loss"):
+    for group in ("dataset", "model"):
         if not isinstance(cfg.get(group), DictConfig):
             raise GenlabError(f"{source}: its stored config has no {group}")
         check_targets(cfg[group], group, source, trust_code)
-    if isinstance(cfg.get("solver"), DictConfig):
-        check_targets(cfg.solver, "solver", source, trust_code)
     if solver is not None:
-        if "solver" not in cfg:
+        if "sampler" not in cfg.model:
             raise GenlabError(
-                f"solver= is for diffusion and autoregressive models; {source} holds a model "
-                "that samples without one"
+                f"solver= is for models with a sampler (diffusion, autoregressive); {source} "
+                "holds a model that samples without one"
             )
         if "_target_" not in solver:  # settings of the run's own solver: solver.guidance=2
-            solver = OmegaConf.merge(cfg.solver, solver)
+            solver = OmegaConf.merge(cfg.model.sampler, solver)
             check_node(solver, "solver")
-        cfg.solver = solver
+        cfg.model.sampler = solver
+        check_node(cfg.model, "model")  # the solver's kind against the model's
     cfg.model.pop("init_from", None)  # the weights come from this checkpoint
     data = build(cfg.dataset, "dataset")
     model = build_model(cfg, data)
@@ -372,4 +370,4 @@ def load_run(
     except RuntimeError as e:
         raise GenlabError(f"{path} does not fit its own model config: {e}") from None
     state["path"] = source
-    return model.to(device).eval(), build(cfg.loss, "loss"), cfg, state
+    return model.to(device).eval(), cfg, state

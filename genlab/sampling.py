@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -112,7 +111,7 @@ class Sampler:
         return torch.arange(classes, device=device).repeat_interleave(max(1, n // classes))
 
     def __call__(
-        self, model: Family, loss: Any, device: torch.device, real: Callable[[], ImageData]
+        self, model: Family, device: torch.device, real: Callable[[], ImageData]
     ) -> tuple[Iterator[Tensor], int]:
         """Batches of images in [-1, 1] (on the CPU), and how many images go in a grid row.
         `real()` gives the held-out data set (`.images` uint8, `.labels`), for modes that start
@@ -123,34 +122,34 @@ class Sampler:
             labels = self.labels(model, self.num_images, device)
             n = self.num_images if labels is None else len(labels)
             nrow = n // classes if classes and self.label is None else square_side(n)
-            return self._samples(model, loss, gen, n, labels), nrow
+            return self._samples(model, gen, n, labels), nrow
         if self.mode == "interpolate":
             rows = max(1, self.num_images // self.steps)
-            return self._interpolations(model, loss, gen, rows), self.steps
+            return self._interpolations(model, gen, rows), self.steps
         if self.mode != "reconstruct":
-            return model.sample_mode(self.mode, self, loss, gen, real)
+            return model.sample_mode(self.mode, self, gen, real)
         images = real().images
         nrow = square_side(self.num_images)
         count = min(len(images), max(nrow, self.num_images // nrow * nrow)) // nrow * nrow
-        return self._reconstructions(model, loss, device, images, nrow, count), nrow
+        return self._reconstructions(model, device, images, nrow, count), nrow
 
     @torch.no_grad()
-    def _samples(self, model, loss, gen, n: int, labels: Tensor | None) -> Iterator[Tensor]:
+    def _samples(self, model, gen, n: int, labels: Tensor | None) -> Iterator[Tensor]:
         for start in range(0, n, self.batch_size):
             part = None if labels is None else labels[start : start + self.batch_size]
             count = min(self.batch_size, n - start)
             if self.temperature is not None:
-                yield model.sample_at_temperature(count, loss, gen, part, self.temperature).cpu()
+                yield model.sample_at_temperature(count, gen, part, self.temperature).cpu()
                 continue
             if self.truncation is None:
-                yield model.generate(count, loss, gen, part).cpu()
+                yield model.generate(count, gen, part).cpu()
                 continue
             z = truncated_normal(count, model.latent_dim, self.truncation, gen)
             with eval_mode(model):
-                yield model.decode_latents(z, loss, part).cpu()
+                yield model.decode_latents(z, part).cpu()
 
     @torch.no_grad()
-    def _interpolations(self, model, loss, gen, rows: int) -> Iterator[Tensor]:
+    def _interpolations(self, model, gen, rows: int) -> Iterator[Tensor]:
         """Rows of `steps` images along the slerp between the latents of two seeds' draws."""
         device = gen.device
         ends = torch.randn(2, rows, model.latent_dim, device=device, generator=gen)
@@ -166,16 +165,16 @@ class Sampler:
             if row_labels is not None:
                 labels = row_labels[start : start + per_batch].repeat_interleave(self.steps)
             with eval_mode(model):
-                yield model.decode_latents(z.flatten(0, 1), loss, labels).cpu()
+                yield model.decode_latents(z.flatten(0, 1), labels).cpu()
 
     @torch.no_grad()
-    def _reconstructions(self, model, loss, device, real, nrow: int, count: int):
+    def _reconstructions(self, model, device, real, nrow: int, count: int):
         """Rows of real test images, each followed by its row of reconstructions."""
         spread = torch.linspace(0, len(real) - 1, count).long()  # across the classes
         rows_per_batch = max(1, self.batch_size // nrow)
         for start in range(0, count, rows_per_batch * nrow):
             x = normalize(real[spread[start : start + rows_per_batch * nrow]].to(device))
-            recon = model.reconstruct(x, loss)
+            recon = model.reconstruct(x)
             pairs = torch.stack(
                 [x.view(-1, nrow, *x.shape[1:]), recon.view(-1, nrow, *x.shape[1:])], 1
             )

@@ -160,7 +160,6 @@ class Trainer:
     def fit(
         self,
         model: Family,
-        loss: Any,
         optimizers: dict[str, torch.optim.Optimizer],
         schedulers: dict[str, LRScheduler],
         loader: DeviceLoader,
@@ -180,7 +179,7 @@ class Trainer:
         the cheap metrics at `eval_every`; `on_start(step)` is called once the checkpoint is
         restored, before the loop writes anything; the caller closes `logger`."""
         procs = procs or Processes()
-        run = self._setup(model, loss, optimizers, schedulers, loader, run_dir, logger, procs)
+        run = self._setup(model, optimizers, schedulers, loader, run_dir, logger, procs)
         run.training.extra = extra_state or {}  # written into every checkpoint
         self._resume(run, state, procs)
         if on_start is not None:
@@ -215,7 +214,7 @@ class Trainer:
 
     # --- the loop's parts -----------------------------------------------------------------------
 
-    def _setup(self, model, loss, optimizers, schedulers, loader, run_dir, logger, procs) -> _Run:
+    def _setup(self, model, optimizers, schedulers, loader, run_dir, logger, procs) -> _Run:
         """The model on its device, in training mode and memory format, and what the loop uses."""
         device = loader.device
         set_determinism(self.deterministic, device)
@@ -224,13 +223,12 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         update = Updater(optimizers, device, self.precision, self.grad_clip, model.roles)
         examples = (normalize(loader.examples(self.grid_images)), None)
-        per_step = model.batches_per_step(loss)
+        per_step = model.batches_per_step()
         training = TrainingState(model, optimizers, schedulers, update, loader, procs)
         outputs = Outputs(run_dir)
         checkpoints = Checkpoints(outputs, self.keep_last, training)
         return _Run(
             model=model,
-            loss=loss,
             schedulers=schedulers,
             loader=loader,
             update=update,
@@ -257,7 +255,7 @@ class Trainer:
         )
         run.undo = StepUndo(run.model, run.update) if self.on_nan == "skip" else None
         if self.compile:
-            for net in run.model.compile_targets(run.loss):
+            for net in run.model.compile_targets():
                 net.compile(backend=self.compile)
         if procs.distributed:
             run.model.distribute(distributed.wrapper(run.device))
@@ -276,7 +274,7 @@ class Trainer:
         if run.undo is not None:
             run.undo.keep()
         try:
-            metrics = run.model.train_step(run.loader, run.loss, run.update, metrics=log_step)
+            metrics = run.model.train_step(run.loader, run.update, metrics=log_step)
         except NonFiniteError as e:
             run.guard.host_skip(step, e)
             metrics = None
@@ -348,7 +346,7 @@ class Trainer:
     def _sample(run: _Run, step: int) -> None:
         """The family's grids from the run's fixed inputs, as PNGs and in TensorBoard."""
         with own_random_streams():
-            grids = run.model.sample_grids(run.fixed, run.loss)
+            grids = run.model.sample_grids(run.fixed)
         for name, grid in grids.items():
             png = png_bytes(grid)
             run.outputs.write(f"samples/{name}_{step:07d}.png", png)
@@ -373,7 +371,6 @@ class _Run:
     """What one `fit` works with."""
 
     model: Family
-    loss: Any
     schedulers: dict[str, LRScheduler]
     loader: DeviceLoader
     update: Updater

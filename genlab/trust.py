@@ -136,9 +136,9 @@ def trusted_prefixes() -> list[str]:
     return [p.strip().rstrip(".") for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip()]
 
 
-# Stored config nodes whose targets come from other folders of the config tree: an export's
-# network is a model's (a diffusion model's with its solver).
-GROUP_DIRS = {"network": ("model", "solver")}
+# Stored config nodes whose targets come from several folders of the config tree: a model holds
+# its objective (conf/loss) and sampler (conf/solver); an export's network is a model's.
+GROUP_DIRS = {g: ("model", "loss", "solver") for g in ("model", "network")}
 
 
 def _group_dir(group: str) -> str:

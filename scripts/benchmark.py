@@ -129,7 +129,7 @@ def _build(
 ):
     from hydra import compose, initialize_config_dir
 
-    from genlab.config import CONF_DIR, build
+    from genlab.config import CONF_DIR, build, fold
 
     overrides = [
         f"model={model_name}",
@@ -144,7 +144,7 @@ def _build(
         overrides.append(f"dataset.root={root}")
     overrides += extra
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        cfg = fold(compose("train", overrides=overrides))
     return cfg, build(cfg.dataset, "dataset")
 
 
@@ -200,14 +200,13 @@ def _measure(variant: str, case: tuple, steps: int, device_name: str, root, queu
     device = build(cfg.device, "device")
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device).train()
-    loss = build(cfg.loss, "loss")
     update = PlainUpdate(model.configure_optimizers(build(cfg.optimizer, "optimizer")))
-    per_step = model.batches_per_step(loss)
+    per_step = model.batches_per_step()
 
     def bare(batches) -> None:
         """`steps` steps of the family's own training step, fed from `batches`."""
         for _ in range(steps):
-            model.train_step(batches, loss, update, metrics=False)
+            model.train_step(batches, update, metrics=False)
 
     def sync():
         if device.type == "cuda":
@@ -317,14 +316,14 @@ def _measure_sampling(variant: str, case: tuple, images: int, device_name: str, 
     name, steps = variant.split(":")
     cfg, data = _build(case[0], case[1], case[2], case[3], device_name, root, [f"solver={name}"])
     if steps != "None":
-        cfg.solver.steps = int(steps)
+        cfg.model.sampler.steps = int(steps)
     device = build(cfg.device, "device")
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
-    model.generate(2, None, gen)  # warm-up
+    model.generate(2, gen)  # warm-up
     start = time.perf_counter()
-    model.generate(images, None, gen)
+    model.generate(images, gen)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     queue.put({"images_per_s": images / (time.perf_counter() - start)})
@@ -362,7 +361,7 @@ def _measure_pixelcnn_sampling(
                     x[:, k, i, j] = from_levels(level.clamp(max=LEVELS - 1)[:, 0])
         return x
 
-    run = uncached if variant == "uncached" else lambda n: model.generate(n, None, gen)
+    run = uncached if variant == "uncached" else lambda n: model.generate(n, gen)
     run(1)  # warm-up
     start = time.perf_counter()
     run(images)

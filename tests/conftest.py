@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from genlab.config import CONF_DIR
+from genlab.config import CONF_DIR, fold
 
 ROOT = Path(__file__).resolve().parents[1]
 # Decoded data sets, classifiers and reference statistics are cached once per test session (never
@@ -69,9 +69,11 @@ def tiered(values: list[str], fast: set[str]) -> list:
 
 
 def make_cfg(*overrides: str, config_name: str = "train") -> DictConfig:
-    """A command's composed config (train, sample, eval), as `genlab CMD OVERRIDES` sees it."""
+    """A command's composed config (train, sample, eval), as `genlab CMD OVERRIDES` sees it (a
+    run config with the loss and solver in the model node, `config.fold`)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+        cfg = compose(config_name, overrides=list(overrides))
+    return fold(cfg) if config_name == "train" else cfg
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
@@ -94,6 +96,7 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None):
     nor the end of the process is the point. `env` sets variables for the command's duration."""
     import hydra._internal.utils as hydra_utils
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     from genlab.cli import main
 
@@ -134,6 +137,7 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None):
             lg.handlers[:] = kept
             lg.setLevel(level)
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # so choice() names no group of this command
     return subprocess.CompletedProcess(["genlab", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -49,9 +49,7 @@ def test_the_discriminator_sees_augmented_real_and_fake(monkeypatch):
     update = Updater(
         model.configure_optimizers(build(cfg.optimizer, "optimizer")), torch.device("cpu")
     )
-    model.train_step(
-        DeviceLoader(digits(), 8, torch.device("cpu")), build(cfg.loss, "loss"), update
-    )
+    model.train_step(DeviceLoader(digits(), 8, torch.device("cpu")), update)
     # D step: real (no grad), fake (detached); G step: fake with its graph
     assert [grad for grad, _ in seen] == [False, False, True]
     assert all(shape == (8, 1, 32, 32) for _, shape in seen)

@@ -114,8 +114,15 @@ ERRORS = [
     (["trainer.batch_size=1.5"], "trainer.batch_size: expected int, got 1.5"),
     (["trainer.batch_size=6000"], "batch_size=6000 is larger than the data set (4500 images)"),
     (["dataset.image_size=30"], "DCGAN cannot work at image_size=30"),
-    (["model=vae", "loss=hinge"], "VAE models take the ELBO loss: loss=elbo"),
-    (["model=gan", "loss=elbo"], "GAN models take an adversarial loss"),
+    (
+        ["model=vae", "loss=hinge"],
+        "(genlab.losses.Hinge) does not fit genlab.models.VAE; it takes loss=elbo",
+    ),
+    (
+        ["model=gan", "loss=elbo"],
+        "(genlab.losses.ELBO) does not fit genlab.models.GAN; "
+        "it takes loss=bce | hinge | lsgan | wgan_gp",
+    ),
     (["loss=wgan_gp"], "set model.discriminator.norm=layer"),
     (["model.discriminator.norm=bn"], "expected one of 'batch', 'layer', 'none', got 'bn'"),
     (["model.latent_dim=0"], "model.latent_dim must be >= 1"),
@@ -129,7 +136,7 @@ ERRORS = [
 CLI_ERRORS = [
     (["model=foo"], "Could not find 'model/foo'"),
     (["trainer.max_stepz=5"], "Could not override 'trainer.max_stepz'"),
-    (["model=vae", "loss=hinge"], "loss=hinge does not fit model=vae"),
+    (["model=vae", "loss=hinge"], "loss=hinge (genlab.losses.Hinge) does not fit model=vae"),
 ]
 
 

@@ -40,9 +40,7 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     )
     torch.manual_seed(0)
     model = build_model(cfg, data)
-    loss = build(cfg.loss, "loss")
     assert isinstance(model, Family) and model.abilities <= set(ABILITIES)
-    model.check_loss(loss)
     shape = (data.channels, data.image_size, data.image_size)
     assert model.shape == {"channels": shape[0], "image_size": shape[1]}
 
@@ -52,19 +50,19 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     update = Updater(optimizers, CPU, names=model.roles)
     loader = DeviceLoader(data, 16, CPU)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    values = model.train_step(loader, loss, update, metrics=True)
+    values = model.train_step(loader, update, metrics=True)
     assert values and all(torch.isfinite(v).all() for v in values.values())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(update.attempted[k] > 0 for k in optimizers)
 
     # samples: in [-1, 1], the same for the same seed, of the requested classes
     labels = torch.arange(4) % model.num_classes if model.num_classes else None
-    images = model.generate(4, loss, torch.Generator().manual_seed(1), labels)
+    images = model.generate(4, torch.Generator().manual_seed(1), labels)
     assert images.shape == (4, *shape) and images.min() >= -1 and images.max() <= 1
-    again = model.generate(4, loss, torch.Generator().manual_seed(1), labels)
+    again = model.generate(4, torch.Generator().manual_seed(1), labels)
     assert torch.equal(images, again)
     examples = (normalize(loader.examples(16)), None)
-    grids = model.sample_grids(model.fixed_inputs(16, examples, seed=0), loss)
+    grids = model.sample_grids(model.fixed_inputs(16, examples, seed=0))
     assert grids and all(g.dim() == 3 and g.min() >= 0 and g.max() <= 1 for g in grids.values())
 
     # a checkpoint rebuilds the same model
@@ -72,17 +70,17 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     torch.manual_seed(123)
     twin = build_model(cfg, data)
     twin.load_state_dict(load_checkpoint(tmp_path / "model.pt")["model"])
-    assert torch.equal(twin.generate(4, loss, torch.Generator().manual_seed(1), labels), images)
+    assert torch.equal(twin.generate(4, torch.Generator().manual_seed(1), labels), images)
 
     # the export samples as the model does, without genlab's trainer
     folder = tmp_path / "export"
-    export(model, loss, cfg, {"step": 1}, Outputs(folder))
+    export(model, cfg, {"step": 1}, Outputs(folder))
     exported = load_generator(folder)
     assert (exported.latent_dim, exported.num_classes) == (model.latent_dim, model.num_classes)
     if "interpolate" in model.abilities:  # latents to images, as decode_latents maps them
         z = torch.randn(4, model.latent_dim)
         with eval_mode(model):
-            expected = model.decode_latents(z, loss, labels)
+            expected = model.decode_latents(z, labels)
     else:  # latents drawn as generate draws them give its images
         z = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(1))
         expected = images
@@ -95,15 +93,15 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
             with pytest.raises(ValueError, match=f"needs a model that {ABILITIES[ability]}"):
                 require(model, ability, f"sampler.mode={ability}")
     if "reconstruct" in model.abilities:
-        assert model.reconstruct(real, loss).shape == real.shape
+        assert model.reconstruct(real).shape == real.shape
 
     # the cheap metrics of trainer.eval_every
     evaluator = build(cfg.evaluator, "evaluator")
-    report = evaluator(model, loss, node, CPU, cheap=True)
+    report = evaluator(model, node, CPU, cheap=True)
     assert report.metrics["fd"] > 0
     if "likelihood" in model.abilities:
-        assert "likelihood" in model.likelihood_protocol(loss, 2)
-        bound = model.likelihood_metrics(loss, real, 2, seed=0)
+        assert "likelihood" in model.likelihood_protocol(2)
+        bound = model.likelihood_metrics(real, 2, seed=0)
         in_bits = [k for k in bound if k.endswith("_bits_per_dim")]
         assert in_bits  # each number in nats per image, and in bits per dimension
         for key in in_bits:

@@ -98,15 +98,14 @@ def test_cuda_training_step_never_waits_for_the_gpu(setup):
     data = build(cfg.dataset, "dataset")
     device = torch.device("cuda")
     net = build_model(cfg, data).to(device)
-    loss = build(cfg.loss, "loss")
     update = Updater(net.configure_optimizers(build(cfg.optimizer, "optimizer")), device)
     assert all(update.on_device.values())
     loader = DeviceLoader(data, 32, device)
-    net.train_step(loader, loss, update, metrics=False)  # warm-up: lazy optimizer state
+    net.train_step(loader, update, metrics=False)  # warm-up: lazy optimizer state
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            net.train_step(loader, loss, update, metrics=False)
+            net.train_step(loader, update, metrics=False)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert update.collect() == {}

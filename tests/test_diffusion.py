@@ -113,7 +113,8 @@ def test_the_training_loss_is_the_hand_computed_one(prediction, weighting):
     update = Updater({"model": torch.optim.SGD(model.parameters(), lr=0.0)}, torch.device("cpu"))
     x0 = torch.tensor([[0.2, -0.4], [1.0, -1.0]]).view(1, 1, 2, 2).repeat(1, 1, 2, 2)
     torch.manual_seed(3)
-    values = model.train_step(iter([(x0, None)]), loss, update)
+    model.objective = loss
+    values = model.train_step(iter([(x0, None)]), update)
     torch.manual_seed(3)  # the step's own draws: a timestep, then the noise
     t = int(torch.randint(0, T, (1,)))
     eps = torch.randn(1, 1, 4, 4)
@@ -144,7 +145,7 @@ def test_the_training_loss_is_the_hand_computed_one(prediction, weighting):
 def test_every_solver_reaches_the_data_with_an_exact_denoiser(prediction, solver):
     """A data set of one image: the exact denoiser's samples are that image."""
     model = model_with(prediction=prediction, solver=solver)
-    images = model.generate(3, None, torch.Generator().manual_seed(0))
+    images = model.generate(3, torch.Generator().manual_seed(0))
     torch.testing.assert_close(
         images, model.network.image.detach().expand(3, -1, -1, -1), atol=2e-3, rtol=0
     )
@@ -155,10 +156,10 @@ def test_a_seed_gives_the_same_images_twice(solver):
     torch.manual_seed(0)
     model = model_with(lambda **s: nn.Sequential(), solver=solver, ema_decay=None)
     model.network = _Noisy()
-    first = model.generate(3, None, torch.Generator().manual_seed(7))
+    first = model.generate(3, torch.Generator().manual_seed(7))
     torch.manual_seed(1)  # the global stream plays no part
-    assert torch.equal(first, model.generate(3, None, torch.Generator().manual_seed(7)))
-    assert not torch.equal(first, model.generate(3, None, torch.Generator().manual_seed(8)))
+    assert torch.equal(first, model.generate(3, torch.Generator().manual_seed(7)))
+    assert not torch.equal(first, model.generate(3, torch.Generator().manual_seed(8)))
 
 
 @pytest.mark.parametrize("clip", [True, False])
@@ -203,8 +204,8 @@ def test_guidance_zero_is_unconditional_one_conditional_and_more_extrapolates():
     # sampled: guidance 1 gives the class's image, 0 the null label's, 2 twice the shift
     base = net.image.detach()
     for guidance, shift in ((1.0, 0.3), (0.0, 0.0), (2.0, 0.6)):
-        model.solver = DDIM(steps=20, guidance=guidance)
-        images = model.generate(1, None, torch.Generator().manual_seed(0), torch.tensor([3]))
+        model.sampler = DDIM(steps=20, guidance=guidance)
+        images = model.generate(1, torch.Generator().manual_seed(0), torch.tensor([3]))
         torch.testing.assert_close(images, (base + shift).clamp(-1, 1), atol=3e-3, rtol=0)
 
 
@@ -265,18 +266,17 @@ def test_samples_come_from_the_ema():
     cfg = make_cfg("model=ddpm", "dataset=digits", "solver.steps=3", "model.ema_start=0")
     data = build(cfg.dataset, "dataset")
     model = build_model(cfg, data)
-    loss = build(cfg.loss, "loss")
     update = Updater(
         model.configure_optimizers(build(cfg.optimizer, "optimizer")), torch.device("cpu")
     )
     batches = iter([(torch.rand(8, 1, 8, 8) * 2 - 1, None)] * 3)
     for _ in range(3):
-        model.train_step(batches, loss, update)
-    before = model.generate(2, loss, torch.Generator().manual_seed(0))
+        model.train_step(batches, update)
+    before = model.generate(2, torch.Generator().manual_seed(0))
     with torch.no_grad():
         for p in model.network.parameters():
             p.add_(1.0)
-    assert torch.equal(before, model.generate(2, loss, torch.Generator().manual_seed(0)))
+    assert torch.equal(before, model.generate(2, torch.Generator().manual_seed(0)))
     assert model.sampling_network() is model.network_ema.module
 
 
@@ -285,14 +285,14 @@ def test_the_bound_is_exact_with_every_timestep_and_estimated_without_bias():
     prior's: the bound is their sum; a stratified estimate from fewer timesteps agrees."""
     model = model_with()
     x0 = model.network.image.detach()
-    exact = model.likelihood_metrics(None, x0, T, seed=0)
+    exact = model.likelihood_metrics(x0, T, seed=0)
     a = model.alpha_bar
     prior = float(denoising.prior_kl(x0, a)[0])
     logvar = denoising.reverse_log_variance(torch.tensor([0]), a, x0)
     decoder = float(denoising.discretized_gaussian_nll(x0, x0, 0.5 * logvar).sum())
     assert exact["neg_elbo"] == pytest.approx(prior + decoder, rel=1e-3)
     assert exact["neg_elbo_bits_per_dim"] == pytest.approx(exact["neg_elbo"] / (16 * math.log(2)))
-    assert model.likelihood_metrics(None, x0, 50, seed=1)["neg_elbo"] == pytest.approx(
+    assert model.likelihood_metrics(x0, 50, seed=1)["neg_elbo"] == pytest.approx(
         exact["neg_elbo"], rel=1e-3
     )
 
@@ -313,7 +313,7 @@ def test_the_export_loads_in_diffusers_offline_and_samples_as_genlab(tmp_path, m
     data = build(cfg.dataset, "dataset")
     torch.manual_seed(0)
     model = build_model(cfg, data).eval()
-    messages = export(model, build(cfg.loss, "loss"), cfg, {"step": 0}, Outputs(tmp_path))
+    messages = export(model, cfg, {"step": 0}, Outputs(tmp_path))
     assert "DDPMPipeline.from_pretrained" in messages[1]
 
     def refuse(*args, **kwargs):
@@ -328,7 +328,7 @@ def test_the_export_loads_in_diffusers_offline_and_samples_as_genlab(tmp_path, m
         num_inference_steps=5,
         output_type="np",
     ).images
-    ours = model.generate(2, None, torch.Generator().manual_seed(4))
+    ours = model.generate(2, torch.Generator().manual_seed(4))
     torch.testing.assert_close(
         torch.from_numpy(out).permute(0, 3, 1, 2), (ours + 1) / 2, atol=1e-5, rtol=0
     )
@@ -432,8 +432,8 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
 
     from diffusers import UNet2DModel
 
-    model, loss, run_cfg, _ = load_run(run, torch.device("cpu"))
-    messages = export(model, loss, run_cfg, {"step": 5}, Outputs(tmp_path / "export"))
+    model, run_cfg, _ = load_run(run, torch.device("cpu"))
+    messages = export(model, run_cfg, {"step": 5}, Outputs(tmp_path / "export"))
     labels = torch.tensor([1, 2])
     assert "class_labels=labels" in messages[1]
     unet = UNet2DModel.from_pretrained(str(tmp_path / "export" / "diffusers" / "unet"))
@@ -443,7 +443,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     )
     g = load_generator(tmp_path / "export")
     z = torch.randn(2, g.latent_dim)
-    torch.testing.assert_close(g(z, labels), model.decode_latents(z, loss, labels))
+    torch.testing.assert_close(g(z, labels), model.decode_latents(z, labels))
 
 
 def test_a_solver_for_a_model_without_one_and_bad_solver_settings_are_one_message(tmp_path):
@@ -455,12 +455,17 @@ def test_a_solver_for_a_model_without_one_and_bad_solver_settings_are_one_messag
         (
             "model=dcgan",
             "+solver=ddim",
-        ): r"is for diffusion and autoregressive models; .*\(genlab.models.GAN\)",
+        ): r"solver does not fit genlab.models.GAN: genlab.models.GAN takes no sampler",
         (
             "model=ddpm",
             "solver=autoregressive",
-        ): "a diffusion model samples through a diffusion solver",
-        ("model=pixelcnn", "solver=ddim"): "a PixelCNN samples value by value",
+        ): r"solver \(genlab.solvers.Autoregressive\) does not fit genlab.models.Diffusion; "
+        r"it takes solver=ddim \| ddpm \| dpm_solver",
+        (
+            "model=pixelcnn",
+            "solver=ddim",
+        ): r"solver \(genlab.solvers.DDIM\) does not fit genlab.models.PixelCNN; it takes "
+        "solver=autoregressive",
         ("model=ddpm", "solver.steps=0"): "solver.steps must be >= 1",
         ("model=ddpm", "solver.guidance=3"): "solver.guidance=3.0 needs a class-conditional",
         ("model=ddpm", "solver.clip=maybe"): "solver.clip: expected bool, got 'maybe'",

@@ -58,7 +58,7 @@ def _ddp_steps(rank: int, world: int, port: int, out: str) -> None:
         torch.manual_seed(rank)  # each process draws its own noise
         model.distribute(wrapper(CPU))
         for _ in range(2):
-            model.train_step(loader, build(cfg.loss, "loss"), update)
+            model.train_step(loader, update)
         torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -82,8 +82,8 @@ def test_vae_eval_reports_likelihoods(runs):
     )
     from genlab.run_folder import load_run
 
-    model, loss, cfg, _ = load_run(str(runs / "vae"), CPU)
-    report = evaluator(model, loss, cfg.dataset, CPU)
+    model, cfg, _ = load_run(str(runs / "vae"), CPU)
+    report = evaluator(model, cfg.dataset, CPU)
     m = report.metrics
     assert m["nll_is"] <= m["neg_elbo"] * 1.01  # importance sampling tightens the bound
     assert m["neg_elbo_bits_per_dim"] == pytest.approx(
@@ -145,7 +145,7 @@ class Blank:
     def __init__(self):
         self.counts = []
 
-    def generate(self, n, loss, gen, labels=None):
+    def generate(self, n, gen, labels=None):
         self.counts.append(n)
         time.sleep(0.15)
         return torch.zeros(n, 1, 8, 8)
@@ -161,7 +161,7 @@ def test_generation_shows_progress_on_a_terminal_only(tty, monkeypatch):
     stream = Terminal() if tty else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     model = Blank()
-    images, labels = Evaluator(batch_size=40).generate(model, None, 100, CPU)
+    images, labels = Evaluator(batch_size=40).generate(model, 100, CPU)
     assert model.counts == [40, 40, 20] and labels is None
     assert images.shape == (100, 1, 8, 8) and images.dtype == torch.uint8
     assert (images == 128).all()  # 0 in [-1, 1] is grey
@@ -305,15 +305,15 @@ def test_sampling_is_batched_so_any_number_fits(runs):
     from genlab.run_folder import load_run
     from genlab.sampling import Sampler
 
-    model, loss, _, _ = load_run(runs / "vae", CPU)
+    model, _, _ = load_run(runs / "vae", CPU)
     sizes = []
     generate = model.generate
     model.generate = lambda n, *args: sizes.append(n) or generate(n, *args)
-    batches, nrow = Sampler(num_images=25, batch_size=10)(model, loss, CPU, None)
+    batches, nrow = Sampler(num_images=25, batch_size=10)(model, CPU, None)
     assert torch.cat(list(batches)).shape == (25, 1, 32, 32) and nrow == 5
     assert sizes == [10, 10, 5]
     interpolate = Sampler(mode="interpolate", num_images=40, steps=4, batch_size=8)
-    rows, _ = interpolate(model, loss, CPU, None)
+    rows, _ = interpolate(model, CPU, None)
     assert [len(b) for b in rows] == [8] * 5
     cfg = make_cfg(f"run={runs / 'vae'}", "sampler.num_images=5000", config_name="sample")
     with pytest.raises(ConfigError, match="a grid holds at most 4096 images; set files=true"):
@@ -324,7 +324,7 @@ def test_truncation_draws_latents_inside_the_threshold_and_narrows_the_samples(r
     from genlab.run_folder import load_run
     from genlab.sampling import Sampler
 
-    model, loss, _, _ = load_run(runs / "cgan", CPU)
+    model, _, _ = load_run(runs / "cgan", CPU)
     seen = []
     decode = model.decode_latents
     model.decode_latents = lambda z, *args: seen.append(z) or decode(z, *args)
@@ -332,15 +332,15 @@ def test_truncation_draws_latents_inside_the_threshold_and_narrows_the_samples(r
     def spread(truncation):
         sampler = Sampler(num_images=100, truncation=truncation, seed=1)
         sampler.check(model)
-        images = torch.cat(list(sampler(model, loss, CPU, None)[0]))
+        images = torch.cat(list(sampler(model, CPU, None)[0]))
         return torch.pdist(images.flatten(1)).mean()
 
     narrow, wide = spread(0.1), spread(None)
     assert seen[0].abs().max() <= 0.1 and seen[0].shape == (100, model.latent_dim)
     assert narrow < 0.9 * wide  # nearly one latent per class: nearly one image per class
     assert torch.equal(
-        torch.cat(list(Sampler(num_images=20, truncation=0.1, seed=1)(model, loss, CPU, None)[0])),
-        torch.cat(list(Sampler(num_images=20, truncation=0.1, seed=1)(model, loss, CPU, None)[0])),
+        torch.cat(list(Sampler(num_images=20, truncation=0.1, seed=1)(model, CPU, None)[0])),
+        torch.cat(list(Sampler(num_images=20, truncation=0.1, seed=1)(model, CPU, None)[0])),
     )
     with pytest.raises(ValueError, match="truncation must be > 0"):
         Sampler(truncation=0)
@@ -360,18 +360,18 @@ def test_a_family_brings_its_own_sampling_mode(runs):
     class Denoising(VAE):  # a VAE that also shows what it makes of noised test images
         sample_modes = frozenset({"denoise"})
 
-        def sample_mode(self, mode, sampler, loss, generator, real):
+        def sample_mode(self, mode, sampler, generator, real):
             x = normalize(real().images[: sampler.num_images])
             noisy = (x + 0.5 * torch.randn(x.shape, generator=generator)).clamp(-1, 1)
-            return iter([torch.cat([noisy, self.reconstruct(noisy, loss)])]), len(x)
+            return iter([torch.cat([noisy, self.reconstruct(noisy)])]), len(x)
 
-    model, loss, _, _ = load_run(runs / "vae", CPU)
+    model, _, _ = load_run(runs / "vae", CPU)
     model.__class__ = Denoising
     sampler = Sampler(mode="denoise", num_images=4, seed=3)
     sampler.check(model)
 
     def make():
-        batches, nrow = sampler(model, loss, CPU, lambda: digits(split="test"))
+        batches, nrow = sampler(model, CPU, lambda: digits(split="test"))
         return torch.cat(list(batches)), nrow
 
     (images, nrow), (again, _) = make(), make()
@@ -448,7 +448,7 @@ def test_a_vae_run_from_before_configured_networks_evaluates_and_resumes(runs, t
     old = tmp_path / "old"
     save_checkpoint(state, old / "checkpoints" / "last.pt")
 
-    model, _, run_cfg, _ = load_run(str(old), CPU)
+    model, run_cfg, _ = load_run(str(old), CPU)
     assert run_cfg.model.decoder._target_ == "genlab.models.vae.ConvDecoder"
     assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
     more = make_cfg("model=vae", "dataset=digits", "trainer=smoke", "trainer.max_steps=21")

@@ -5,6 +5,7 @@ import torch
 
 from genlab.config import build
 from genlab.data import DeviceLoader, digits
+from genlab.errors import ConfigError
 from genlab.losses import Hinge, top_k
 from genlab.optim import Updater
 from tests.conftest import make_cfg
@@ -28,11 +29,10 @@ def steps(loss: Hinge, n: int, epoch: int = 0) -> tuple[list[dict], torch.nn.Mod
     same batches and noise for any loss settings."""
     torch.manual_seed(0)
     model, _, update, loader = gan_on_digits(lr=0.0)
+    model.objective = loss
     loader.epoch = epoch  # what top-k's schedule reads
     torch.manual_seed(1)
-    out = [
-        {k: float(v) for k, v in model.train_step(loader, loss, update).items()} for _ in range(n)
-    ]
+    out = [{k: float(v) for k, v in model.train_step(loader, update).items()} for _ in range(n)]
     return out, model
 
 
@@ -59,9 +59,8 @@ def test_lecam_averages_d_outputs_and_adds_its_penalty():
 
 def test_r1_needs_a_discriminator_without_batchnorm():
     cfg = make_cfg("model=dcgan", "loss=hinge", "loss.r1=10")
-    model = build(cfg.model, "model", channels=1, image_size=32, num_classes=None)
-    with pytest.raises(ValueError, match="loss.r1.*without BatchNorm"):
-        model.check_loss(build(cfg.loss, "loss"))
+    with pytest.raises(ConfigError, match="loss.r1.*without BatchNorm"):
+        build(cfg.model, "model", channels=1, image_size=32, num_classes=None)
 
 
 def test_spectral_norm_makes_every_weight_of_largest_singular_value_one():
@@ -114,12 +113,13 @@ def test_top_k_trains_the_generator_on_its_best_samples():
 
 def test_n_critic_discriminator_updates_on_fresh_batches_per_generator_update():
     """loss.n_critic=3 with a non-Wasserstein loss (SNGAN trains its D 5 times per G step)."""
-    loss = build(make_cfg("loss=hinge", "loss.n_critic=3").loss, "loss")
+    loss = build(make_cfg("loss=hinge", "loss.n_critic=3").model.objective, "loss")
     model, optimizers, update, loader = gan_on_digits(lr=0.01)
+    model.objective = loss
     d_steps = []
     optimizers["d"].register_step_post_hook(lambda *_: d_steps.append(loader.index))
-    model.train_step(loader, loss, update)
-    assert loss.n_critic == 3 and model.batches_per_step(loss) == 3
+    model.train_step(loader, update)
+    assert loss.n_critic == 3 and model.batches_per_step() == 3
     assert len(d_steps) == 3 and len(set(d_steps)) == 3  # each update after a batch of its own
     assert int(model.generator_updates) == 1
 

@@ -127,7 +127,7 @@ def test_a_vae_that_ignores_its_input_has_the_bits_per_dim_of_its_decoder_by_han
     Bernoulli at lambda 1/2 is uniform on [0, 1], so every 8-bit value gets 1/256: exactly 8
     bits per dimension; the Gaussian N(0, sigma^2) on dequantized values is by hand."""
     from genlab.losses import ELBO
-    from genlab.metrics.likelihood import vae_metrics
+    from genlab.models.vae import vae_metrics
 
     class Zero(nn.Module):
         def __init__(self, shape):

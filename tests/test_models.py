@@ -5,6 +5,7 @@ from functools import partial
 import pytest
 import torch
 
+from genlab.losses import ELBO, NonSaturating
 from genlab.models import GAN, VAE
 from genlab.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_layout
 from genlab.models.mlp import MLPDecoder, MLPDiscriminator, MLPEncoder, MLPGenerator
@@ -87,6 +88,7 @@ def test_dcgan_projection_discriminator_adds_the_embedding_times_the_pooled_feat
 
 def test_gan_builds_networks_for_the_data_shape():
     gan = GAN(
+        objective=NonSaturating(),
         generator=lambda **kw: MLPGenerator(hidden=(16,), **kw),
         discriminator=lambda **kw: MLPDiscriminator(hidden=(16,), **kw),
         latent_dim=4,
@@ -101,7 +103,14 @@ def test_gan_builds_networks_for_the_data_shape():
 
 def test_cgan_without_labels_is_refused():
     with pytest.raises(ValueError, match="class labels"):
-        GAN(MLPGenerator, MLPDiscriminator, conditional=True, channels=1, image_size=8)
+        GAN(
+            MLPGenerator,
+            MLPDiscriminator,
+            NonSaturating(),
+            conditional=True,
+            channels=1,
+            image_size=8,
+        )
 
 
 CONV = {"encoder": partial(ConvEncoder, features=8, hidden=32), "decoder": ConvDecoder}
@@ -111,7 +120,7 @@ MLP = {"encoder": partial(MLPEncoder, hidden=[64, 32]), "decoder": MLPDecoder}
 @pytest.mark.parametrize("nets", [CONV, MLP], ids=["conv", "mlp"])
 @pytest.mark.parametrize(("size", "channels"), [(28, 1), (32, 3), (64, 1)])
 def test_vae_shapes(nets, size, channels):
-    vae = VAE(**nets, latent_dim=6, channels=channels, image_size=size)
+    vae = VAE(**nets, objective=ELBO(), latent_dim=6, channels=channels, image_size=size)
     x = torch.rand(4, channels, size, size) * 2 - 1
     decoded, mu, logvar = vae(x)
     assert decoded.shape == x.shape
@@ -120,15 +129,15 @@ def test_vae_shapes(nets, size, channels):
 
 def test_mlp_vae_is_pytorchs_example_network():
     """784-400-(20, 20) and 20-400-784: the parameter count of PyTorch's VAE example."""
-    vae = VAE(MLPEncoder, MLPDecoder, latent_dim=20, channels=1, image_size=28)
+    vae = VAE(MLPEncoder, MLPDecoder, ELBO(), latent_dim=20, channels=1, image_size=28)
     example = (784 * 400 + 400) + 2 * (400 * 20 + 20) + (20 * 400 + 400) + (400 * 784 + 784)
     assert sum(p.numel() for p in vae.parameters()) == example
 
 
 def test_conv_vae_refuses_sizes_not_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4, got 30 .model=vae_mlp takes any size"):
-        VAE(ConvEncoder, ConvDecoder, channels=1, image_size=30)
-    VAE(MLPEncoder, MLPDecoder, channels=1, image_size=30)
+        VAE(ConvEncoder, ConvDecoder, ELBO(), channels=1, image_size=30)
+    VAE(MLPEncoder, MLPDecoder, ELBO(), channels=1, image_size=30)
 
 
 def test_ema_matches_torchs_averaged_model():
@@ -146,7 +155,6 @@ def test_ema_matches_torchs_averaged_model():
     data = build(cfg.dataset, "dataset")
     torch.manual_seed(0)
     net = build_model(cfg, data)
-    loss = build(cfg.loss, "loss")
     cpu = torch.device("cpu")
     update = Updater(net.configure_optimizers(build(cfg.optimizer, "optimizer")), cpu)
     reference = AveragedModel(
@@ -155,7 +163,7 @@ def test_ema_matches_torchs_averaged_model():
     untouched = [t.clone() for t in net.generator_ema.module.state_dict().values()]
     loader = DeviceLoader(data, 16, cpu)
     for step in range(1, 6):
-        net.train_step(loader, loss, update, metrics=False)
+        net.train_step(loader, update, metrics=False)
         ema = net.generator_ema.module.state_dict()
         if step <= 2:
             assert all(torch.equal(a, b) for a, b in zip(ema.values(), untouched, strict=True))

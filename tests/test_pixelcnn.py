@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from genlab.losses import (
-    ExactNLL,
+    ELBO,
     categorical_log_prob,
     from_levels,
     logistic_mixture_log_prob,
     to_levels,
 )
 from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
-from genlab.solvers import DDIM, Autoregressive, guided
+from genlab.solvers import Autoregressive, guided
 from tests.conftest import TINY_NETWORKS, make_cfg
 
 
@@ -34,7 +34,7 @@ def tiny(
     options = {"features": 3 * channels, "layers": 4, **network}
     return PixelCNN(
         partial(GatedPixelCNN, **options),
-        solver=Autoregressive(guidance),
+        sampler=Autoregressive(guidance),
         likelihood=likelihood,
         mixtures=2,
         conditional=classes is not None,
@@ -135,7 +135,7 @@ def test_the_softmax_likelihood_by_hand():
     log_z = math.log(sum(math.exp(b) for b in bias.tolist()))
     by_hand = -sum(bias[v].item() - log_z for v in levels.flatten().tolist())
     assert model.nll(x, None).item() == pytest.approx(by_hand, rel=1e-5)
-    out = model.likelihood_metrics(ExactNLL(), x, 0, 0)
+    out = model.likelihood_metrics(x, 0, 0)
     assert out["nll"] == pytest.approx(by_hand, rel=1e-5)
     assert out["nll_bits_per_dim"] == pytest.approx(by_hand / (4 * math.log(2)), rel=1e-5)
 
@@ -302,7 +302,7 @@ def test_label_dropout_gives_the_network_null_labels_and_none_draws_nothing():
 
         model.replicas["network"] = network
         before = torch.get_rng_state()
-        model.train_step(iter([(x, labels)]), ExactNLL(), Update())
+        model.train_step(iter([(x, labels)]), Update())
         dropped = seen[0] == 3
         assert torch.equal(seen[0][~dropped], labels[~dropped])
         if dropout:
@@ -339,7 +339,7 @@ def test_a_conditional_model_scores_p_x_as_the_mean_over_classes():
     x = from_levels(torch.randint(0, 256, (2, 1, 3, 3)))
     per_class = torch.stack([model.nll(x, torch.full((2,), c)) for c in range(4)])
     by_hand = -(torch.logsumexp(-per_class, 0) - math.log(4)).mean().item()
-    assert model.likelihood_metrics(ExactNLL(), x, 0, 0)["nll"] == pytest.approx(by_hand, rel=1e-5)
+    assert model.likelihood_metrics(x, 0, 0)["nll"] == pytest.approx(by_hand, rel=1e-5)
     assert per_class.std(0).min() > 0  # the labels matter
 
 
@@ -358,8 +358,6 @@ def test_settings_are_checked():
     for unguidable in ({"classes": 2}, {"label_dropout": 0.1}):
         with pytest.raises(ValueError, match="solver.guidance=2.0 needs a class-conditional"):
             tiny(guidance=2, **unguidable)
-    with pytest.raises(ValueError, match="samples value by value: solver=autoregressive"):
-        PixelCNN(partial(GatedPixelCNN), solver=DDIM(steps=5), channels=1, image_size=5)
 
 
 def test_class_maps_start_at_zero_and_give_each_class_a_bias_per_position():
@@ -398,7 +396,7 @@ def test_genlab_sample_completes_held_out_digits_of_their_own_class_at_a_tempera
         return PixelCNN.complete(model, real, z, labels, temperature)
 
     model.complete = complete
-    batches, nrow = sampler(model, ExactNLL(), torch.device("cpu"), lambda: data)
+    batches, nrow = sampler(model, torch.device("cpu"), lambda: data)
     grid = torch.cat(list(batches))
     assert nrow == 3 and grid.shape == (6, 1, 8, 8)  # one row of 3 real, one of completions
     real, done = grid[:3], grid[3:]
@@ -406,10 +404,12 @@ def test_genlab_sample_completes_held_out_digits_of_their_own_class_at_a_tempera
     picked = torch.linspace(0, len(data.images) - 1, 3).long()
     assert torch.equal(seen[0][0], data.labels[picked]) and seen[0][1] == 0.8
     cold = Sampler(num_images=4, temperature=0.8)
-    images = torch.cat(list(cold(model, ExactNLL(), torch.device("cpu"), None)[0]))
-    warm = torch.cat(list(Sampler(num_images=4)(model, ExactNLL(), torch.device("cpu"), None)[0]))
+    images = torch.cat(list(cold(model, torch.device("cpu"), None)[0]))
+    warm = torch.cat(list(Sampler(num_images=4)(model, torch.device("cpu"), None)[0]))
     assert images.shape == warm.shape and not torch.equal(images, warm)
-    vae = VAE(lambda **k: nn.Identity(), lambda **k: nn.Identity(), channels=1, image_size=8)
+    vae = VAE(
+        lambda **k: nn.Identity(), lambda **k: nn.Identity(), ELBO(), channels=1, image_size=8
+    )
     with pytest.raises(ValueError, match="sampler.temperature needs a model that samples at a"):
         cold.check(vae)
 
@@ -436,5 +436,9 @@ def test_genlab_eval_and_sample_guide_a_conditional_pixelcnn(tmp_path):
     out = sample(make_cfg(f"run={run}", "+solver.guidance=0", *sampled, config_name="sample"))
     assert out == run / "samples" / "samples_g0_label5_temp0.9_seed0.png"  # the grid's settings
     assert Image.open(out).size[0] > 12
-    with pytest.raises(ConfigError, match="model: a PixelCNN samples value by value"):
+    with pytest.raises(
+        ConfigError,
+        match=r"solver \(genlab.solvers.DDIM\) does not fit genlab.models.PixelCNN; it takes "
+        "solver=autoregressive",
+    ):
         evaluate(make_cfg(f"run={run}", "solver=ddim", *own, config_name="eval"))

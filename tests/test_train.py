@@ -176,7 +176,7 @@ def test_experiment_presets_compose_and_check(preset):
     families = ("GAN", "VAE", "Diffusion", "PixelCNN")
     assert cfg.model._target_ in {f"genlab.models.{f}" for f in families}
     if preset == "wgan_gp_cifar10":
-        assert cfg.loss._target_ == "genlab.losses.WassersteinGP"
+        assert cfg.model.objective._target_ == "genlab.losses.WassersteinGP"
         assert cfg.model.discriminator.norm == "layer"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from genlab.config import CONF_DIR, build, check_config, required, solver_group
+from genlab.config import CONF_DIR, build, check_config, required
 from genlab.data.datasets import read_only
 from genlab.errors import GenlabError, one_message
 from genlab.evaluation import Report, format_table
@@ -31,11 +31,11 @@ def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Pa
 
 def evaluate(cfg: DictConfig) -> Report:
     run = required(cfg, "run", "genlab eval run=RUN_FOLDER_OR_CHECKPOINT")
-    check_config(cfg, ("evaluator", "device", *solver_group(cfg)))
+    check_config(cfg, ("evaluator", "device"))
     evaluator = build(cfg.evaluator, "evaluator")
     device = build(cfg.device, "device")
-    model, loss, run_cfg, state = load_run(run, device, cfg.trust_code, cfg.get("solver"))
-    report = evaluator(model, loss, run_cfg.dataset, device)
+    model, run_cfg, state = load_run(run, device, cfg.trust_code, cfg.get("solver"))
+    report = evaluator(model, run_cfg.dataset, device)
     step = int(state["step"])
     print(f"{state['path']} (step {step})\n{format_table(report)}", flush=True)
     run_dir = run_of(Path(state["path"]))

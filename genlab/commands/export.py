@@ -8,7 +8,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from genlab.config import CONF_DIR, check_config, required, solver_group
+from genlab.config import CONF_DIR, required
 from genlab.data.datasets import read_only
 from genlab.errors import one_message
 from genlab.export import export
@@ -25,16 +25,13 @@ def main(cfg: DictConfig) -> None:
 
 def export_run(cfg: DictConfig) -> None:
     run = required(cfg, "run", "genlab export run=RUN_FOLDER_OR_CHECKPOINT")
-    check_config(cfg, solver_group(cfg))
-    model, loss, run_cfg, state = load_run(
-        run, torch.device("cpu"), cfg.trust_code, cfg.get("solver")
-    )
+    model, run_cfg, state = load_run(run, torch.device("cpu"), cfg.trust_code, cfg.get("solver"))
     # out=FOLDER is an output folder of its own; by default the export is the run's export/
     run_dir = run_of(Path(state["path"]))
     out, sub = (Outputs(cfg.out), "") if cfg.out else (Outputs(run_dir), "export")
     folder = out.path(sub)
     source = {"checkpoint": state["path"], "step": int(state["step"])}
-    written = export(model, loss, run_cfg, source, out, sub)
+    written = export(model, run_cfg, source, out, sub)
     print(
         f"Wrote {written[0]} (step {state['step']}). Load with:\n"
         f"  from genlab.export import load_generator; g = load_generator({str(folder)!r})"

@@ -9,7 +9,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.config import CONF_DIR, build, check_config, required, solver_group
+from genlab.config import CONF_DIR, build, check_config, required
 from genlab.data.datasets import read_only
 from genlab.errors import ConfigError, one_message
 from genlab.files import Outputs
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the sampler is built by Hydra; importing it here would load
 
 def sample(cfg: DictConfig) -> Path:
     run = required(cfg, "run", "genlab sample run=RUN_FOLDER_OR_CHECKPOINT")
-    check_config(cfg, ("sampler", "device", *solver_group(cfg)))
+    check_config(cfg, ("sampler", "device"))
     sampler = build(cfg.sampler, "sampler")
     device = build(cfg.device, "device")
     if cfg.out:
@@ -41,7 +41,7 @@ def sample(cfg: DictConfig) -> Path:
         )
     grids, written = [], 0
     for i, path in enumerate([run, *runs]):
-        model, loss, run_cfg, state = load_run(path, device, cfg.trust_code, cfg.get("solver"))
+        model, run_cfg, state = load_run(path, device, cfg.trust_code, cfg.get("solver"))
         try:
             sampler.check(model)
         except ValueError as e:
@@ -52,7 +52,7 @@ def sample(cfg: DictConfig) -> Path:
         def real(node=run_cfg.dataset):  # the held-out data, for modes that start from it
             return build(node, "dataset", split="test")
 
-        batches, nrow = sampler(model, loss, device, real)
+        batches, nrow = sampler(model, device, real)
         shown = []
         for images in batches:  # at most sampler.batch_size images in memory besides the grid
             if i == 0 and cfg.files:

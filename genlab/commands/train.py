@@ -20,7 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from genlab import distributed
 from genlab import record as record_lib
 from genlab.checkpoint import seed_everything
-from genlab.config import CONF_DIR, build, build_model, check_config, choice, solver_group
+from genlab.config import (
+    CONF_DIR,
+    MODEL_PARTS,
+    build,
+    build_model,
+    check_config,
+    choice,
+    fold,
+)
 from genlab.distributed import Processes
 from genlab.errors import ConfigError, one_message
 from genlab.logger import NullLogger
@@ -35,7 +43,6 @@ GROUPS = (
     "device",
     "dataset",
     "model",
-    "loss",
     "optimizer",
     "scheduler",
     "augment",
@@ -55,7 +62,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
         keep_failed=_multirun(),  # a sweep's report lists the jobs that failed
     )
     with folder:
-        check_config(cfg, (*GROUPS, *solver_group(cfg)))
+        cfg = fold(cfg)  # the loss and solver groups into the model node
+        check_config(cfg, GROUPS)
         _check_objective(cfg)
         trainer = build(cfg.trainer, "trainer")
         device = build(cfg.device, "device")
@@ -76,8 +84,6 @@ def _train(
     seed_everything(trainer.seed)
     data = build(cfg.dataset, "dataset")
     model = build_model(cfg, data)
-    loss = build(cfg.loss, "loss")
-    _refuse(model.check_loss, loss, f"loss={choice('loss')} does not fit model={choice('model')}")
     spec = build(cfg.optimizer, "optimizer")
     optimizers = _refuse(model.configure_optimizers, spec, f"optimizer={choice('optimizer')}")
     schedule = build(cfg.scheduler, "scheduler")
@@ -114,7 +120,6 @@ def _train(
     try:
         values = trainer.fit(
             model,
-            loss,
             optimizers,
             schedulers,
             loader,
@@ -124,7 +129,7 @@ def _train(
             state=state,
             extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
             resume_hint=_resume_command(run_dir),
-            evaluate=lambda: evaluator(model, loss, cfg.dataset, device, cheap=True).metrics,
+            evaluate=lambda: evaluator(model, cfg.dataset, device, cheap=True).metrics,
             on_start=lambda step: folder.start(
                 cfg if HydraConfig.initialized() else None,
                 **({"resumed_from": str(resume_from), "resumed_at": step} if resume_from else {}),
@@ -134,8 +139,8 @@ def _train(
             values["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         hparams = {
             g: choice(g)
-            for g in (*GROUPS, *solver_group(cfg))
-            if g not in ("trainer", "device", "logger")
+            for g in (*GROUPS, *MODEL_PARTS)
+            if g not in ("trainer", "device", "logger") and choice(g) != "?"
         }
         if HydraConfig.initialized():
             hparams.update(record_lib.parse_overrides(list(HydraConfig.get().overrides.task)))
@@ -234,7 +239,7 @@ def _describe(cfg: DictConfig) -> dict[str, Any]:
     return {
         "overrides": overrides,
         "params": record_lib.parse_overrides(overrides),
-        "choices": {g: choices.get(g) for g in (*GROUPS, "solver") if choices.get(g)},
+        "choices": {g: choices.get(g) for g in (*GROUPS, *MODEL_PARTS) if choices.get(g)},
         "seed": OmegaConf.select(cfg, "trainer.seed", default=None),
         "objective": {
             "name": cfg.get("optimized_metric"),

@@ -84,29 +84,26 @@ class Family(nn.Module, ABC):
     # --- training (the trainer) ------------------------------------------------------------------
 
     @abstractmethod
-    def check_loss(self, loss: Any) -> None:
-        """Raise ValueError, saying which losses fit, if `loss` does not fit this family."""
-
-    @abstractmethod
     def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
         """One optimizer per key of `roles`, built by `spec` (`optimizer.lr`; a second network
         may take `spec.d_lr`)."""
 
-    def batches_per_step(self, loss: Any) -> int:
+    def batches_per_step(self) -> int:
         """Batches one `train_step` takes from the loader."""
         return 1
 
     @abstractmethod
     def train_step(
-        self, batches: Iterator[Batch], loss: Any, update: Updater, metrics: bool = True
+        self, batches: Iterator[Batch], update: Updater, metrics: bool = True
     ) -> dict[str, Tensor]:
-        """One step: batches from `batches`, every update through `update(loss, role)`; returns
+        """One step of the family's objective: batches from `batches`, every update through
+        `update(loss, role)`; returns
         values to log as tensors (no host sync), with the costlier ones only if `metrics`."""
 
     def on_log(self, values: dict[str, float], step: int) -> None:
         """Look at the logged values of a logging step (e.g. warn of a collapse)."""
 
-    def compile_targets(self, loss: Any) -> list[nn.Module]:
+    def compile_targets(self) -> list[nn.Module]:
         """The networks `trainer.compile` compiles in place."""
         return [m for m in self.children() if any(True for _ in m.parameters())]
 
@@ -129,22 +126,20 @@ class Family(nn.Module, ABC):
         """What every sample grid of a run reuses (noise, labels, real `examples`)."""
 
     @abstractmethod
-    def sample_grids(self, fixed: dict[str, Tensor | None], loss: Any) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: dict[str, Tensor | None]) -> dict[str, Tensor]:
         """Named (C, H, W) grids in [0, 1] from `fixed`, in eval mode."""
 
     @abstractmethod
-    def generate(
-        self, n: int, loss: Any, generator: torch.Generator, labels: Tensor | None = None
-    ) -> Tensor:
+    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
         """`n` images in [-1, 1] (of class `labels` for a conditional model), drawing only from
         `generator`, in eval mode."""
 
     @abstractmethod
-    def export_sampler(self, loss: Any, node: DictConfig) -> Exported:
+    def export_sampler(self, node: DictConfig) -> Exported:
         """What `genlab export` writes: the network that samples, from this run's `model` node."""
 
     def sample_mode(
-        self, mode: str, sampler: Any, loss: Any, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: Any, generator: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """A `sampler.mode` of the family's own (one of `sample_modes`): batches of at most
         `sampler.batch_size` images in [-1, 1] on the CPU, drawing from `generator` (or from
@@ -159,18 +154,17 @@ class Family(nn.Module, ABC):
 
     # --- abilities ----------------------------------------------------------------------------
 
-    def decode_latents(self, z: Tensor, loss: Any, labels: Tensor | None = None) -> Tensor:
+    def decode_latents(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """`interpolate`: images in [-1, 1] for latents (`latent_dim` wide)."""
         raise NotImplementedError
 
-    def reconstruct(self, images: Tensor, loss: Any) -> Tensor:
+    def reconstruct(self, images: Tensor) -> Tensor:
         """`reconstruct`: images in [-1, 1] rebuilt from their encoding, in eval mode."""
         raise NotImplementedError
 
     def sample_at_temperature(
         self,
         n: int,
-        loss: Any,
         generator: torch.Generator,
         labels: Tensor | None,
         temperature: float,
@@ -179,13 +173,13 @@ class Family(nn.Module, ABC):
         flattened (> 1)."""
         raise NotImplementedError
 
-    def likelihood_metrics(self, loss: Any, images: Tensor, k: int, seed: int) -> dict[str, float]:
+    def likelihood_metrics(self, images: Tensor, k: int, seed: int) -> dict[str, float]:
         """`likelihood`: per-image means on `images` (in [-1, 1]), nats and bits per dimension;
         `k` samples where the family estimates (importance samples, a diffusion bound's
         timesteps; 0: the cheap metrics only, or none)."""
         raise NotImplementedError
 
-    def likelihood_protocol(self, loss: Any, k: int) -> dict[str, Any]:
+    def likelihood_protocol(self, k: int) -> dict[str, Any]:
         """`likelihood`: how those numbers were measured, written beside them."""
         raise NotImplementedError
 
@@ -199,7 +193,7 @@ class OneNetwork(Family):
     def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
         return {"model": spec(self.network.parameters())}
 
-    def compile_targets(self, loss: Any) -> list[nn.Module]:
+    def compile_targets(self) -> list[nn.Module]:
         return [self.network]
 
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:

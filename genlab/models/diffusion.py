@@ -38,11 +38,12 @@ TRAJECTORY_ROWS = 8  # timesteps shown by the trajectory grid, the last one the 
 class Diffusion(OneNetwork):
     """A denoising `network` (x_t, t, labels) -> the `prediction` target (`eps`, `v` or `x0`),
     trained on the `schedule` (`linear` from `beta_start` to `beta_end`, or `cosine`) of
-    `timesteps` steps, and sampled by `solver`. With `conditional`, labels are dropped to the
-    null label with probability `label_dropout`, so the solver's `guidance` can mix the
-    conditional and unconditional outputs. `ema_decay`: samples come from an exponential moving
-    average of the network (null: the network itself). Grids show at most `grid_images` images
-    (each a solver run)."""
+    `timesteps` steps with `objective` (the loss group's denoising loss; none for a model that
+    only samples, as an export), and sampled by `sampler` (the solver group). With
+    `conditional`, labels are dropped to the null label with probability `label_dropout`, so
+    the sampler's `guidance` can mix the conditional and unconditional outputs. `ema_decay`:
+    samples come from an exponential moving average of the network (null: the network itself).
+    Grids show at most `grid_images` images (each a solver run)."""
 
     roles: ClassVar[dict[str, str]] = {"model": "denoiser"}
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate", "likelihood"})
@@ -51,7 +52,8 @@ class Diffusion(OneNetwork):
     def __init__(
         self,
         network: Callable[..., nn.Module],
-        solver: Solver | None = None,
+        sampler: Solver,
+        objective: DenoisingLoss | None = None,
         prediction: denoising.Prediction = "eps",
         schedule: Literal["linear", "cosine"] = "linear",
         timesteps: int = 1000,
@@ -70,11 +72,6 @@ class Diffusion(OneNetwork):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(solver, Solver):
-            raise ValueError(
-                "a diffusion model samples through a diffusion solver: solver=ddim (or ddpm, "
-                "dpm_solver)"
-            )
         if prediction not in denoising.DIFFUSERS_PREDICTION:
             raise ValueError(f"prediction must be eps, v or x0, got {prediction!r}")
         if schedule not in ("linear", "cosine"):
@@ -89,13 +86,14 @@ class Diffusion(OneNetwork):
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
         classes = conditional_classes(conditional, num_classes, "diffusion model")
-        if solver.guidance != 1 and not classes:
+        if sampler.guidance != 1 and not classes:
             raise ValueError(
-                f"solver.guidance={solver.guidance} needs a class-conditional model "
+                f"solver.guidance={sampler.guidance} needs a class-conditional model "
                 "(model.conditional=true); an unconditional one samples with guidance 1"
             )
         shape = self.set_shape(channels * image_size * image_size, classes, channels, image_size)
-        self.prediction, self.label_dropout, self.solver = prediction, label_dropout, solver
+        self.prediction, self.label_dropout = prediction, label_dropout
+        self.sampler, self.objective = sampler, objective
         self.grid_images = grid_images
         self.noise_schedule = training_schedule(
             timesteps, schedule, prediction, beta_start, beta_end
@@ -118,15 +116,14 @@ class Diffusion(OneNetwork):
 
     # --- training -------------------------------------------------------------------------------
 
-    def check_loss(self, loss: object) -> None:
-        if not isinstance(loss, DenoisingLoss):
-            raise ValueError("diffusion models take the denoising loss: loss=denoising")
-
     def train_step(
-        self, batches: Iterator[Batch], loss: DenoisingLoss, update: Updater, metrics: bool = True
+        self, batches: Iterator[Batch], update: Updater, metrics: bool = True
     ) -> dict[str, Tensor]:
         """One update: each image noised to a uniformly drawn timestep, the network's output
-        against the prediction target, weighted per image by `loss`."""
+        against the prediction target, weighted per image by the objective."""
+        loss = self.objective
+        if loss is None:
+            raise ValueError("this diffusion model only samples: it was built without objective")
         x0, labels = next(batches)
         n, device = len(x0), x0.device
         t = torch.randint(0, self.timesteps, (n,), device=device)
@@ -179,8 +176,8 @@ class Diffusion(OneNetwork):
         solver: Solver | None = None,
         keep: int = 0,
     ) -> tuple[Tensor, list[tuple[int, Tensor]]]:
-        """Images from noise by `solver` (the model's own by default), in eval mode."""
-        solver = solver or self.solver
+        """Images from noise by `solver` (the model's sampler by default), in eval mode."""
+        solver = solver or self.sampler
         if self.num_classes and labels is None:
             raise ValueError("a class-conditional diffusion model needs labels to sample")
         labels = labels if self.num_classes else None
@@ -194,22 +191,20 @@ class Diffusion(OneNetwork):
         return torch.randn(n, c, s, s, device=device, generator=generator)
 
     @torch.no_grad()
-    def generate(
-        self, n: int, loss: Any, generator: torch.Generator, labels: Tensor | None = None
-    ) -> Tensor:
-        """`n` images in [-1, 1] by the model's solver, its noise from `generator`."""
+    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
+        """`n` images in [-1, 1] by the model's sampler, its noise from `generator`."""
         return self.solve(self._noise(n, generator), labels, generator)[0]
 
     def interpolation_solver(self) -> Solver:
         """The solver that maps noise to images deterministically (the probability-flow ODE): the
-        model's own, or for a stochastic one DDIM with eta 0 in as many steps."""
-        if self.solver.deterministic:
-            return self.solver
-        steps = self.solver.steps_for(self.noise_schedule.config)
-        return DDIM(steps=steps, guidance=self.solver.guidance, clip=self.solver.clip)
+        model's sampler, or for a stochastic one DDIM with eta 0 in as many steps."""
+        if self.sampler.deterministic:
+            return self.sampler
+        steps = self.sampler.steps_for(self.noise_schedule.config)
+        return DDIM(steps=steps, guidance=self.sampler.guidance, clip=self.sampler.clip)
 
     @torch.no_grad()
-    def decode_latents(self, z: Tensor, loss: Any, labels: Tensor | None = None) -> Tensor:
+    def decode_latents(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Images for flattened noise `z` by the deterministic solver: nearby noise gives nearby
         images, so latents interpolate."""
         noise = z.view(len(z), self.shape["channels"], *[self.shape["image_size"]] * 2)
@@ -217,7 +212,7 @@ class Diffusion(OneNetwork):
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """An exported diffusion model samples: flattened noise (and labels) to images."""
-        return self.decode_latents(z, None, labels)
+        return self.decode_latents(z, labels)
 
     def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
         """Noise (and labels: one row per class for a conditional model) for at most
@@ -229,7 +224,7 @@ class Diffusion(OneNetwork):
         return {"noise": self._noise(num, gen).to(device), "labels": labels, "seed": seed}
 
     @torch.no_grad()
-    def sample_grids(self, fixed: dict, loss: Any) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: dict) -> dict[str, Tensor]:
         """The samples, and the denoising trajectory of the first images (a row per timestep,
         from noise to the result)."""
         gen = torch.Generator(device=fixed["noise"].device).manual_seed(fixed["seed"])
@@ -238,7 +233,7 @@ class Diffusion(OneNetwork):
         return {"samples": to_grid(images, nrow), "trajectory": _trajectory_grid(trajectory, nrow)}
 
     def sample_mode(
-        self, mode: str, sampler: Any, loss: Any, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: Any, generator: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """`trajectory`: `sampler.num_images` images (at most a row of 16), a row per timestep
         from noise to the result."""
@@ -253,13 +248,14 @@ class Diffusion(OneNetwork):
 
     def sampling_protocol(self) -> dict[str, Any]:
         """The solver, its steps and guidance."""
-        return self.solver.protocol(self.noise_schedule.config)
+        return self.sampler.protocol(self.noise_schedule.config)
 
-    def export_sampler(self, loss: Any, node: DictConfig) -> Exported:
+    def export_sampler(self, node: DictConfig) -> Exported:
         """The model without its EMA, holding the sampling network's weights: its `forward` maps
         noise to images with the deterministic solver."""
         built = complete(node, **self.shape, num_classes=self.num_classes)
         built.update(ema_decay=None, init_from=None, freeze=[])
+        built.pop("objective", None)  # it samples only
         exported = nn.Module()  # the state_dict keys of a model without EMA
         exported.network = self.sampling_network()
         exported.register_buffer("updates", self.updates)
@@ -303,7 +299,7 @@ class Diffusion(OneNetwork):
 
     @torch.no_grad()
     def likelihood_metrics(
-        self, loss: Any, images: Tensor, k: int, seed: int, batch_size: int = 250
+        self, images: Tensor, k: int, seed: int, batch_size: int = 250
     ) -> dict[str, float]:
         """The variational bound (Ho et al. eq. 5) on `images`: the prior term, the decoder's
         discrete likelihood of the 8-bit values at t = 0, and the KL terms of t = 1..T-1, of
@@ -338,7 +334,7 @@ class Diffusion(OneNetwork):
         x0_pred = denoising.to_x0(self.prediction, out, x_t, t, self.alpha_bar).clamp(-1, 1)
         return denoising.bound_term(x0, x_t, x0_pred, t, self.alpha_bar)
 
-    def likelihood_protocol(self, loss: Any, k: int) -> dict[str, Any]:
+    def likelihood_protocol(self, k: int) -> dict[str, Any]:
         strata = min(k, self.timesteps - 1)
         return {
             "likelihood": "variational bound of the 8-bit values (discrete decoder at t=0; "

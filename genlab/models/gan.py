@@ -37,10 +37,11 @@ COLLAPSE_WARNING = 0.2  # generated batch diversity below this fraction of the r
 
 
 class GAN(Family):
-    """A generator and a discriminator trained adversarially (`loss`: bce, hinge, lsgan,
-    wgan_gp); with `conditional`, both take class labels. `ema_decay` samples from an
-    exponential moving average of G (from `ema_start` generator updates on). `spectral_norm`
-    names the networks whose convolution and linear weights are spectrally normalized."""
+    """A generator and a discriminator trained adversarially by `objective` (the loss group:
+    bce, hinge, lsgan, wgan_gp); with `conditional`, both take class labels. `ema_decay`
+    samples from an exponential moving average of G (from `ema_start` generator updates on).
+    `spectral_norm` names the networks whose convolution and linear weights are spectrally
+    normalized."""
 
     roles: ClassVar[dict[str, str]] = {"g": "generator", "d": "discriminator"}
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate"})
@@ -49,6 +50,7 @@ class GAN(Family):
         self,
         generator: Callable[..., nn.Module],
         discriminator: Callable[..., nn.Module],
+        objective: AdversarialLoss,
         latent_dim: int = 100,
         conditional: bool = False,
         ema_decay: float | None = None,
@@ -73,6 +75,14 @@ class GAN(Family):
                     "networks: generator, discriminator"
                 )
             apply_spectral_norm(getattr(self, name))
+        if objective.input_gradients and any(
+            isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) for m in self.discriminator.modules()
+        ):
+            raise ValueError(
+                "gradient penalties (loss.gp_weight, loss.r1, loss.r2) need a discriminator "
+                "without BatchNorm: set model.discriminator.norm=layer (or none)"
+            )
+        self.objective = objective
         # LeCam's moving averages of D's mean output on real and on generated images
         self.register_buffer("lecam_anchors", torch.zeros(2))
         self.finish(init_from, freeze)
@@ -102,17 +112,6 @@ class GAN(Family):
 
     # --- wiring ---------------------------------------------------------------------------------
 
-    def check_loss(self, loss: object) -> None:
-        if not isinstance(loss, AdversarialLoss):
-            raise ValueError("GAN models take an adversarial loss: bce, hinge, lsgan or wgan_gp")
-        if loss.input_gradients and any(
-            isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) for m in self.discriminator.modules()
-        ):
-            raise ValueError(
-                "gradient penalties (loss.gp_weight, loss.r1, loss.r2) need a discriminator "
-                "without BatchNorm: set model.discriminator.norm=layer (or none)"
-            )
-
     def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
         """`optimizer.lr` for G, `optimizer.d_lr` (or lr) for D."""
         return {
@@ -120,8 +119,8 @@ class GAN(Family):
             "d": spec(self.discriminator.parameters(), spec.d_lr),
         }
 
-    def batches_per_step(self, loss: AdversarialLoss) -> int:
-        return loss.n_critic
+    def batches_per_step(self) -> int:
+        return self.objective.n_critic
 
     # --- training -------------------------------------------------------------------------------
 
@@ -141,19 +140,21 @@ class GAN(Family):
         """Apply `augment.discriminator_input` (DiffAugment) to every image D sees."""
         self.d_input = augment.discriminator_input
 
-    def compile_targets(self, loss: AdversarialLoss) -> list[nn.Module]:
+    def compile_targets(self) -> list[nn.Module]:
         """Networks that `torch.compile` can take (not a critic under a gradient penalty's double
         backward, which compiled autograd does not support)."""
-        return [self.generator] if loss.input_gradients else [self.generator, self.discriminator]
+        if self.objective.input_gradients:
+            return [self.generator]
+        return [self.generator, self.discriminator]
 
     def train_step(
-        self, batches: Iterator[Batch], loss: AdversarialLoss, update: Updater, metrics: bool = True
+        self, batches: Iterator[Batch], update: Updater, metrics: bool = True
     ) -> dict[str, Tensor]:
         """`n_critic` discriminator updates on fresh batches, then one generator update through
         the last critic step's fakes (one generator forward pass per step, as in the PyTorch
         DCGAN example). The losses are returned as tensors (no host sync); `metrics` adds the
         gradient norms, scores and diversity, which cost a few kernels."""
-        G, D = self.generator, self.discriminator
+        G, D, loss = self.generator, self.discriminator, self.objective
         train_g = self.replicas.get("generator", G)
         train_d = self.replicas.get("discriminator", D)
         values: dict[str, Tensor] = {}
@@ -275,35 +276,33 @@ class GAN(Family):
         gen = torch.Generator(device=device).manual_seed(seed)
         return {"z": self.noise(num, device, gen), "labels": labels}
 
-    def sampler(self) -> nn.Module:
+    def sampling_generator(self) -> nn.Module:
         """The generator that samples: its EMA once averaging has begun, else itself."""
         ema = self.generator_ema
         return self.generator if ema is None else ema.or_network(self.generator)
 
     @torch.no_grad()
-    def generate(
-        self, n: int, loss: object, generator: torch.Generator, labels: Tensor | None = None
-    ) -> Tensor:
+    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
         """`n` images in [-1, 1] from the sampling generator (its EMA when enabled)."""
         z = self.noise(n, next(self.parameters()).device, generator)
         with eval_mode(self):
-            return self.decode_latents(z, loss, labels)
+            return self.decode_latents(z, labels)
 
-    def decode_latents(self, z: Tensor, loss: object, labels: Tensor | None = None) -> Tensor:
+    def decode_latents(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Images for given latents from the sampling generator."""
-        return self.sampler()(z, self._labels(labels))
+        return self.sampling_generator()(z, self._labels(labels))
 
     @torch.no_grad()
-    def sample_grids(self, fixed: dict, loss: AdversarialLoss) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: dict) -> dict[str, Tensor]:
         with eval_mode(self):
-            images = self.sampler()(fixed["z"], fixed["labels"])
+            images = self.sampling_generator()(fixed["z"], fixed["labels"])
         return {"samples": to_grid(images, row_length(len(images), self.num_classes))}
 
-    def export_sampler(self, loss: AdversarialLoss, node: DictConfig) -> Exported:
+    def export_sampler(self, node: DictConfig) -> Exported:
         """The generator (its EMA when there is one), which maps latents and labels to images."""
         shape = {**self.shape, "num_classes": self.num_classes, "latent_dim": self.latent_dim}
         built = complete(node.generator, **shape)
-        return Exported(plain_copy(self.sampler(), built), built, "image")
+        return Exported(plain_copy(self.sampling_generator(), built), built, "image")
 
 
 def apply_spectral_norm(network: nn.Module) -> None:

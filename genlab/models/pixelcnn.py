@@ -313,9 +313,9 @@ class PixelCNN(OneNetwork):
     draws sub-pixel after sub-pixel by the inverse CDF of a uniform, the uniform being Phi(z)
     for Gaussian latents z (one per sub-pixel): the same latents give the same images, and an
     export maps latents to images. A class-conditional model trained with `label_dropout` (the
-    share of labels replaced by the null label) samples with its `solver`'s classifier-free
-    guidance. Grids show at most `grid_images` images (each costs a pass of the network per
-    sub-pixel)."""
+    share of labels replaced by the null label) samples with its `sampler`'s (the solver
+    group's) classifier-free guidance. It trains by `objective`, the exact likelihood. Grids
+    show at most `grid_images` images (each costs a pass of the network per sub-pixel)."""
 
     roles: ClassVar[dict[str, str]] = {"model": "PixelCNN"}
     abilities: ClassVar[frozenset[str]] = frozenset({"likelihood", "temperature"})
@@ -324,7 +324,8 @@ class PixelCNN(OneNetwork):
     def __init__(
         self,
         network: Callable[..., nn.Module],
-        solver: Autoregressive | None = None,
+        sampler: Autoregressive | None = None,
+        objective: ExactNLL | None = None,
         likelihood: Likelihood = "softmax",
         mixtures: int = 5,
         conditional: bool = False,
@@ -341,23 +342,20 @@ class PixelCNN(OneNetwork):
         if likelihood not in ("softmax", "logistic_mixture"):
             raise ValueError(f"likelihood must be softmax or logistic_mixture, got {likelihood!r}")
         require_at_least(1, mixtures=mixtures, grid_images=grid_images)
-        solver = Autoregressive() if solver is None else solver  # runs from before solvers
-        if not isinstance(solver, Autoregressive):
-            raise ValueError(
-                "a PixelCNN samples value by value: solver=autoregressive, not a diffusion solver"
-            )
+        sampler = Autoregressive() if sampler is None else sampler  # runs from before solvers
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
         classes = conditional_classes(conditional, num_classes, "PixelCNN")
-        if solver.guidance != 1 and not (classes and label_dropout):
+        if sampler.guidance != 1 and not (classes and label_dropout):
             raise ValueError(
-                f"solver.guidance={solver.guidance} needs a class-conditional PixelCNN trained "
+                f"solver.guidance={sampler.guidance} needs a class-conditional PixelCNN trained "
                 "with label dropout (model.conditional=true, model.label_dropout > 0); others "
                 "sample with guidance 1"
             )
         shape = self.set_shape(channels * image_size * image_size, classes, channels, image_size)
         self.likelihood, self.grid_images = likelihood, grid_images
-        self.solver, self.label_dropout = solver, label_dropout if classes else 0.0
+        self.sampler, self.label_dropout = sampler, label_dropout if classes else 0.0
+        self.objective = ExactNLL() if objective is None else objective
         outputs = LEVELS if likelihood == "softmax" else 3 * mixtures
         self.network = network(
             outputs=outputs, num_classes=classes, null_label=bool(self.label_dropout), **shape
@@ -385,12 +383,8 @@ class PixelCNN(OneNetwork):
 
     # --- training -------------------------------------------------------------------------------
 
-    def check_loss(self, loss: object) -> None:
-        if not isinstance(loss, ExactNLL):
-            raise ValueError("PixelCNN models take the exact likelihood: loss=nll")
-
     def train_step(
-        self, batches: Iterator[Batch], loss: ExactNLL, update: Updater, metrics: bool = True
+        self, batches: Iterator[Batch], update: Updater, metrics: bool = True
     ) -> dict[str, Tensor]:
         """One update of the negative log-likelihood of a batch (nats per image), logged in bits
         per dimension too."""
@@ -401,7 +395,7 @@ class PixelCNN(OneNetwork):
             dropped = torch.rand(len(x), device=x.device) < self.label_dropout
             labels = torch.where(dropped, self.num_classes, labels)
         with update.autocast():
-            value = loss(self.nll(x, labels))
+            value = self.objective(self.nll(x, labels))
         norm = update(value, "model", measure=metrics)
         nats = value.detach()
         values = {"loss/nll": nats, "loss/bits_per_dim": nats / (x[0].numel() * math.log(2))}
@@ -429,7 +423,7 @@ class PixelCNN(OneNetwork):
         as its masks make the rest irrelevant."""
         if self.num_classes and labels is None:
             raise ValueError("a class-conditional PixelCNN needs labels to sample")
-        guidance = self.solver.guidance
+        guidance = self.sampler.guidance
         labels = guidance_labels(labels, self.num_classes, guidance)
         twice = labels is not None and len(labels) > len(z)
 
@@ -466,16 +460,13 @@ class PixelCNN(OneNetwork):
         return torch.randn(n, self.latent_dim, device=device, generator=generator)
 
     @torch.no_grad()
-    def generate(
-        self, n: int, loss: Any, generator: torch.Generator, labels: Tensor | None = None
-    ) -> Tensor:
+    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
         """`n` images in [-1, 1] at temperature 1, their latents from `generator`."""
-        return self.sample_at_temperature(n, loss, generator, labels, 1.0)
+        return self.sample_at_temperature(n, generator, labels, 1.0)
 
     def sample_at_temperature(
         self,
         n: int,
-        loss: Any,
         generator: torch.Generator,
         labels: Tensor | None,
         temperature: float,
@@ -490,7 +481,7 @@ class PixelCNN(OneNetwork):
 
     def sampling_protocol(self) -> dict[str, Any]:
         """The solver and its guidance."""
-        return self.solver.protocol()
+        return self.sampler.protocol()
 
     def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
         """Latents (and labels: a row per class for a conditional model) for at most
@@ -516,7 +507,7 @@ class PixelCNN(OneNetwork):
         }
 
     @torch.no_grad()
-    def sample_grids(self, fixed: dict, loss: Any) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: dict) -> dict[str, Tensor]:
         """The samples, and real images (upper row) above their completions from the middle
         row down (lower row)."""
         images = self.sample(fixed["z"], fixed["labels"])
@@ -535,7 +526,7 @@ class PixelCNN(OneNetwork):
         return self.sample(z, labels, temperature, start=real, first_row=first_row)
 
     def sample_mode(
-        self, mode: str, sampler: Any, loss: Any, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: Any, generator: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """`complete`: rows of held-out images (spread over the classes), each row followed by
         the same images with their lower half sampled (given their true class for a
@@ -558,16 +549,17 @@ class PixelCNN(OneNetwork):
 
         return rows(), nrow
 
-    def export_sampler(self, loss: Any, node: DictConfig) -> Exported:
+    def export_sampler(self, node: DictConfig) -> Exported:
         """The model itself: its `forward` maps latents to images."""
         built = complete(node, **self.shape, num_classes=self.num_classes)
         built.update(init_from=None, freeze=[])
+        built.pop("objective", None)  # it samples only
         return Exported(self, built, "image")
 
     # --- likelihood -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def likelihood_metrics(self, loss: Any, images: Tensor, k: int, seed: int) -> dict[str, float]:
+    def likelihood_metrics(self, images: Tensor, k: int, seed: int) -> dict[str, float]:
         """The exact negative log-likelihood of `images` (their 8-bit values), nats per image
         and bits per dimension (`k` and `seed` unused: nothing is estimated). A conditional
         model scores p(x), the mean of p(x | y) over the classes (a uniform class prior)."""
@@ -586,7 +578,7 @@ class PixelCNN(OneNetwork):
         nats = total / len(images)
         return {"nll": nats, "nll_bits_per_dim": nats / (images[0].numel() * math.log(2))}
 
-    def likelihood_protocol(self, loss: Any, k: int) -> dict[str, Any]:
+    def likelihood_protocol(self, k: int) -> dict[str, Any]:
         per_value = {"softmax": "softmax over 256 values", "logistic_mixture": "logistic mixture"}
         given = "; p(x) = mean over classes of p(x | y)" if self.num_classes else ""
         return {
