@@ -22,14 +22,9 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from genlab import CONF_DIR
 from genlab.errors import ConfigError, GenlabError
 from genlab.trust import read_config
-
-# Installed wheels carry the config tree inside the package; a source checkout keeps it at the top.
-_PACKAGED_CONF = Path(__file__).parent / "conf"
-CONF_DIR = (
-    _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parents[1] / "conf"
-).resolve()
 
 
 def choice(group: str) -> str:

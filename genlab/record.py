@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from genlab.files import Outputs
+from genlab.lock import lock_holder
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ def read_records(folder: Path) -> list[dict[str, Any]]:
     """Every readable run.json under `folder`, with its run folder; an unreadable one (empty,
     corrupt, not a JSON object) is skipped with a warning naming it. A `running` run whose
     folder lock nobody holds has died (killed, or its machine lost): its status says so."""
-    from genlab.run_folder import lock_holder
-
     records = []
     for path in sorted(Path(folder).rglob(RECORD)):
         try:

@@ -1,13 +1,12 @@
-"""Run folders: one run writes a folder at a time, a new run never writes over an earlier one, and
-what a run left behind loads without running code.
+"""Run folders as training writes them: one run writes a folder at a time, and a new run never
+writes over an earlier one (`genlab.loading` reads them back).
 
-Training holds its folder (`RunFolder`) before it writes anything: an OS lock on `.lock`, which
-the OS drops when the process ends (a killed run leaves no stale lock), keeps a second run out,
-and `claim` refuses a folder that already holds a run unless this run continues it
-(`trainer.resume=auto`, or a checkpoint inside it) or replaces it (`trainer.overwrite=true`:
-only the files genlab listed writing there go, `genlab.files`). The run's own files (`.hydra/`,
-`run.json`, `train.log`) are written from `start` on, once every check has passed: a refused
-command leaves every file as it was and creates none.
+Training holds its folder (`RunFolder`) before it writes anything: its lock (`genlab.lock`)
+keeps a second run out, and `claim` refuses a folder that already holds a run unless this run
+continues it (`trainer.resume=auto`, or a checkpoint inside it) or replaces it
+(`trainer.overwrite=true`: only the files genlab listed writing there go, `genlab.files`). The
+run's own files (`.hydra/`, `run.json`, `train.log`) are written from `start` on, once every
+check has passed: a refused command leaves every file as it was and creates none.
 """
 
 from __future__ import annotations
@@ -17,20 +16,16 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.checkpoint import find_resume, load_checkpoint
-from genlab.config import build, build_model, check_node, saved_config
 from genlab.errors import GenlabError, writing
-from genlab.files import MANIFEST, Outputs, refused
+from genlab.files import MANIFEST, Outputs
+from genlab.lock import LOCK, hold
 from genlab.record import RECORD, write_record
-from genlab.trust import check_targets
 
 try:
     import fcntl
@@ -39,7 +34,6 @@ except ImportError:  # Windows: runs are not locked
 
 log = logging.getLogger(__name__)
 
-LOCK = ".lock"
 # What a run writes besides its log and .hydra/: a folder holding any of these holds a run.
 ARTIFACTS = ("checkpoints", "samples", "tb", "eval", "export", RECORD)
 # The files every run writes under these names, which a new run must not find of someone else's.
@@ -116,7 +110,7 @@ class RunFolder:
                     made_here.add(self.path.absolute())
                 self.path.mkdir(parents=True, exist_ok=True)
                 self._made_lock = not os.path.lexists(self.path / LOCK)
-                self._fd = _lock(self.path)
+                self._fd = hold(self.path)
         return self
 
     def holds_run(self) -> list[str]:
@@ -231,53 +225,6 @@ def outcome(error: BaseException) -> tuple[str, str]:
     return "failed", str(error).strip() or type(error).__name__
 
 
-def _lock(folder: Path) -> int | None:
-    """Hold `folder`'s lock (the OS drops it with the process); refuse if another run holds it."""
-    try:
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise refused(folder / LOCK, e, "lock") from None
-    if fcntl is None:
-        return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise GenlabError(
-            f"run folder {folder} is in use by another genlab run (pid {pid}): wait for it to "
-            "end, or choose another folder with hydra.run.dir=..."
-        ) from None
-    except OSError as e:  # a file system without locks
-        log.warning("cannot lock %s (%s): a second run could write into it", folder, e)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def lock_holder(folder: str | Path) -> int | None:
-    """The pid of the process that holds `folder`'s lock (-1 if it wrote none), or None when no
-    process does."""
-    if fcntl is None:
-        return None
-    try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
-    except OSError:
-        return None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 def _run_logs(folder: Path) -> list[RunLog]:
     """The `train.log` handlers that write into `folder`."""
     where = os.path.realpath(folder)
@@ -310,64 +257,3 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 # --- reading a run --------------------------------------------------------------------------------
-
-
-def protocol_tag(p: Mapping[str, Any]) -> str:
-    """The part of a file name that tells how images were made, from a sampling protocol `p`:
-    `_<solver><steps>[_eta<eta>][_g<guidance>][_noclip]` ("" for a family without a solver), so
-    that evaluations and grids made another way keep files of their own."""
-    tag = f"_{p['sampler']}{p['sampler_steps']}" if "sampler_steps" in p else ""
-    if p.get("eta"):
-        tag += f"_eta{p['eta']:g}"
-    if p.get("guidance", 1) != 1:
-        tag += f"_g{p['guidance']:g}"
-    if p.get("clip") is False:
-        tag += "_noclip"
-    return tag
-
-
-def run_of(checkpoint: Path) -> Path:
-    """The run folder of a checkpoint (`RUN/checkpoints/x.pt` -> `RUN`)."""
-    parent = checkpoint.parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
-def load_run(
-    run: str | Path,
-    device: torch.device,
-    trust_code: bool = False,
-    solver: DictConfig | None = None,
-) -> tuple[Any, DictConfig, dict]:
-    """The model (weights loaded, on `device`), run config and checkpoint of a run folder or
-    checkpoint; a model with a sampler (diffusion, PixelCNN) samples with `solver` when given
-    (a node of the solver group, or keys without `_target_` that change the run's own), else
-    with the run's. The config stored in the checkpoint builds only allow-listed targets
-    (`genlab.trust`) unless `trust_code`; the checkpoint's `path` is added to the state."""
-    path = find_resume(str(run), Path(run), key="run")
-    state = load_checkpoint(path)
-    source = str(path)
-    cfg = saved_config(state, source)
-    for group in ("dataset", "model"):
-        if not isinstance(cfg.get(group), DictConfig):
-            raise GenlabError(f"{source}: its stored config has no {group}")
-        check_targets(cfg[group], group, source, trust_code)
-    if solver is not None:
-        if "sampler" not in cfg.model:
-            raise GenlabError(
-                f"solver= is for models with a sampler (diffusion, autoregressive); {source} "
-                "holds a model that samples without one"
-            )
-        if "_target_" not in solver:  # settings of the run's own solver: solver.guidance=2
-            solver = OmegaConf.merge(cfg.model.sampler, solver)
-            check_node(solver, "solver")
-        cfg.model.sampler = solver
-        check_node(cfg.model, "model")  # the solver's kind against the model's
-    cfg.model.pop("init_from", None)  # the weights come from this checkpoint
-    data = build(cfg.dataset, "dataset")
-    model = build_model(cfg, data)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise GenlabError(f"{path} does not fit its own model config: {e}") from None
-    state["path"] = source
-    return model.to(device).eval(), cfg, state

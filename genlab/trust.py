@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from genlab import CONF_DIR
 from genlab.errors import GenlabError
 
 TRUSTED_ENV = "GENLAB_TRUSTED_TARGETS"
@@ -41,6 +42,14 @@ MAX_DEPTH = 32
 
 class UntrustedConfigError(GenlabError):
     """A config read from a file that genlab will not build."""
+
+
+# Targets that genlab moved, as configs written before the move name them.
+MOVED = {
+    "genlab.models.pixelcnn.GatedPixelCNN": "genlab.models.gated_pixelcnn.GatedPixelCNN",
+    "genlab.solvers.Autoregressive": "genlab.models.autoregressive.Autoregressive",
+    **{f"genlab.solvers.{s}": f"genlab.models.solvers.{s}" for s in ("DDPM", "DDIM", "DPMSolver")},
+}
 
 
 def read_config(text: Any, source: str) -> DictConfig:
@@ -83,6 +92,8 @@ def read_config(text: Any, source: str) -> DictConfig:
                 f"{source}: {key} holds an interpolation ({value[:80]}); genlab writes configs "
                 "resolved and does not resolve them from files"
             )
+        if key.rpartition(".")[2] == "_target_" and value in MOVED:
+            OmegaConf.update(cfg, key, MOVED[value])
     return cfg
 
 
@@ -149,8 +160,6 @@ def _group_dir(group: str) -> str:
 def shipped_targets(group: str | None = None) -> frozenset[str]:
     """Every `_target_` named in genlab's config tree (Hydra's own settings aside), or in the
     folder of `group`."""
-    from genlab.config import CONF_DIR
-
     targets: set[str] = set()
     folders = [CONF_DIR / d for d in GROUP_DIRS.get(group, (group,))] if group else [CONF_DIR]
     for path in (p for folder in folders for p in folder.rglob("*.yaml")):

@@ -15,8 +15,9 @@ from genlab.config import build, build_model
 from genlab.files import Outputs
 from genlab.losses import DenoisingLoss
 from genlab.models import Diffusion, denoising
+from genlab.models.common import guidance_labels
+from genlab.models.solvers import DDIM, DDPM, DPMSolver
 from genlab.optim import Updater
-from genlab.solvers import DDIM, DDPM, DPMSolver, guidance_labels
 from tests.conftest import TINY_NETWORKS, make_cfg
 
 T = 1000
@@ -342,7 +343,7 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     from genlab.commands.train import train
     from genlab.errors import ConfigError
     from genlab.export import export, load_generator
-    from genlab.run_folder import load_run
+    from genlab.loading import load_run
 
     def read_png(path):
         return np.asarray(Image.open(path))
@@ -459,12 +460,12 @@ def test_a_solver_for_a_model_without_one_and_bad_solver_settings_are_one_messag
         (
             "model=ddpm",
             "solver=autoregressive",
-        ): r"solver \(genlab.solvers.Autoregressive\) does not fit genlab.models.Diffusion; "
-        r"it takes solver=ddim \| ddpm \| dpm_solver",
+        ): r"solver \(genlab.models.autoregressive.Autoregressive\) does not fit "
+        r"genlab.models.Diffusion; it takes solver=ddim \| ddpm \| dpm_solver",
         (
             "model=pixelcnn",
             "solver=ddim",
-        ): r"solver \(genlab.solvers.DDIM\) does not fit genlab.models.PixelCNN; it takes "
+        ): r"solver \(genlab.models.solvers.DDIM\) does not fit genlab.models.PixelCNN; it takes "
         "solver=autoregressive",
         ("model=ddpm", "solver.steps=0"): "solver.steps must be >= 1",
         ("model=ddpm", "solver.guidance=3"): "solver.guidance=3.0 needs a class-conditional",

@@ -80,7 +80,7 @@ def test_vae_eval_reports_likelihoods(runs):
     evaluator = Evaluator(
         num_generated=100, kid_subset_size=50, nll_samples=8, classifier_steps=200
     )
-    from genlab.run_folder import load_run
+    from genlab.loading import load_run
 
     model, cfg, _ = load_run(str(runs / "vae"), CPU)
     report = evaluator(model, cfg.dataset, CPU)
@@ -302,7 +302,7 @@ def test_sample_writes_only_where_it_may(runs, tmp_path):
 
 def test_sampling_is_batched_so_any_number_fits(runs):
     from genlab.commands.sample import sample
-    from genlab.run_folder import load_run
+    from genlab.loading import load_run
     from genlab.sampling import Sampler
 
     model, _, _ = load_run(runs / "vae", CPU)
@@ -321,7 +321,7 @@ def test_sampling_is_batched_so_any_number_fits(runs):
 
 
 def test_truncation_draws_latents_inside_the_threshold_and_narrows_the_samples(runs):
-    from genlab.run_folder import load_run
+    from genlab.loading import load_run
     from genlab.sampling import Sampler
 
     model, _, _ = load_run(runs / "cgan", CPU)
@@ -353,8 +353,8 @@ def test_a_family_brings_its_own_sampling_mode(runs):
     from the sampler's generator and the held-out images; another mode is refused with the
     model's modes."""
     from genlab.data.loader import normalize
+    from genlab.loading import load_run
     from genlab.models import VAE
-    from genlab.run_folder import load_run
     from genlab.sampling import Sampler
 
     class Denoising(VAE):  # a VAE that also shows what it makes of noised test images
@@ -437,7 +437,7 @@ def test_a_vae_run_from_before_configured_networks_evaluates_and_resumes(runs, t
     from omegaconf import OmegaConf
 
     from genlab.checkpoint import load_checkpoint, save_checkpoint
-    from genlab.run_folder import load_run
+    from genlab.loading import load_run
 
     state = load_checkpoint(runs / "vae" / "checkpoints" / "last.pt")
     cfg = OmegaConf.create(state["config"])

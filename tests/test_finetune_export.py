@@ -8,7 +8,7 @@ from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError
 from genlab.export import export, load_generator
 from genlab.files import Outputs
-from genlab.run_folder import load_run
+from genlab.loading import load_run
 from tests.conftest import cli, make_cfg
 
 FAST = ["dataset=digits", "trainer=smoke", "logger=none", "trainer.sample_every=0"]

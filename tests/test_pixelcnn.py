@@ -16,8 +16,10 @@ from genlab.losses import (
     logistic_mixture_log_prob,
     to_levels,
 )
-from genlab.models.pixelcnn import GatedPixelCNN, PixelCNN
-from genlab.solvers import Autoregressive, guided
+from genlab.models.autoregressive import Autoregressive
+from genlab.models.common import guided
+from genlab.models.gated_pixelcnn import GatedPixelCNN
+from genlab.models.pixelcnn import PixelCNN
 from tests.conftest import TINY_NETWORKS, make_cfg
 
 
@@ -438,7 +440,7 @@ def test_genlab_eval_and_sample_guide_a_conditional_pixelcnn(tmp_path):
     assert Image.open(out).size[0] > 12
     with pytest.raises(
         ConfigError,
-        match=r"solver \(genlab.solvers.DDIM\) does not fit genlab.models.PixelCNN; it takes "
-        "solver=autoregressive",
+        match=r"solver \(genlab.models.solvers.DDIM\) does not fit genlab.models.PixelCNN; it "
+        "takes solver=autoregressive",
     ):
         evaluate(make_cfg(f"run={run}", "solver=ddim", *own, config_name="eval"))

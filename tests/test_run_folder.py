@@ -20,8 +20,9 @@ from genlab.checkpoint import load_checkpoint
 from genlab.commands.report import report
 from genlab.commands.train import train
 from genlab.errors import ConfigError, GenlabError, WriteError
+from genlab.lock import lock_holder
 from genlab.record import read_records, write_record
-from genlab.run_folder import RunFolder, lock_holder
+from genlab.run_folder import RunFolder
 from tests.conftest import ROOT, cli, finish, make_cfg, run_cli
 
 SMOKE = ["dataset=digits", "trainer=smoke", "logger=none", "trainer.sample_every=0"]

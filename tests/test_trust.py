@@ -17,7 +17,7 @@ from genlab.commands.train import train
 from genlab.errors import GenlabError
 from genlab.export import export, load_generator
 from genlab.files import Outputs
-from genlab.run_folder import load_run
+from genlab.loading import load_run
 from genlab.trust import TRUSTED_ENV, UntrustedConfigError, allowed, read_config, shipped_targets
 from tests.conftest import cli, make_cfg, run_cli
 

@@ -14,7 +14,7 @@ from genlab.data.datasets import read_only
 from genlab.errors import GenlabError, one_message
 from genlab.evaluation import Report, format_table
 from genlab.files import Outputs
-from genlab.run_folder import load_run, protocol_tag, run_of
+from genlab.loading import load_run, protocol_tag, run_of
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from genlab.data.datasets import read_only
 from genlab.errors import one_message
 from genlab.export import export
 from genlab.files import Outputs
-from genlab.run_folder import load_run, run_of
+from genlab.loading import load_run, run_of
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")

@@ -14,7 +14,7 @@ from genlab.data.datasets import read_only
 from genlab.errors import ConfigError, one_message
 from genlab.files import Outputs
 from genlab.images import png_bytes, to_grid, written_by_genlab
-from genlab.run_folder import load_run, protocol_tag, run_of
+from genlab.loading import load_run, protocol_tag, run_of
 
 if TYPE_CHECKING:  # the sampler is built by Hydra; importing it here would load diffusers
     from genlab.models.base import Family

@@ -108,3 +108,27 @@ def conditional_classes(conditional: bool, num_classes: int | None, family: str)
             "(for image_folder, put the images in one sub-folder per class)"
         )
     return num_classes if conditional else 0
+
+
+# --- classifier-free guidance (diffusion, PixelCNN) ---------------------------------------------
+
+
+def guided(conditional: Tensor, unconditional: Tensor, guidance: float) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): unconditional + guidance * (conditional -
+    unconditional); 1 gives the conditional output, 0 the unconditional one."""
+    return unconditional + guidance * (conditional - unconditional)
+
+
+def guidance_labels(labels: Tensor | None, null: int, guidance: float) -> Tensor | None:
+    """The labels a conditional network sees for classifier-free guidance scale `guidance`:
+    `labels` at 1 (and None for an unconditional model), the null label `null` at 0, otherwise
+    `labels` then the null label in one batch of twice the size (split it and apply `guided`)."""
+    if labels is None or guidance == 1:
+        return labels
+    nulls = torch.full_like(labels, null)
+    return nulls if guidance == 0 else torch.cat([labels, nulls])
+
+
+def check_guidance(guidance: float) -> float:
+    require_at_least(0, guidance=guidance)
+    return float(guidance)

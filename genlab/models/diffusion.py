@@ -1,5 +1,5 @@
 """The diffusion family (Ho et al. 2020): a network learns to undo Gaussian noise added to images
-over `timesteps` steps; a solver (`genlab.solvers`) runs the learnt reverse process from noise.
+over `timesteps` steps; a solver (`genlab.models.solvers`) runs the learnt reverse process.
 
 `model=ddpm` takes diffusers' U-Net (`genlab.models.unet`), `model=dit` a Diffusion Transformer
 (`genlab.models.dit`); both are this class. The noise schedule is diffusers' DDPM scheduler, so
@@ -27,9 +27,16 @@ from genlab.images import to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
 from genlab.models.base import Exported, OneNetwork, complete
-from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
+from genlab.models.common import (
+    class_rows,
+    conditional_classes,
+    eval_mode,
+    guidance_labels,
+    guided,
+    row_length,
+)
+from genlab.models.solvers import DDIM, Solver, training_schedule
 from genlab.optim import Updater
-from genlab.solvers import DDIM, Solver, guidance_labels, guided, training_schedule
 
 PIPELINE = "diffusers"  # the export's folder holding a diffusers pipeline (U-Net models)
 TRAJECTORY_ROWS = 8  # timesteps shown by the trajectory grid, the last one the result

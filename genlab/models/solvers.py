@@ -1,11 +1,11 @@
-"""The `solver` config group: how a diffusion model turns noise into images, from diffusers'
-schedulers, and how an autoregressive model draws its values (`Autoregressive`). Used by the
-grids during training, `genlab eval` and `genlab sample` (which take the run's solver unless the
+"""The diffusion family's samplers (the `solver` config group, a diffusion model's
+`model.sampler`): how it turns noise into images, from diffusers' schedulers. Used by the grids
+during training, `genlab eval` and `genlab sample` (which take the run's solver unless the
 command line chooses another: `solver=dpm_solver solver.steps=10`, or settings alone:
 `solver.guidance=2`).
 
-(genlab calls them solvers because `scheduler` is the learning-rate group and `sampler` the
-settings of `genlab sample`; diffusers calls them schedulers.)
+(genlab calls them solvers because `scheduler` is the learning-rate group; diffusers calls them
+schedulers.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from genlab.errors import require_at_least
+from genlab.models.common import check_guidance
+from genlab.models.denoising import DIFFUSERS_PREDICTION
 
 if TYPE_CHECKING:  # diffusers is imported when a scheduler is made: it takes seconds to import
     from diffusers import DDPMScheduler
@@ -25,43 +26,6 @@ if TYPE_CHECKING:  # diffusers is imported when a scheduler is made: it takes se
 Spacing = Literal["leading", "trailing", "linspace"]
 # (x_t, t) -> the network's output at that step, guided
 Denoiser = Callable[[Tensor, Tensor], Tensor]
-
-
-def guided(conditional: Tensor, unconditional: Tensor, guidance: float) -> Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022): unconditional + guidance * (conditional -
-    unconditional); 1 gives the conditional output, 0 the unconditional one."""
-    return unconditional + guidance * (conditional - unconditional)
-
-
-def guidance_labels(labels: Tensor | None, null: int, guidance: float) -> Tensor | None:
-    """The labels a conditional network sees for classifier-free guidance scale `guidance`:
-    `labels` at 1 (and None for an unconditional model), the null label `null` at 0, otherwise
-    `labels` then the null label in one batch of twice the size (split it and apply `guided`)."""
-    if labels is None or guidance == 1:
-        return labels
-    nulls = torch.full_like(labels, null)
-    return nulls if guidance == 0 else torch.cat([labels, nulls])
-
-
-def check_guidance(guidance: float) -> float:
-    require_at_least(0, guidance=guidance)
-    return float(guidance)
-
-
-class Autoregressive:
-    """Value after value in the model's order (a PixelCNN's sub-pixels), each drawn from the
-    model's distribution given the values before, with classifier-free guidance scale `guidance`
-    for a class-conditional model trained with label dropout: the log-probabilities of each
-    value are `guided` (as LlamaGen and Parti guide their logits) and renormalized."""
-
-    name = "autoregressive"
-
-    def __init__(self, guidance: float = 1.0) -> None:
-        self.guidance = check_guidance(guidance)
-
-    def protocol(self) -> dict[str, Any]:
-        """How the images were made, written beside every metric."""
-        return {"sampler": self.name, "guidance": self.guidance}
 
 
 class Solver:
@@ -231,8 +195,6 @@ def training_schedule(
     solver and the exported pipeline start from): `linear` (Ho et al.) or `cosine` (Nichol &
     Dhariwal 2021, diffusers' `squaredcos_cap_v2`)."""
     from diffusers import DDPMScheduler
-
-    from genlab.models.denoising import DIFFUSERS_PREDICTION
 
     names = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
     return DDPMScheduler(

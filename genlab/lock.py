@@ -1,0 +1,68 @@
+"""A run folder's lock: an OS lock on `RUN/.lock`, which the OS drops when the process ends (a
+killed run leaves no stale lock), held by the run that writes the folder (`run_folder.RunFolder`)
+and asked by whoever needs to know whether a run is still alive (`record.read_records`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from genlab.errors import GenlabError
+from genlab.files import refused
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+LOCK = ".lock"
+
+
+def hold(folder: Path) -> int | None:
+    """Hold `folder`'s lock (the OS drops it with the process); refuse if another run holds it."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise refused(folder / LOCK, e, "lock") from None
+    if fcntl is None:
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise GenlabError(
+            f"run folder {folder} is in use by another genlab run (pid {pid}): wait for it to "
+            "end, or choose another folder with hydra.run.dir=..."
+        ) from None
+    except OSError as e:  # a file system without locks
+        log.warning("cannot lock %s (%s): a second run could write into it", folder, e)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def lock_holder(folder: str | Path) -> int | None:
+    """The pid of the process that holds `folder`'s lock (-1 if it wrote none), or None when no
+    process does."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
