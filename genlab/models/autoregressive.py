@@ -3,17 +3,15 @@ sub-pixel, each value from the model's distribution given the values before it."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from genlab.losses import LEVELS, from_levels
+from genlab.models.base import OneNetwork
 from genlab.models.common import check_guidance, eval_mode, guidance_labels, guided
-
-if TYPE_CHECKING:
-    from genlab.models.pixelcnn import PixelCNN
 
 
 class Autoregressive:
@@ -34,7 +32,7 @@ class Autoregressive:
     @torch.no_grad()
     def sample(
         self,
-        model: PixelCNN,
+        model: OneNetwork,  # a PixelCNN: its network's row and column passes, `value_log_probs`
         z: Tensor,
         labels: Tensor | None = None,
         temperature: float = 1.0,
