@@ -32,7 +32,7 @@ from genlab.guard import NonFiniteGuard, StepUndo
 from genlab.images import png_bytes
 from genlab.interrupts import Stopped, StopRequested, StopRequests
 from genlab.logger import NullLogger
-from genlab.models.base import Family
+from genlab.models.base import Family, GridInputs
 from genlab.optim import NonFiniteError, Precision, Updater, precision_dtype
 from genlab.training_state import Checkpoints, TrainingState
 
@@ -194,6 +194,8 @@ class Trainer:
                 last = step == run.total
                 log_step = self._due(step, self.log_every, last)
                 metrics = self._train_step(run, step, log_step)
+                if procs.distributed and step == run.start + 1:
+                    run.model.check_replicas()  # every network ran through its DDP wrapper
                 if log_step and metrics is not None:
                     values = self._log(run, metrics, step)
                     bar.set_postfix(_short(values), refresh=False)
@@ -380,7 +382,7 @@ class _Run:
     training: TrainingState
     checkpoints: Checkpoints
     speed: _Speed
-    fixed: dict[str, Any]
+    fixed: GridInputs
     total: int
     start: int = 0
     guard: NonFiniteGuard = field(init=False)  # once the checkpoint is loaded

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -11,9 +12,13 @@ import torch.multiprocessing as mp
 
 from genlab.checkpoint import load_checkpoint
 from genlab.config import build
-from genlab.data import DeviceLoader
+from genlab.data import DeviceLoader, digits
 from genlab.distributed import wrapper
-from genlab.optim import Updater
+from genlab.errors import GenlabError
+from genlab.losses import ELBO
+from genlab.models import VAE
+from genlab.models.mlp import MLPDecoder, MLPEncoder
+from genlab.optim import OptimizerSpec, Updater
 from tests.conftest import ROOT, make_cfg, run_cli
 from tests.test_data import _toy
 
@@ -59,9 +64,45 @@ def _ddp_steps(rank: int, world: int, port: int, out: str) -> None:
         model.distribute(wrapper(CPU))
         for _ in range(2):
             model.train_step(loader, update)
+        model.check_replicas()  # both networks ran through their wrappers
         torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+class Careless(VAE):
+    """A VAE whose step runs the model itself, not `self.trained()`: without gradient sync."""
+
+    def train_step(self, batches, update, metrics=True):
+        x, _ = next(batches)
+        decoded, mu, logvar = self(x)
+        terms = self.objective(decoded, x, mu, logvar)
+        update(terms["loss"], "vae")
+        return {}
+
+
+def _careless_step(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = Careless(MLPEncoder, MLPDecoder, ELBO(), latent_dim=2, channels=1, image_size=8)
+        model.distribute(wrapper(CPU))
+        update = Updater(model.configure_optimizers(OptimizerSpec(torch.optim.Adam, lr=1e-3)), CPU)
+        model.train_step(DeviceLoader(digits(image_size=8), 4, CPU, rank=rank, world=world), update)
+        try:
+            model.check_replicas()
+        except GenlabError as e:
+            (Path(out) / f"rank{rank}.txt").write_text(str(e))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_family_that_trains_around_its_ddp_wrapper_is_one_clear_error(tmp_path):
+    mp.start_processes(_careless_step, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith("Careless.train_step ran its networks without self.trained()")
+        assert "gradients would not be averaged" in message
 
 
 def test_ddp_steps_keep_the_processes_in_sync_with_batchnorm(tmp_path):

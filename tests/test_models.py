@@ -4,6 +4,7 @@ from functools import partial
 
 import pytest
 import torch
+from torch import nn
 
 from genlab.losses import ELBO, NonSaturating
 from genlab.models import GAN, VAE
@@ -179,3 +180,24 @@ def test_ema_matches_torchs_averaged_model():
                 torch.testing.assert_close(ema[key], value, rtol=1e-6, atol=1e-7, msg=key)
     assert int(net.generator_ema.n_averaged) == int(reference.n_averaged) == 3
     assert not torch.equal(ema["net.0.weight"], net.generator.state_dict()["net.0.weight"])
+
+
+def test_the_base_class_holds_the_order_of_construction():
+    """A family's `__init__` starts with the base's (its shape) and ends with `finish`, or it is
+    refused with the family's name."""
+
+    class Unfinished(VAE):
+        def __init__(self, **kw):
+            super().__init__(MLPEncoder, MLPDecoder, ELBO(), **kw)
+            self._finished = False  # as if `finish` had not run
+
+    class Shapeless(VAE):
+        def __init__(self, **kw):
+            nn.Module.__init__(self)
+            self.finish(None, ())
+
+    with pytest.raises(TypeError, match=r"Unfinished.__init__ must end with self.finish"):
+        Unfinished(channels=1, image_size=8)
+    with pytest.raises(TypeError, match=r"Shapeless.__init__ must start with super\(\).__init__"):
+        Shapeless(channels=1, image_size=8)
+    VAE(MLPEncoder, MLPDecoder, ELBO(), channels=1, image_size=8)  # the family itself is whole

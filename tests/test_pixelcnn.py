@@ -302,7 +302,7 @@ def test_label_dropout_gives_the_network_null_labels_and_none_draws_nothing():
             seen.append(y)
             return net(x, y)
 
-        model.replicas["network"] = network
+        model._replicas["network"] = network
         before = torch.get_rng_state()
         model.train_step(iter([(x, labels)]), Update())
         dropped = seen[0] == 3

@@ -10,6 +10,7 @@ asking a family for one it lacks is one clear error (`require`).
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from genlab.data.loader import Batch
-from genlab.errors import require_at_least
+from genlab.errors import GenlabError, require_at_least
 from genlab.files import Outputs
 from genlab.models import finetune
 from genlab.optim import OptimizerSpec, Updater
@@ -50,36 +51,75 @@ class Exported:
     extra_folder: str | None = None
 
 
+@dataclass
+class GridInputs:
+    """What every sample grid of a run reuses (`Family.fixed_inputs`), made once from its seed:
+    the grids of two steps differ only by the training between them."""
+
+    latents: Tensor  # of the samples: noise, latent codes
+    labels: Tensor | None = None  # the samples' classes (a row per class), conditional models
+    real: Tensor | None = None  # held-out images shown with what the model makes of them
+    real_latents: Tensor | None = None  # the noise that completes `real` (PixelCNN)
+    real_labels: Tensor | None = None  # `real`'s classes
+    seed: int = 0  # of the sampler's own draws while it makes the grid (ancestral noise)
+
+
 class Family(nn.Module, ABC):
-    """A model family. Subclasses set `roles` and `abilities`; their `__init__` calls
-    `set_shape` (`latent_dim`, `num_classes`: 0 for an unconditional model, `shape`), builds the
-    networks and ends with `finish(init_from, freeze)`."""
+    """A model family. Subclasses set `roles` (and `abilities`, `sample_modes`, `replicated`
+    where they differ from the defaults); their `__init__` starts with
+    `super().__init__(latent_dim, num_classes, channels, image_size)`, builds the networks and
+    ends with `self.finish(init_from, freeze)`: an `__init__` that does not is refused."""
 
     roles: ClassVar[dict[str, str]]  # optimizer key -> the network's name in messages
     abilities: ClassVar[frozenset[str]] = frozenset()  # keys of ABILITIES
     sample_modes: ClassVar[frozenset[str]] = frozenset()  # `sampler.mode`s of its own
+    # the networks (attribute names; "" the whole model) that DDP wraps, run through `trained`
+    replicated: ClassVar[tuple[str, ...]] = ("",)
 
-    latent_dim: int
-    num_classes: int
-    shape: dict[str, int]  # channels, image_size
+    latent_dim: int  # the width of `decode_latents`' latents
+    num_classes: int  # 0 for an unconditional model
+    shape: dict[str, int]  # channels, image_size: the networks' keyword arguments
 
-    def set_shape(
-        self, latent_dim: int, num_classes: int, channels: int, image_size: int
-    ) -> dict[str, int]:
-        """Set `latent_dim`, `num_classes` and `shape` (refusing a latent_dim below 1); return
-        the shape as the networks' keyword arguments."""
+    def __init__(self, latent_dim: int, num_classes: int, channels: int, image_size: int) -> None:
+        super().__init__()
         require_at_least(1, latent_dim=latent_dim)
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.shape = {"channels": channels, "image_size": image_size}
-        return dict(self.shape)
+        self._replicas: dict[str, nn.Module] = {}  # DDP wrappers, see `distribute`
+        self._ran: set[str] = set()  # the wrappers a step ran, see `check_replicas`
+        self._finished = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The order of construction, held by the base class: an `__init__` that returns
+        without `finish` is refused, naming the family."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def checked(self: Family, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self) is cls and not self.__dict__.get("_finished"):
+                raise TypeError(
+                    f"{cls.__name__}.__init__ must end with self.finish(init_from, freeze), once "
+                    "its networks exist (genlab.models.base.Family)"
+                )
+
+        cls.__init__ = checked  # type: ignore[method-assign]
 
     def finish(self, init_from: str | None, freeze: Sequence[str]) -> None:
         """Fine-tuning, once the networks exist: copy matching weights from a run or checkpoint
         (`model.init_from`), then stop training the named parts (`model.freeze`)."""
-        self.replicas: dict[str, nn.Module] = {}  # training wrappers, see `distribute`
+        if "shape" not in self.__dict__:
+            raise TypeError(
+                f"{type(self).__name__}.__init__ must start with super().__init__(latent_dim, "
+                "num_classes, channels, image_size)"
+            )
         if init_from:
             finetune.init_from(self, init_from)
         finetune.freeze(self, freeze)
+        self._finished = True
 
     # --- training (the trainer) ------------------------------------------------------------------
 
@@ -107,10 +147,32 @@ class Family(nn.Module, ABC):
         """The networks `trainer.compile` compiles in place."""
         return [m for m in self.children() if any(True for _ in m.parameters())]
 
+    def trained(self, name: str = "") -> nn.Module:
+        """The network `name` (one of `replicated`) as `train_step` runs it: its DDP wrapper
+        under torchrun (which averages its gradients over the processes), else itself."""
+        if name in self._replicas:
+            return self._replicas[name]
+        return self if name == "" else getattr(self, name)
+
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        """Train through `wrap`ped networks (DistributedDataParallel): by default the whole model
-        is wrapped once, and `train_step` runs `self.replicas.get("model", self)`."""
-        self.replicas["model"] = wrap(self)
+        """(The trainer, under torchrun.) Wrap each `replicated` network with `wrap`
+        (DistributedDataParallel) for `trained` to return, noting each wrapper's forward."""
+        for name in self.replicated:
+            replica = wrap(self.trained(name))
+            replica.register_forward_pre_hook(lambda *_, name=name: self._ran.add(name))
+            self._replicas[name] = replica
+
+    def check_replicas(self) -> None:
+        """(The trainer, after the first step under torchrun.) Refuse a `train_step` that ran a
+        `replicated` network around its wrapper: its gradients were not averaged."""
+        missed = [name for name in self.replicated if name not in self._ran]
+        if missed:
+            calls = ", ".join(f"self.trained({n!r})" if n else "self.trained()" for n in missed)
+            raise GenlabError(
+                f"{type(self).__name__}.train_step ran its networks without {calls}: under "
+                "torchrun their gradients would not be averaged across the processes, and the "
+                "copies would drift apart (see genlab/models/base.py, Family.trained)"
+            )
 
     def set_augment(self, augment: Any) -> None:
         """Apply an augmentation policy to what the family's networks see (`augment.diff`)."""
@@ -122,11 +184,12 @@ class Family(nn.Module, ABC):
     # --- sampling (grids, genlab eval and sample) ------------------------------------------------
 
     @abstractmethod
-    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
-        """What every sample grid of a run reuses (noise, labels, real `examples`)."""
+    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> GridInputs:
+        """What every sample grid of a run reuses, for `num` images, from `seed` and held-out
+        `examples`."""
 
     @abstractmethod
-    def sample_grids(self, fixed: dict[str, Tensor | None]) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
         """Named (C, H, W) grids in [0, 1] from `fixed`, in eval mode."""
 
     @abstractmethod
@@ -193,12 +256,10 @@ class OneNetwork(Family):
     def configure_optimizers(self, spec: OptimizerSpec) -> dict[str, torch.optim.Optimizer]:
         return {"model": spec(self.network.parameters())}
 
+    replicated: ClassVar[tuple[str, ...]] = ("network",)
+
     def compile_targets(self) -> list[nn.Module]:
         return [self.network]
-
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        """`train_step` runs `self.replicas.get("network", self.network)`."""
-        self.replicas["network"] = wrap(self.network)
 
 
 def complete(node: DictConfig, **kwargs: Any) -> dict[str, Any]:

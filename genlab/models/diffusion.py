@@ -26,7 +26,7 @@ from genlab.files import Outputs, join, temporary_name
 from genlab.images import to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
-from genlab.models.base import Exported, OneNetwork, complete
+from genlab.models.base import Exported, GridInputs, OneNetwork, complete
 from genlab.models.common import (
     class_rows,
     conditional_classes,
@@ -78,7 +78,6 @@ class Diffusion(OneNetwork):
         image_size: int,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__()
         if prediction not in denoising.DIFFUSERS_PREDICTION:
             raise ValueError(f"prediction must be eps, v or x0, got {prediction!r}")
         if schedule not in ("linear", "cosine"):
@@ -98,7 +97,8 @@ class Diffusion(OneNetwork):
                 f"solver.guidance={sampler.guidance} needs a class-conditional model "
                 "(model.conditional=true); an unconditional one samples with guidance 1"
             )
-        shape = self.set_shape(channels * image_size * image_size, classes, channels, image_size)
+        super().__init__(channels * image_size * image_size, classes, channels, image_size)
+        shape = dict(self.shape)
         self.prediction, self.label_dropout = prediction, label_dropout
         self.sampler, self.objective = sampler, objective
         self.grid_images = grid_images
@@ -146,7 +146,7 @@ class Diffusion(OneNetwork):
             self.prediction, denoising.snr(self.alpha_bar)[t], loss.weighting, loss.gamma
         )
         with update.autocast():
-            out = self.replicas.get("network", self.network)(x_t, t, labels)
+            out = self.trained("network")(x_t, t, labels)
             value = loss(out.float(), target, weight)
         norm = update(value, "model", measure=metrics)
         self.updates += 1
@@ -221,21 +221,21 @@ class Diffusion(OneNetwork):
         """An exported diffusion model samples: flattened noise (and labels) to images."""
         return self.decode_latents(z, labels)
 
-    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
+    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> GridInputs:
         """Noise (and labels: one row per class for a conditional model) for at most
         `grid_images` samples, reused at every grid."""
         num, device = min(num, self.grid_images), examples[0].device
         labels = class_rows(self.num_classes, num, device)
         num = num if labels is None else len(labels)
         gen = torch.Generator(device=device).manual_seed(seed)
-        return {"noise": self._noise(num, gen).to(device), "labels": labels, "seed": seed}
+        return GridInputs(self._noise(num, gen).to(device), labels, seed=seed)
 
     @torch.no_grad()
-    def sample_grids(self, fixed: dict) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
         """The samples, and the denoising trajectory of the first images (a row per timestep,
         from noise to the result)."""
-        gen = torch.Generator(device=fixed["noise"].device).manual_seed(fixed["seed"])
-        images, trajectory = self.solve(fixed["noise"], fixed["labels"], gen, keep=TRAJECTORY_ROWS)
+        gen = torch.Generator(device=fixed.latents.device).manual_seed(fixed.seed)
+        images, trajectory = self.solve(fixed.latents, fixed.labels, gen, keep=TRAJECTORY_ROWS)
         nrow = row_length(len(images), self.num_classes)
         return {"samples": to_grid(images, nrow), "trajectory": _trajectory_grid(trajectory, nrow)}
 

@@ -27,7 +27,7 @@ from genlab.losses import (
     squared_gradient_norm,
     top_k,
 )
-from genlab.models.base import Exported, Family, complete
+from genlab.models.base import Exported, Family, GridInputs, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import OptimizerSpec, Updater
 
@@ -45,6 +45,10 @@ class GAN(Family):
 
     roles: ClassVar[dict[str, str]] = {"g": "generator", "d": "discriminator"}
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate"})
+    # the discriminator step runs the wrapped D; the generator step runs the wrapped G through
+    # the plain D, whose weights it does not update, so no gradient sync waits on a network
+    # without a backward pass
+    replicated: ClassVar[tuple[str, ...]] = ("generator", "discriminator")
 
     def __init__(
         self,
@@ -63,9 +67,9 @@ class GAN(Family):
         image_size: int,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__()
         classes = conditional_classes(conditional, num_classes, "GAN")
-        shape = self.set_shape(latent_dim, classes, channels, image_size)
+        super().__init__(latent_dim, classes, channels, image_size)
+        shape = dict(self.shape)
         self.generator = generator(latent_dim=latent_dim, num_classes=classes, **shape)
         self.discriminator = discriminator(num_classes=classes, **shape)
         for name in spectral_norm:
@@ -130,12 +134,6 @@ class GAN(Family):
     def _labels(self, labels: Tensor | None) -> Tensor | None:
         return labels if self.num_classes else None
 
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        """Train through `wrap`ped networks (DistributedDataParallel). The discriminator step runs
-        the wrapped D; the generator step runs the wrapped G through the plain D, whose weights
-        it does not update, so no gradient sync waits on a network without a backward pass."""
-        self.replicas.update(generator=wrap(self.generator), discriminator=wrap(self.discriminator))
-
     def set_augment(self, augment) -> None:
         """Apply `augment.discriminator_input` (DiffAugment) to every image D sees."""
         self.d_input = augment.discriminator_input
@@ -155,8 +153,7 @@ class GAN(Family):
         DCGAN example). The losses are returned as tensors (no host sync); `metrics` adds the
         gradient norms, scores and diversity, which cost a few kernels."""
         G, D, loss = self.generator, self.discriminator, self.objective
-        train_g = self.replicas.get("generator", G)
-        train_d = self.replicas.get("discriminator", D)
+        train_g, train_d = self.trained("generator"), self.trained("discriminator")
         values: dict[str, Tensor] = {}
         for i in range(loss.n_critic):
             real, labels = next(batches)
@@ -268,13 +265,13 @@ class GAN(Family):
 
     # --- sampling -------------------------------------------------------------------------------
 
-    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
+    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> GridInputs:
         """Noise (and labels: one row per class for a conditional GAN) reused at every grid."""
         device = examples[0].device
         labels = class_rows(self.num_classes, num, device)
         num = num if labels is None else len(labels)
         gen = torch.Generator(device=device).manual_seed(seed)
-        return {"z": self.noise(num, device, gen), "labels": labels}
+        return GridInputs(self.noise(num, device, gen), labels)
 
     def sampling_generator(self) -> nn.Module:
         """The generator that samples: its EMA once averaging has begun, else itself."""
@@ -293,9 +290,9 @@ class GAN(Family):
         return self.sampling_generator()(z, self._labels(labels))
 
     @torch.no_grad()
-    def sample_grids(self, fixed: dict) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
         with eval_mode(self):
-            images = self.sampling_generator()(fixed["z"], fixed["labels"])
+            images = self.sampling_generator()(fixed.latents, fixed.labels)
         return {"samples": to_grid(images, row_length(len(images), self.num_classes))}
 
     def export_sampler(self, node: DictConfig) -> Exported:

@@ -26,7 +26,7 @@ from genlab.losses import (
     to_levels,
 )
 from genlab.models.autoregressive import Autoregressive
-from genlab.models.base import Exported, OneNetwork, complete
+from genlab.models.base import Exported, GridInputs, OneNetwork, complete
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import Updater
 
@@ -65,7 +65,6 @@ class PixelCNN(OneNetwork):
         image_size: int,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__()
         if likelihood not in ("softmax", "logistic_mixture"):
             raise ValueError(f"likelihood must be softmax or logistic_mixture, got {likelihood!r}")
         require_at_least(1, mixtures=mixtures, grid_images=grid_images)
@@ -79,7 +78,8 @@ class PixelCNN(OneNetwork):
                 "with label dropout (model.conditional=true, model.label_dropout > 0); others "
                 "sample with guidance 1"
             )
-        shape = self.set_shape(channels * image_size * image_size, classes, channels, image_size)
+        super().__init__(channels * image_size * image_size, classes, channels, image_size)
+        shape = dict(self.shape)
         self.likelihood, self.grid_images = likelihood, grid_images
         self.sampler, self.label_dropout = sampler, label_dropout if classes else 0.0
         self.objective = ExactNLL() if objective is None else objective
@@ -105,7 +105,7 @@ class PixelCNN(OneNetwork):
     def nll(self, x: Tensor, labels: Tensor | None) -> Tensor:
         """-log p(x) in nats per image, for images in [-1, 1] (their 8-bit values)."""
         levels = to_levels(x)
-        out = self.replicas.get("network", self.network)(from_levels(levels), labels)
+        out = self.trained("network")(from_levels(levels), labels)
         return image_nll(self.log_prob(out.float(), levels))
 
     # --- training -------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ class PixelCNN(OneNetwork):
         """The solver and its guidance."""
         return self.sampler.protocol()
 
-    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor | None]:
+    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> GridInputs:
         """Latents (and labels: a row per class for a conditional model) for at most
         `grid_images` samples, and a row of real images whose lower halves are completed."""
         num = min(num, self.grid_images)
@@ -187,21 +187,15 @@ class PixelCNN(OneNetwork):
             known = examples[1]
             real_labels = known[:row] if known is not None else torch.arange(row, device=device)
             real_labels = real_labels % self.num_classes
-        return {
-            "z": z[:num],
-            "labels": labels,
-            "real": examples[0][:row],
-            "real_z": z[num:],
-            "real_labels": real_labels,
-        }
+        return GridInputs(z[:num], labels, examples[0][:row], z[num:], real_labels)
 
     @torch.no_grad()
-    def sample_grids(self, fixed: dict) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
         """The samples, and real images (upper row) above their completions from the middle
         row down (lower row)."""
-        images = self.sample(fixed["z"], fixed["labels"])
-        real = fixed["real"]
-        done = self.complete(real, fixed["real_z"], fixed["real_labels"])
+        images = self.sample(fixed.latents, fixed.labels)
+        real = fixed.real
+        done = self.complete(real, fixed.real_latents, fixed.real_labels)
         return {
             "samples": to_grid(images, row_length(len(images), self.num_classes)),
             "completions": to_grid(torch.cat([real, done]), len(real)),

@@ -16,7 +16,7 @@ from genlab.errors import require_at_least
 from genlab.images import square_side, to_grid
 from genlab.losses import ELBO, gaussian_kl
 from genlab.metrics.likelihood import BIN_NATS, dequantize
-from genlab.models.base import Exported, Family, complete
+from genlab.models.base import Exported, Family, GridInputs, complete
 from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec, Updater
 
@@ -43,8 +43,8 @@ class VAE(Family):
         image_size: int,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__()
-        shape = self.set_shape(latent_dim, 0, channels, image_size)
+        super().__init__(latent_dim, 0, channels, image_size)
+        shape = dict(self.shape)
         self.encoder = encoder(latent_dim=latent_dim, **shape)
         self.decoder = decoder(latent_dim=latent_dim, **shape)
         self.objective = objective  # its likelihood also maps decoder outputs to images
@@ -72,7 +72,7 @@ class VAE(Family):
         norm."""
         x, _ = next(batches)
         with update.autocast():
-            decoded, mu, logvar = self.replicas.get("model", self)(x)
+            decoded, mu, logvar = self.trained()(x)
             terms = self.objective(decoded.float(), x, mu.float(), logvar.float())
         values = {f"loss/{k}": v.detach() for k, v in terms.items()}
         norm = update(terms["loss"], "vae", measure=metrics)
@@ -82,13 +82,13 @@ class VAE(Family):
 
     # --- sampling -------------------------------------------------------------------------------
 
-    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> dict[str, Tensor]:
+    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> GridInputs:
         device = examples[0].device
         gen = torch.Generator(device=device).manual_seed(seed)
         z = torch.randn(num, self.latent_dim, device=device, generator=gen)
         nrow = square_side(num)
         real = examples[0][: max(nrow, num // nrow * nrow)]  # whole rows of real images
-        return {"z": z, "real": real}
+        return GridInputs(z, real=real)
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
@@ -127,13 +127,13 @@ class VAE(Family):
         }
 
     @torch.no_grad()
-    def sample_grids(self, fixed: dict) -> dict[str, Tensor]:
+    def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
         """Prior samples, and real images (odd rows) above their reconstructions (even rows)."""
-        real = fixed["real"]
+        real = fixed.real
         with eval_mode(self):
-            samples = self.objective.mean(self.decoder(fixed["z"]))
+            samples = self.objective.mean(self.decoder(fixed.latents))
         recon = self.reconstruct(real)
-        nrow = square_side(len(fixed["z"]))
+        nrow = square_side(len(fixed.latents))
         rows = (t.view(-1, nrow, *t.shape[1:]) for t in (real, recon))
         pairs = torch.stack(tuple(rows), dim=1)  # (rows, 2, nrow, C, H, W)
         return {
