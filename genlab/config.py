@@ -134,8 +134,10 @@ def _is_kind(target: Any, hint: Any) -> bool:
     for `objective`); hints of other kinds (a network's `Callable`) are not checked here."""
     if typing.get_origin(hint) in (Union, types.UnionType):
         return any(_is_kind(target, a) for a in typing.get_args(hint))
-    if not inspect.isclass(hint) or hint is type(None):
-        return not inspect.isclass(hint)
+    if hint is type(None):
+        return False
+    if not inspect.isclass(hint):  # Callable, Any: nothing to check here
+        return True
     return inspect.isclass(target) and issubclass(target, hint)
 
 
@@ -146,12 +148,8 @@ def _check_kind(target_name: str, hint: Any, key: str, owner: str) -> None:
     if _is_kind(get_object(target_name), hint):
         return
     group = key.partition(".")[0]
-    fitting = [
-        p.stem
-        for p in sorted((CONF_DIR / group).glob("*.yaml"))
-        if key == group
-        if (t := _yaml_target(p)) and _is_kind(get_object(t), hint)
-    ]
+    options = sorted((CONF_DIR / group).glob("*.yaml")) if key == group else []
+    fitting = [p.stem for p in options if (t := _yaml_target(p)) and _is_kind(get_object(t), hint)]
     allowed = f"; it takes {group}={' | '.join(fitting)}" if fitting else ""
     shown = named(group) if key == group else key
     raise ConfigError(f"{shown} ({target_name}) does not fit {named('model', owner)}{allowed}")
@@ -254,9 +252,8 @@ def _name_key(node: DictConfig, group: str, message: str) -> str:
     if path:  # a key of the model's objective or sampler: named as the command line sets it
         path = user_key(path)
         group = path.partition(".")[0]
-    chosen = choice(group)  # "?" for a node read from a run, not chosen on this command line
-    named = group if chosen == "?" else f"{group}={chosen}"
-    return f"{path} {rest} ({named})" if path else f"{named}: {message}"
+    label = named(group)  # the group alone for a node read from a run
+    return f"{path} {rest} ({label})" if path else f"{label}: {message}"
 
 
 # What a checkpoint means: resuming with other values here is refused unless forced.

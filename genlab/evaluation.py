@@ -255,10 +255,9 @@ class Evaluator:
             metrics.update(self.class_metrics(features.classifier, fake, labels, device))
         if labels is not None and real.labels is not None and not cheap:
             metrics.update(self.conditional_metrics(ref["features"], real, f, fake, labels, device))
-        k, bound = 0 if cheap else self.nll_samples, {}
+        k, how = 0 if cheap else self.nll_samples, {}
         if "likelihood" in model.abilities:  # k = 0: what the family measures cheaply, if any
-            images = normalize(real.images.to(device))
-            bound = model.likelihood_metrics(images, k, self.seed)
+            bound, how = model.likelihood(normalize(real.images.to(device)), k, self.seed)
             metrics.update(bound)
         protocol = {
             "features": features.name,
@@ -290,8 +289,7 @@ class Evaluator:
         if features.record:
             protocol["classifier_accuracy"] = features.record["accuracy"]
             protocol["classifier_split"] = features.record.get("test_split", "test")
-        if bound:
-            protocol.update(model.likelihood_protocol(k))
+        protocol.update(how)  # how the likelihood was measured, where it was
         return Report(metrics, protocol)
 
     def conditional_metrics(

@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM (a cluster's pre-emption) during training: the loop saves a checkpoint at
-the current step and exits (`Stopped`, status 128 + signal); a second signal stops at once, and
-so does the first during an evaluation (`StopRequested`)."""
+the current step and exits (`StoppedAtSignal`, status 128 + signal); a second signal stops at
+once, and so does the first during an evaluation (`EvaluationInterrupted`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-class Stopped(SystemExit):
+class StoppedAtSignal(SystemExit):
     """The run stopped at a signal after saving a checkpoint; the exit status is 128 + signal."""
 
     def __init__(self, signum: int, reason: str) -> None:
@@ -22,14 +22,14 @@ class Stopped(SystemExit):
         self.reason = reason
 
 
-class StopRequested(BaseException):
+class EvaluationInterrupted(BaseException):
     """A signal arrived during an evaluation, which stops at once (a BaseException, as
     KeyboardInterrupt is, so that no `except Exception` on the way swallows it)."""
 
 
-class StopRequests(list):
+class CaughtSignals(list):
     """While entered, SIGINT and SIGTERM are caught: the signals received, which the loop acts
-    on. A second one raises KeyboardInterrupt; the first raises StopRequested inside
+    on. A second one raises KeyboardInterrupt; the first raises EvaluationInterrupted inside
     `interruptible()`."""
 
     def __init__(self) -> None:
@@ -43,7 +43,7 @@ class StopRequests(list):
         self.append(signum)
         name = signal.Signals(signum).name
         if self._interruptible:
-            raise StopRequested(name)
+            raise EvaluationInterrupted(name)
         log.warning("%s received: saving a checkpoint after this step", name)
 
     @property
@@ -59,7 +59,7 @@ class StopRequests(list):
         finally:
             self._interruptible = False
 
-    def __enter__(self) -> StopRequests:
+    def __enter__(self) -> CaughtSignals:
         if threading.current_thread() is threading.main_thread():
             self._previous = {
                 s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)

@@ -30,9 +30,9 @@ from genlab.errors import GenlabError, require_at_least
 from genlab.files import Outputs
 from genlab.guard import NonFiniteGuard, StepUndo
 from genlab.images import png_bytes
-from genlab.interrupts import Stopped, StopRequested, StopRequests
+from genlab.interrupts import CaughtSignals, EvaluationInterrupted, StoppedAtSignal
 from genlab.logger import NullLogger
-from genlab.models.base import Family, GridInputs
+from genlab.models.base import Family, GridInputs, check_replicas, distribute
 from genlab.optim import NonFiniteError, Precision, Updater, precision_dtype
 from genlab.training_state import Checkpoints, TrainingState
 
@@ -186,7 +186,7 @@ class Trainer:
             on_start(run.start)
         log.info("%d steps of %d images", run.total, run.speed.images_per_step)
         values: dict[str, float] = {}
-        with StopRequests() as stop, warnings.catch_warnings(), run.checkpoints:
+        with CaughtSignals() as stop, warnings.catch_warnings(), run.checkpoints:
             # a frozen network, or a skipped update, steps its scheduler without its optimizer
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             bar = self._progress(run, procs)
@@ -195,7 +195,7 @@ class Trainer:
                 log_step = self._due(step, self.log_every, last)
                 metrics = self._train_step(run, step, log_step)
                 if procs.distributed and step == run.start + 1:
-                    run.model.check_replicas()  # every network ran through its DDP wrapper
+                    check_replicas(run.model)  # every network ran through its DDP wrapper
                 if log_step and metrics is not None:
                     values = self._log(run, metrics, step)
                     bar.set_postfix(_short(values), refresh=False)
@@ -260,7 +260,7 @@ class Trainer:
             for net in run.model.compile_targets():
                 net.compile(backend=self.compile)
         if procs.distributed:
-            run.model.distribute(distributed.wrapper(run.device))
+            distribute(run.model, distributed.wrapper(run.device))
 
     def _progress(self, run: _Run, procs: Processes) -> tqdm:
         return tqdm(
@@ -298,7 +298,7 @@ class Trainer:
         return metrics
 
     @staticmethod
-    def _stopping(stop: StopRequests, procs: Processes, device, log_step: bool) -> bool:
+    def _stopping(stop: CaughtSignals, procs: Processes, device, log_step: bool) -> bool:
         """Whether a signal asks the run to stop (under torchrun the processes agree on it at
         logging steps only)."""
         if not procs.distributed:
@@ -306,8 +306,8 @@ class Trainer:
         return log_step and distributed.any_rank(bool(stop), procs, device)
 
     @staticmethod
-    def _stop(run: _Run, stop: StopRequests, step: int, procs: Processes, hint: str) -> None:
-        """Save the checkpoint of `step`, say how to continue, and exit (`Stopped`)."""
+    def _stop(run: _Run, stop: CaughtSignals, step: int, procs: Processes, hint: str) -> None:
+        """Save the checkpoint of `step`, say how to continue, and exit (`StoppedAtSignal`)."""
         path = run.save(step)
         run.checkpoints.wait()
         name = stop.signal.name
@@ -318,7 +318,7 @@ class Trainer:
             path,
             hint or "genlab train ... trainer.resume=auto",
         )
-        raise Stopped(stop.signal, f"{name} at step {step}; checkpoint saved to {path}")
+        raise StoppedAtSignal(stop.signal, f"{name} at step {step}; checkpoint saved to {path}")
 
     @staticmethod
     def _due(step: int, every: int, last: bool) -> bool:
@@ -355,12 +355,12 @@ class Trainer:
             run.logger.log_png(name, png, grid.shape, step)
 
     @staticmethod
-    def _evaluate(evaluate, stop: StopRequests, logger, step: int) -> dict[str, float]:
+    def _evaluate(evaluate, stop: CaughtSignals, logger, step: int) -> dict[str, float]:
         """The cheap metrics, on random streams of their own; a signal stops them at once."""
         try:
             with stop.interruptible(), own_random_streams():
                 scores = {f"eval/{k}": float(v) for k, v in evaluate().items()}
-        except StopRequested as e:
+        except EvaluationInterrupted as e:
             log.warning("step %d: %s stopped the evaluation", step, e)
             return {}
         logger.log_scalars(scores, step)

@@ -17,6 +17,7 @@ from genlab.distributed import wrapper
 from genlab.errors import GenlabError
 from genlab.losses import ELBO
 from genlab.models import VAE
+from genlab.models.base import check_replicas, distribute
 from genlab.models.mlp import MLPDecoder, MLPEncoder
 from genlab.optim import OptimizerSpec, Updater
 from tests.conftest import ROOT, make_cfg, run_cli
@@ -61,10 +62,10 @@ def _ddp_steps(rank: int, world: int, port: int, out: str) -> None:
         update = Updater(model.configure_optimizers(build(cfg.optimizer, "optimizer")), CPU)
         loader = DeviceLoader(data, 8, CPU, seed=0, rank=rank, world=world)
         torch.manual_seed(rank)  # each process draws its own noise
-        model.distribute(wrapper(CPU))
+        distribute(model, wrapper(CPU))
         for _ in range(2):
             model.train_step(loader, update)
-        model.check_replicas()  # both networks ran through their wrappers
+        check_replicas(model)  # both networks ran through their wrappers
         torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -86,11 +87,11 @@ def _careless_step(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model = Careless(MLPEncoder, MLPDecoder, ELBO(), latent_dim=2, channels=1, image_size=8)
-        model.distribute(wrapper(CPU))
+        distribute(model, wrapper(CPU))
         update = Updater(model.configure_optimizers(OptimizerSpec(torch.optim.Adam, lr=1e-3)), CPU)
         model.train_step(DeviceLoader(digits(image_size=8), 4, CPU, rank=rank, world=world), update)
         try:
-            model.check_replicas()
+            check_replicas(model)
         except GenlabError as e:
             (Path(out) / f"rank{rank}.txt").write_text(str(e))
     finally:

@@ -14,7 +14,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +30,7 @@ from genlab.optim import OptimizerSpec, Updater
 ABILITIES = {
     "interpolate": "maps latents to images",  # decode_latents
     "reconstruct": "encodes images",  # reconstruct
-    "likelihood": "has a likelihood",  # likelihood_metrics, likelihood_protocol
+    "likelihood": "has a likelihood",  # likelihood
     "temperature": "samples at a temperature",  # sample_at_temperature
 }
 
@@ -49,6 +49,19 @@ class Exported:
     output: str
     extra: Callable[[Outputs, str], str] | None = None
     extra_folder: str | None = None
+
+
+class SampleSettings(Protocol):
+    """What a family's own `sampler.mode` reads of `genlab sample`'s settings (`sampler.*`)."""
+
+    num_images: int
+    batch_size: int
+    temperature: float | None
+
+    def labels(self, model: Family, n: int, device: torch.device) -> Tensor | None:
+        """The classes of `n` images for a conditional model (`sampler.label`, or a row per
+        class), None for an unconditional one."""
+        ...
 
 
 @dataclass
@@ -76,7 +89,9 @@ class Family(nn.Module, ABC):
     # the networks (attribute names; "" the whole model) that DDP wraps, run through `trained`
     replicated: ClassVar[tuple[str, ...]] = ("",)
 
-    latent_dim: int  # the width of `decode_latents`' latents
+    latent_dim: (
+        int  # the width of the latents it samples from (C*H*W noise for diffusion, PixelCNN)
+    )
     num_classes: int  # 0 for an unconditional model
     shape: dict[str, int]  # channels, image_size: the networks' keyword arguments
 
@@ -85,8 +100,8 @@ class Family(nn.Module, ABC):
         require_at_least(1, latent_dim=latent_dim)
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.shape = {"channels": channels, "image_size": image_size}
-        self._replicas: dict[str, nn.Module] = {}  # DDP wrappers, see `distribute`
-        self._ran: set[str] = set()  # the wrappers a step ran, see `check_replicas`
+        self._replicas: dict[str, nn.Module] = {}  # DDP wrappers (`distribute`)
+        self._ran: set[str] = set()  # the wrappers a step ran (`check_replicas`)
         self._finished = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -154,26 +169,6 @@ class Family(nn.Module, ABC):
             return self._replicas[name]
         return self if name == "" else getattr(self, name)
 
-    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        """(The trainer, under torchrun.) Wrap each `replicated` network with `wrap`
-        (DistributedDataParallel) for `trained` to return, noting each wrapper's forward."""
-        for name in self.replicated:
-            replica = wrap(self.trained(name))
-            replica.register_forward_pre_hook(lambda *_, name=name: self._ran.add(name))
-            self._replicas[name] = replica
-
-    def check_replicas(self) -> None:
-        """(The trainer, after the first step under torchrun.) Refuse a `train_step` that ran a
-        `replicated` network around its wrapper: its gradients were not averaged."""
-        missed = [name for name in self.replicated if name not in self._ran]
-        if missed:
-            calls = ", ".join(f"self.trained({n!r})" if n else "self.trained()" for n in missed)
-            raise GenlabError(
-                f"{type(self).__name__}.train_step ran its networks without {calls}: under "
-                "torchrun their gradients would not be averaged across the processes, and the "
-                "copies would drift apart (see genlab/models/base.py, Family.trained)"
-            )
-
     def set_augment(self, augment: Any) -> None:
         """Apply an augmentation policy to what the family's networks see (`augment.diff`)."""
         raise ValueError(
@@ -202,7 +197,7 @@ class Family(nn.Module, ABC):
         """What `genlab export` writes: the network that samples, from this run's `model` node."""
 
     def sample_mode(
-        self, mode: str, sampler: Any, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: SampleSettings, generator: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """A `sampler.mode` of the family's own (one of `sample_modes`): batches of at most
         `sampler.batch_size` images in [-1, 1] on the CPU, drawing from `generator` (or from
@@ -236,14 +231,11 @@ class Family(nn.Module, ABC):
         flattened (> 1)."""
         raise NotImplementedError
 
-    def likelihood_metrics(self, images: Tensor, k: int, seed: int) -> dict[str, float]:
-        """`likelihood`: per-image means on `images` (in [-1, 1]), nats and bits per dimension;
-        `k` samples where the family estimates (importance samples, a diffusion bound's
-        timesteps; 0: the cheap metrics only, or none)."""
-        raise NotImplementedError
-
-    def likelihood_protocol(self, k: int) -> dict[str, Any]:
-        """`likelihood`: how those numbers were measured, written beside them."""
+    def likelihood(self, images: Tensor, k: int, seed: int) -> tuple[dict[str, float], dict]:
+        """`likelihood`: per-image means on `images` (in [-1, 1]), in nats and bits per
+        dimension, and how they were measured; `k` samples where the family estimates
+        (importance samples, a diffusion bound's timesteps; 0: the cheap metrics only, or
+        none)."""
         raise NotImplementedError
 
 
@@ -262,7 +254,29 @@ class OneNetwork(Family):
         return [self.network]
 
 
-def complete(node: DictConfig, **kwargs: Any) -> dict[str, Any]:
+def distribute(model: Family, wrap: Callable[[nn.Module], nn.Module]) -> None:
+    """(The trainer, under torchrun.) Wrap each of the model's `replicated` networks with `wrap`
+    (DistributedDataParallel) for `Family.trained` to return, noting each wrapper's forward."""
+    for name in model.replicated:
+        replica = wrap(model.trained(name))
+        replica.register_forward_pre_hook(lambda *_, name=name: model._ran.add(name))
+        model._replicas[name] = replica
+
+
+def check_replicas(model: Family) -> None:
+    """(The trainer, after the first step under torchrun.) Refuse a `train_step` that ran one of
+    the `replicated` networks around its wrapper: its gradients were not averaged."""
+    missed = [name for name in model.replicated if name not in model._ran]
+    if missed:
+        calls = ", ".join(f"self.trained({n!r})" if n else "self.trained()" for n in missed)
+        raise GenlabError(
+            f"{type(model).__name__}.train_step ran its networks without {calls}: under "
+            "torchrun their gradients would not be averaged across the processes, and the "
+            "copies would drift apart (see genlab/models/base.py, Family.trained)"
+        )
+
+
+def standalone_node(node: DictConfig, **kwargs: Any) -> dict[str, Any]:
     """A network's partial config node (`_partial_: true`, as families take their networks) as a
     node that builds it alone, with the arguments the family passes it (`kwargs`)."""
     built = OmegaConf.to_container(node, resolve=True)

@@ -26,7 +26,13 @@ from genlab.files import Outputs, join, temporary_name
 from genlab.images import to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
-from genlab.models.base import Exported, GridInputs, OneNetwork, complete
+from genlab.models.base import (
+    Exported,
+    GridInputs,
+    OneNetwork,
+    SampleSettings,
+    standalone_node,
+)
 from genlab.models.common import (
     class_rows,
     conditional_classes,
@@ -240,7 +246,7 @@ class Diffusion(OneNetwork):
         return {"samples": to_grid(images, nrow), "trajectory": _trajectory_grid(trajectory, nrow)}
 
     def sample_mode(
-        self, mode: str, sampler: Any, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: SampleSettings, generator: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """`trajectory`: `sampler.num_images` images (at most a row of 16), a row per timestep
         from noise to the result."""
@@ -260,7 +266,7 @@ class Diffusion(OneNetwork):
     def export_sampler(self, node: DictConfig) -> Exported:
         """The model without its EMA, holding the sampling network's weights: its `forward` maps
         noise to images with the deterministic solver."""
-        built = complete(node, **self.shape, num_classes=self.num_classes)
+        built = standalone_node(node, **self.shape, num_classes=self.num_classes)
         built.update(ema_decay=None, init_from=None, freeze=[])
         built.pop("objective", None)  # it samples only
         exported = nn.Module()  # the state_dict keys of a model without EMA
@@ -305,16 +311,16 @@ class Diffusion(OneNetwork):
     # --- likelihood -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def likelihood_metrics(
+    def likelihood(
         self, images: Tensor, k: int, seed: int, batch_size: int = 250
-    ) -> dict[str, float]:
+    ) -> tuple[dict[str, float], dict[str, Any]]:
         """The variational bound (Ho et al. eq. 5) on `images`: the prior term, the decoder's
         discrete likelihood of the 8-bit values at t = 0, and the KL terms of t = 1..T-1, of
         which `k` (one per stratum of equal width) are drawn per image and scaled to their
         stratum: an unbiased estimate, exact when k >= T - 1. k = 0: none (too costly for the
         evaluation during training)."""
         if not k:
-            return {}
+            return {}, {}
         gen = torch.Generator(device=images.device).manual_seed(seed)
         strata = min(k, self.timesteps - 1)
         edges = torch.linspace(1, self.timesteps, strata + 1).round().long().tolist()
@@ -329,7 +335,8 @@ class Diffusion(OneNetwork):
                     nats = nats + (high - low) * self._term(net, x0, t, gen)
                 total += float(nats.sum())
         nats = total / len(images)
-        return {"neg_elbo": nats, "neg_elbo_bits_per_dim": nats / (images[0].numel() * math.log(2))}
+        bits = nats / (images[0].numel() * math.log(2))
+        return {"neg_elbo": nats, "neg_elbo_bits_per_dim": bits}, self._protocol(k)
 
     def _term(self, net: nn.Module, x0: Tensor, t: Tensor, gen: torch.Generator) -> Tensor:
         eps = torch.randn(x0.shape, device=x0.device, generator=gen)
@@ -341,7 +348,7 @@ class Diffusion(OneNetwork):
         x0_pred = denoising.to_x0(self.prediction, out, x_t, t, self.alpha_bar).clamp(-1, 1)
         return denoising.bound_term(x0, x_t, x0_pred, t, self.alpha_bar)
 
-    def likelihood_protocol(self, k: int) -> dict[str, Any]:
+    def _protocol(self, k: int) -> dict[str, Any]:
         strata = min(k, self.timesteps - 1)
         return {
             "likelihood": "variational bound of the 8-bit values (discrete decoder at t=0; "

@@ -27,7 +27,7 @@ from genlab.losses import (
     squared_gradient_norm,
     top_k,
 )
-from genlab.models.base import Exported, Family, GridInputs, complete
+from genlab.models.base import Exported, Family, GridInputs, standalone_node
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import OptimizerSpec, Updater
 
@@ -298,7 +298,7 @@ class GAN(Family):
     def export_sampler(self, node: DictConfig) -> Exported:
         """The generator (its EMA when there is one), which maps latents and labels to images."""
         shape = {**self.shape, "num_classes": self.num_classes, "latent_dim": self.latent_dim}
-        built = complete(node.generator, **shape)
+        built = standalone_node(node.generator, **shape)
         return Exported(plain_copy(self.sampling_generator(), built), built, "image")
 
 

@@ -26,7 +26,13 @@ from genlab.losses import (
     to_levels,
 )
 from genlab.models.autoregressive import Autoregressive
-from genlab.models.base import Exported, GridInputs, OneNetwork, complete
+from genlab.models.base import (
+    Exported,
+    GridInputs,
+    OneNetwork,
+    SampleSettings,
+    standalone_node,
+)
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import Updater
 
@@ -80,7 +86,7 @@ class PixelCNN(OneNetwork):
             )
         super().__init__(channels * image_size * image_size, classes, channels, image_size)
         shape = dict(self.shape)
-        self.likelihood, self.grid_images = likelihood, grid_images
+        self.per_value, self.grid_images = likelihood, grid_images  # `likelihood` names the method
         self.sampler, self.label_dropout = sampler, label_dropout if classes else 0.0
         self.objective = ExactNLL() if objective is None else objective
         outputs = LEVELS if likelihood == "softmax" else 3 * mixtures
@@ -91,13 +97,13 @@ class PixelCNN(OneNetwork):
 
     def log_prob(self, out: Tensor, levels: Tensor) -> Tensor:
         """log p of each sub-pixel's value (N, C, H, W) from the network's output."""
-        if self.likelihood == "softmax":
+        if self.per_value == "softmax":
             return categorical_log_prob(out, levels)
         return logistic_mixture_log_prob(out, levels)
 
     def value_log_probs(self, out: Tensor) -> Tensor:
         """log p of all 256 values of one sub-pixel, (N, 256), from its output (N, outputs)."""
-        if self.likelihood == "softmax":
+        if self.per_value == "softmax":
             return F.log_softmax(out, dim=1)
         values = torch.arange(LEVELS, device=out.device).expand(len(out), LEVELS)
         return logistic_mixture_log_prob(out[:, :, None].expand(-1, -1, LEVELS), values)
@@ -209,7 +215,7 @@ class PixelCNN(OneNetwork):
         return self.sample(z, labels, temperature, start=real, first_row=first_row)
 
     def sample_mode(
-        self, mode: str, sampler: Any, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: SampleSettings, generator: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """`complete`: rows of held-out images (spread over the classes), each row followed by
         the same images with their lower half sampled (given their true class for a
@@ -234,7 +240,7 @@ class PixelCNN(OneNetwork):
 
     def export_sampler(self, node: DictConfig) -> Exported:
         """The model itself: its `forward` maps latents to images."""
-        built = complete(node, **self.shape, num_classes=self.num_classes)
+        built = standalone_node(node, **self.shape, num_classes=self.num_classes)
         built.update(init_from=None, freeze=[])
         built.pop("objective", None)  # it samples only
         return Exported(self, built, "image")
@@ -242,7 +248,9 @@ class PixelCNN(OneNetwork):
     # --- likelihood -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def likelihood_metrics(self, images: Tensor, k: int, seed: int) -> dict[str, float]:
+    def likelihood(
+        self, images: Tensor, k: int, seed: int
+    ) -> tuple[dict[str, float], dict[str, Any]]:
         """The exact negative log-likelihood of `images` (their 8-bit values), nats per image
         and bits per dimension (`k` and `seed` unused: nothing is estimated). A conditional
         model scores p(x), the mean of p(x | y) over the classes (a uniform class prior)."""
@@ -259,12 +267,13 @@ class PixelCNN(OneNetwork):
                 log_px = torch.logsumexp(-torch.stack(per_class), 0) - math.log(self.num_classes)
                 total -= float(log_px.sum())
         nats = total / len(images)
-        return {"nll": nats, "nll_bits_per_dim": nats / (images[0].numel() * math.log(2))}
+        bits = nats / (images[0].numel() * math.log(2))
+        return {"nll": nats, "nll_bits_per_dim": bits}, self._protocol()
 
-    def likelihood_protocol(self, k: int) -> dict[str, Any]:
-        per_value = {"softmax": "softmax over 256 values", "logistic_mixture": "logistic mixture"}
+    def _protocol(self) -> dict[str, Any]:
+        names = {"softmax": "softmax over 256 values", "logistic_mixture": "logistic mixture"}
         given = "; p(x) = mean over classes of p(x | y)" if self.num_classes else ""
         return {
-            "likelihood": f"exact, of the 8-bit values ({per_value[self.likelihood]} per "
+            "likelihood": f"exact, of the 8-bit values ({names[self.per_value]} per "
             f"sub-pixel; no dequantization{given})"
         }

@@ -16,7 +16,7 @@ from genlab.errors import require_at_least
 from genlab.images import square_side, to_grid
 from genlab.losses import ELBO, gaussian_kl
 from genlab.metrics.likelihood import BIN_NATS, dequantize
-from genlab.models.base import Exported, Family, GridInputs, complete
+from genlab.models.base import Exported, Family, GridInputs, standalone_node
 from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec, Updater
 
@@ -108,11 +108,13 @@ class VAE(Family):
         with eval_mode(self):
             return self.objective.mean(self.decoder(self.encode(images)[0]))
 
-    def likelihood_metrics(self, images: Tensor, k: int, seed: int) -> dict[str, float]:
+    def likelihood(
+        self, images: Tensor, k: int, seed: int
+    ) -> tuple[dict[str, float], dict[str, Any]]:
         """Negative ELBO, importance-sampled NLL and reconstruction quality on `images`."""
-        return vae_metrics(self, self.objective, images, k=k, seed=seed)
+        return vae_metrics(self, self.objective, images, k=k, seed=seed), self._protocol(k)
 
-    def likelihood_protocol(self, k: int) -> dict[str, Any]:
+    def _protocol(self, k: int) -> dict[str, Any]:
         loss = self.objective
         density = (
             "continuous Bernoulli on grey levels in [0, 1] (the trained Bernoulli, normalized)"
@@ -144,7 +146,7 @@ class VAE(Family):
     def export_sampler(self, node: DictConfig) -> Exported:
         """The decoder, with the likelihood's mean as the image."""
         output = "sigmoid" if self.objective.likelihood == "bernoulli" else "clamp"
-        built = complete(node.decoder, latent_dim=self.latent_dim, **self.shape)
+        built = standalone_node(node.decoder, latent_dim=self.latent_dim, **self.shape)
         return Exported(self.decoder, built, output)
 
 
