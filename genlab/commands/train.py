@@ -28,6 +28,7 @@ from genlab.config import (
     check_config,
     choice,
     fold,
+    named,
 )
 from genlab.distributed import Processes
 from genlab.errors import ConfigError, one_message
@@ -100,10 +101,10 @@ def _train(
     )
     _refuse(lambda t: autocast_dtype(t.precision, device), trainer, "trainer")
     log.info(
-        "%s (%d trainable parameters), loss %s, on %s: %d images %dx%dx%d, device %s",
+        "%s (%d trainable parameters), objective %s, on %s: %d images %dx%dx%d, device %s",
         choice("model"),
         sum(p.numel() for p in model.parameters() if p.requires_grad),  # not EMA copies
-        choice("loss"),
+        named("loss", OmegaConf.select(cfg, "model.objective._target_", default="none")),
         data.name,
         len(data),
         data.channels,
