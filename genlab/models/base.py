@@ -188,19 +188,19 @@ class Family(nn.Module, ABC):
         """Named (C, H, W) grids in [0, 1] from `fixed`, in eval mode."""
 
     @abstractmethod
-    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
+    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
         """`n` images in [-1, 1] (of class `labels` for a conditional model), drawing only from
-        `generator`, in eval mode."""
+        `gen`, in eval mode."""
 
     @abstractmethod
     def export_sampler(self, node: DictConfig) -> Exported:
         """What `genlab export` writes: the network that samples, from this run's `model` node."""
 
     def sample_mode(
-        self, mode: str, sampler: SampleSettings, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: SampleSettings, gen: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """A `sampler.mode` of the family's own (one of `sample_modes`): batches of at most
-        `sampler.batch_size` images in [-1, 1] on the CPU, drawing from `generator` (or from
+        `sampler.batch_size` images in [-1, 1] on the CPU, drawing from `gen` (or from
         the held-out data set `real()`: `.images` uint8, `.labels`), and how many images go in a
         grid row."""
         raise NotImplementedError
@@ -223,7 +223,7 @@ class Family(nn.Module, ABC):
     def sample_at_temperature(
         self,
         n: int,
-        generator: torch.Generator,
+        gen: torch.Generator,
         labels: Tensor | None,
         temperature: float,
     ) -> Tensor:

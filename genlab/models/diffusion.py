@@ -185,7 +185,7 @@ class Diffusion(OneNetwork):
         self,
         noise: Tensor,
         labels: Tensor | None,
-        generator: torch.Generator | None,
+        gen: torch.Generator | None,
         solver: Solver | None = None,
         keep: int = 0,
     ) -> tuple[Tensor, list[tuple[int, Tensor]]]:
@@ -196,17 +196,17 @@ class Diffusion(OneNetwork):
         labels = labels if self.num_classes else None
         with eval_mode(self):
             denoise = self.denoiser(labels, solver.guidance)
-            return solver.solve(denoise, noise, self.noise_schedule.config, generator, keep)
+            return solver.solve(denoise, noise, self.noise_schedule.config, gen, keep)
 
-    def _noise(self, n: int, generator: torch.Generator | None) -> Tensor:
+    def _noise(self, n: int, gen: torch.Generator | None) -> Tensor:
         c, s = self.shape["channels"], self.shape["image_size"]
         device = self.alpha_bar.device
-        return torch.randn(n, c, s, s, device=device, generator=generator)
+        return torch.randn(n, c, s, s, device=device, generator=gen)
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
-        """`n` images in [-1, 1] by the model's sampler, its noise from `generator`."""
-        return self.solve(self._noise(n, generator), labels, generator)[0]
+    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
+        """`n` images in [-1, 1] by the model's sampler, its noise from `gen`."""
+        return self.solve(self._noise(n, gen), labels, gen)[0]
 
     def interpolation_solver(self) -> Solver:
         """The solver that maps noise to images deterministically (the probability-flow ODE): the
@@ -246,16 +246,14 @@ class Diffusion(OneNetwork):
         return {"samples": to_grid(images, nrow), "trajectory": _trajectory_grid(trajectory, nrow)}
 
     def sample_mode(
-        self, mode: str, sampler: SampleSettings, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: SampleSettings, gen: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """`trajectory`: `sampler.num_images` images (at most a row of 16), a row per timestep
         from noise to the result."""
         n = min(sampler.num_images, 16)
         labels = sampler.labels(self, n, self.alpha_bar.device)
         n = n if labels is None else len(labels)
-        _, trajectory = self.solve(
-            self._noise(n, generator), labels, generator, keep=TRAJECTORY_ROWS
-        )
+        _, trajectory = self.solve(self._noise(n, gen), labels, gen, keep=TRAJECTORY_ROWS)
         rows = torch.cat([x.clamp(-1, 1).cpu() for _, x in trajectory])
         return iter([rows]), n
 

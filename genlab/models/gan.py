@@ -128,8 +128,8 @@ class GAN(Family):
 
     # --- training -------------------------------------------------------------------------------
 
-    def noise(self, n: int, device: torch.device, generator: torch.Generator | None = None):
-        return torch.randn(n, self.latent_dim, device=device, generator=generator)
+    def noise(self, n: int, device: torch.device, gen: torch.Generator | None = None):
+        return torch.randn(n, self.latent_dim, device=device, generator=gen)
 
     def _labels(self, labels: Tensor | None) -> Tensor | None:
         return labels if self.num_classes else None
@@ -279,9 +279,9 @@ class GAN(Family):
         return self.generator if ema is None else ema.or_network(self.generator)
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
+    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
         """`n` images in [-1, 1] from the sampling generator (its EMA when enabled)."""
-        z = self.noise(n, next(self.parameters()).device, generator)
+        z = self.noise(n, next(self.parameters()).device, gen)
         with eval_mode(self):
             return self.decode_latents(z, labels)
 

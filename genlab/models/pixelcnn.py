@@ -150,24 +150,24 @@ class PixelCNN(OneNetwork):
         (the rows above come from `start`)."""
         return self.sampler.sample(self, z, labels, temperature, start, first_row)
 
-    def _latents(self, n: int, generator: torch.Generator) -> Tensor:
+    def _latents(self, n: int, gen: torch.Generator) -> Tensor:
         device = next(self.parameters()).device
-        return torch.randn(n, self.latent_dim, device=device, generator=generator)
+        return torch.randn(n, self.latent_dim, device=device, generator=gen)
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
-        """`n` images in [-1, 1] at temperature 1, their latents from `generator`."""
-        return self.sample_at_temperature(n, generator, labels, 1.0)
+    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
+        """`n` images in [-1, 1] at temperature 1, their latents from `gen`."""
+        return self.sample_at_temperature(n, gen, labels, 1.0)
 
     def sample_at_temperature(
         self,
         n: int,
-        generator: torch.Generator,
+        gen: torch.Generator,
         labels: Tensor | None,
         temperature: float,
     ) -> Tensor:
         """`temperature`: `generate` at another temperature (< 1: the likelier values)."""
-        z = self._latents(n, generator)
+        z = self._latents(n, gen)
         return self.sample(z, labels if self.num_classes else None, temperature)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -215,7 +215,7 @@ class PixelCNN(OneNetwork):
         return self.sample(z, labels, temperature, start=real, first_row=first_row)
 
     def sample_mode(
-        self, mode: str, sampler: SampleSettings, generator: torch.Generator, real: Callable
+        self, mode: str, sampler: SampleSettings, gen: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """`complete`: rows of held-out images (spread over the classes), each row followed by
         the same images with their lower half sampled (given their true class for a
@@ -232,7 +232,7 @@ class PixelCNN(OneNetwork):
             for part in picked.split(per_batch):
                 x = normalize(data.images[part].to(device))
                 labels = data.labels[part].to(device) if self.num_classes else None
-                done = self.complete(x, self._latents(len(x), generator), labels, temperature)
+                done = self.complete(x, self._latents(len(x), gen), labels, temperature)
                 pairs = torch.stack([t.view(-1, nrow, *x.shape[1:]) for t in (x, done)], 1)
                 yield pairs.flatten(0, 2).cpu()
 

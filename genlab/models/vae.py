@@ -91,10 +91,10 @@ class VAE(Family):
         return GridInputs(z, real=real)
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
+    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
         """`n` images in [-1, 1]: the decoder's mean for z drawn from the prior."""
         device = next(self.parameters()).device
-        z = torch.randn(n, self.latent_dim, device=device, generator=generator)
+        z = torch.randn(n, self.latent_dim, device=device, generator=gen)
         with eval_mode(self):
             return self.decode_latents(z, labels)
 
