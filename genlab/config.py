@@ -221,14 +221,46 @@ def user_key(path: str) -> str:
     return path
 
 
+def check_condition(cfg: DictConfig) -> None:
+    """Refuse a `condition` (a degradation of the data set's images) for a model whose family
+    does not generate from an image (`Family.conditions`), before anything is built. (A family
+    that generates from an image refuses to be built without one.)"""
+    family = get_object(cfg.model._target_)
+    takes = getattr(family, "conditions", {"image"})
+    if cfg.get("condition") is None or "image" in takes:
+        return
+    raise ConfigError(
+        f"{named('condition')} does not fit {named('model', cfg.model._target_)}: "
+        f"{family.__name__} does not generate from an image; it generates from "
+        f"{' or '.join(sorted(takes))}"
+    )
+
+
+def degradation(cfg: DictConfig, channels: int, image_size: int) -> Any:
+    """The run's degradation (`condition`), checked against the data set's shape, or None."""
+    if cfg.get("condition") is None:
+        return None
+    degrade = build(cfg.condition, "condition")
+    try:
+        degrade.check(channels, image_size)
+    except ValueError as e:
+        raise ConfigError(f"{named('condition')}: {e}") from None
+    return degrade
+
+
 def build_model(cfg: DictConfig, data: Any) -> Any:
     """The model a (folded) run config names, with its objective and sampler, shaped for a data
-    set (channels, image size, classes)."""
+    set (channels, image size, classes) and, for one that generates from an image, for the
+    conditions its degradation makes."""
     shape = {
         "channels": data.channels,
         "image_size": data.image_size,
         "num_classes": data.num_classes,
     }
+    check_condition(cfg)
+    degrade = degradation(cfg, data.channels, data.image_size)
+    if degrade is not None:
+        shape["condition_shape"] = list(degrade.shape(data.channels, data.image_size))
     return build(cfg.model, "model", **shape)
 
 
@@ -257,7 +289,7 @@ def _name_key(node: DictConfig, group: str, message: str) -> str:
 
 
 # What a checkpoint means: resuming with other values here is refused unless forced.
-MEANING = ("model", "dataset", "optimizer.impl._target_")
+MEANING = ("model", "dataset", "condition", "optimizer.impl._target_")
 NOT_MEANING = ("dataset.root", "dataset.download", "model.sampler")
 
 

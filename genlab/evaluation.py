@@ -6,6 +6,8 @@ Inception-v3. With labelled data, the classifier also scores class-conditional s
 per class, intra-class Fréchet distance and the classification accuracy score) or the class
 coverage of unconditional ones. Families with the `likelihood` ability
 (the VAE, diffusion) add their likelihood metrics on the held-out split, with their protocol.
+A model that generates from an image (a degradation of the `condition` group) is given the
+held-out images' conditions, and adds PSNR and SSIM of each output against its target.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from genlab.checkpoint import save_checkpoint
 from genlab.config import build
 from genlab.data import ImageData
 from genlab.data.datasets import Split
+from genlab.data.degrade import Degradation
 from genlab.data.loader import normalize
 from genlab.errors import GenlabError, require_at_least
 from genlab.metrics.classifier import Classifier, classifier_for, train_classifier
@@ -35,6 +38,7 @@ from genlab.metrics.distances import (
     kernel_distance,
     precision_recall,
 )
+from genlab.metrics.paired import paired_metrics, paired_protocol
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +209,29 @@ class Evaluator:
 
     # --- evaluation ---------------------------------------------------------------------------
 
+    def pairs(self, real: ImageData, n: int) -> Tensor:
+        """The indices of the held-out images whose conditions an image-conditional model is
+        given: `n` of them (at most all), drawn from the evaluator's seed."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(len(real), generator=gen)[: min(n, len(real))]
+
     @torch.no_grad()
-    def generate(self, model: Any, n: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-        """`n` generated images as uint8 (class-balanced labels for a conditional model)."""
+    def generate(
+        self,
+        model: Any,
+        n: int,
+        device: torch.device,
+        targets: Tensor | None = None,
+        degrade: Degradation | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """`n` generated images as uint8 (class-balanced labels for a class-conditional model),
+        or, given uint8 `targets` and their degradation, an output for each target's condition
+        (its conditions drawn from a stream of their own)."""
         gen = torch.Generator(device=device).manual_seed(self.seed)
+        degrading = torch.Generator(device=device).manual_seed(self.seed + 1)
         classes = model.num_classes
         labels = torch.arange(n, device=device) % classes if classes else None
+        n = n if targets is None else len(targets)
         chunks = []
         # minutes for a diffusion model's solver: a bar on a terminal, as diffusers' pipelines show
         bar = tqdm(total=n, desc="generating", unit="image", leave=False, disable=None)
@@ -218,20 +239,39 @@ class Evaluator:
             for start in range(0, n, self.batch_size):
                 part = None if labels is None else labels[start : start + self.batch_size]
                 count = min(self.batch_size, n - start)
+                if targets is not None and degrade is not None:
+                    target = normalize(targets[start : start + count].to(device))
+                    part = degrade(target, degrading)
                 chunks.append(to_uint8(model.generate(count, gen, part)).cpu())
                 bar.update(count)
         return torch.cat(chunks), None if labels is None else labels.cpu()
 
     def __call__(
-        self, model: Any, dataset: DictConfig, device: torch.device, cheap: bool = False
+        self,
+        model: Any,
+        dataset: DictConfig,
+        device: torch.device,
+        cheap: bool = False,
+        condition: Degradation | None = None,
     ) -> Report:
+        """The metrics of `model` against the `dataset`'s held-out split; `condition`: the
+        degradation that makes the conditions of a model that generates from an image."""
         train, real = self.load_real(dataset)
         features = self.feature_extractor(train, real, device)
         ref = self.real_features(features, real, device)
         n = self.num_generated_cheap if cheap else self.num_generated
-        fake, labels = self.generate(model, n, device)
+        targets, paired = None, {}
+        if condition is not None:  # outputs for held-out images' conditions, and their classes
+            pick = self.pairs(real, n)
+            targets = real.images[pick]
+            fake, _ = self.generate(model, n, device, targets, condition)
+            labels = None if real.labels is None else real.labels[pick]
+            paired = paired_metrics(fake, targets, condition.border)
+        else:
+            fake, labels = self.generate(model, n, device)
+        n = len(fake)
         f = self._extract(features, fake, device)
-        metrics = {"fd": frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"])}
+        metrics = {"fd": frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"]), **paired}
         if not cheap:
             kid, kid_std = kernel_distance(
                 ref["features"], f, self.kid_subsets, self.kid_subset_size, self.seed
@@ -272,6 +312,9 @@ class Evaluator:
             "covariance_dtype": "float64",
             **model.sampling_protocol(),
         }
+        if condition is not None:
+            protocol.update(condition.protocol())
+            protocol["paired"] = paired_protocol(real.channels, condition.border, n)
         if not cheap:
             protocol.update(
                 kid_subsets=self.kid_subsets,

@@ -3,6 +3,7 @@
 from genlab.export import load_generator
 g = load_generator("outputs/dcgan_mnist5k/<date>_<time>/export")
 images = g(torch.randn(16, g.latent_dim))      # in [-1, 1]; cGAN: g(z, labels)
+restored = g(None, degraded)                    # a model that generates from an image
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from genlab.config import build
 from genlab.errors import GenlabError
 from genlab.files import Outputs, join
-from genlab.models.base import Family
+from genlab.models.base import Condition, ConditionSpec, Family
 from genlab.trust import check_targets, read_config
 
 # how an exported network's output becomes an image in [-1, 1]
@@ -32,22 +33,30 @@ _OLD_OUTPUTS = {"bernoulli": "sigmoid", "gaussian": "clamp"}
 
 
 class Generator(nn.Module):
-    """Latents (and labels for a conditional model) to images in [-1, 1]."""
+    """Latents (`latent_dim` wide; None for a model that draws none) and the model's condition
+    (`condition` says which: labels, images, or nothing) to images in [-1, 1]."""
 
-    def __init__(self, network: nn.Module, latent_dim: int, num_classes: int, output: str) -> None:
+    def __init__(
+        self, network: nn.Module, latent_dim: int, condition: ConditionSpec, output: str
+    ) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        self.network, self.latent_dim, self.num_classes, self.output = (
+        self.network, self.latent_dim, self.condition, self.output = (
             network,
             latent_dim,
-            num_classes,
+            condition,
             output,
         )
+        self.num_classes = condition.classes
 
     @torch.no_grad()
-    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        x = self.network(z, labels) if self.num_classes else self.network(z)
+    def forward(self, z: Tensor | None, condition: Condition = None) -> Tensor:
+        if self.condition.kind != "none" and condition is None:
+            raise ValueError(
+                f"this generator generates from {self.condition.describe()}: pass them"
+            )
+        x = self.network(z) if self.condition.kind == "none" else self.network(z, condition)
         return OUTPUTS[self.output](x)
 
 
@@ -70,6 +79,7 @@ def export(
         "network": node,
         "latent_dim": model.latent_dim,
         "num_classes": model.num_classes,
+        "condition": {"kind": model.condition.kind, "shape": model.condition.shape},
         "output": output,
         "source": source,
     }
@@ -106,7 +116,18 @@ def load_generator(
         output = spec.output
         if output in _OLD_OUTPUTS:  # an older export: the whole VAE, sampled by its decoder
             network, output = network.decoder, _OLD_OUTPUTS[output]
-        g = Generator(network, int(spec.latent_dim), int(spec.num_classes), output)
+        g = Generator(network, int(spec.latent_dim), _condition(spec), output)
     except (OSError, RuntimeError, ValueError, TypeError, SafetensorError) as e:
         raise GenlabError(f"{folder} is not a loadable genlab export ({e})") from None
     return g.to(device).eval()
+
+
+def _condition(spec: DictConfig) -> ConditionSpec:
+    """What an export generates from (exports before the condition type: labels where it has
+    classes)."""
+    classes = int(spec.get("num_classes") or 0)
+    stored = spec.get("condition") or {"kind": "labels" if classes else "none"}
+    kind, shape = stored.get("kind"), stored.get("shape")
+    if kind not in ("none", "labels", "image"):
+        raise ValueError(f"condition.kind must be none, labels or image, got {kind!r}")
+    return ConditionSpec(kind, classes, None if shape is None else tuple(int(s) for s in shape))

@@ -56,3 +56,13 @@ def written_by_genlab(path: Path) -> bool:
             return im.format == "PNG" and im.info.get(MARK[0]) == MARK[1]
     except Exception:  # not an image, unreadable, a decompression bomb: not ours
         return False
+
+
+def shown_as(condition: Tensor, channels: int, size: int) -> Tensor:
+    """Image conditions (N, C', h, w) in [-1, 1] as images to show beside what a model makes of
+    them: their first `channels` channels (a grey one repeated), at `size` (nearest neighbour, so
+    a low-resolution condition shows its pixels)."""
+    x = condition[:, :channels]
+    if x.shape[1] < channels:
+        x = x[:, :1].expand(-1, channels, -1, -1)
+    return torch.nn.functional.interpolate(x.float(), size=size, mode="nearest")

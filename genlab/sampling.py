@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from genlab.data.datasets import ImageData
+from genlab.data.degrade import Degradation
 from genlab.data.loader import normalize
 from genlab.errors import require_at_least
-from genlab.images import square_side
+from genlab.images import shown_as, square_side
 from genlab.models.base import Family, require
 from genlab.models.common import eval_mode
 
@@ -111,13 +112,22 @@ class Sampler:
         return torch.arange(classes, device=device).repeat_interleave(max(1, n // classes))
 
     def __call__(
-        self, model: Family, device: torch.device, real: Callable[[], ImageData]
+        self,
+        model: Family,
+        device: torch.device,
+        real: Callable[[], ImageData],
+        degrade: Degradation | None = None,
     ) -> tuple[Iterator[Tensor], int]:
         """Batches of images in [-1, 1] (on the CPU), and how many images go in a grid row.
         `real()` gives the held-out data set (`.images` uint8, `.labels`), for modes that start
-        from real images."""
+        from real images; `degrade` makes the conditions of a model that generates from an
+        image (its samples: held-out images' conditions, what it makes of them, the images)."""
         gen = torch.Generator(device=device).manual_seed(self.seed)
         classes = model.num_classes
+        if self.mode == "samples" and degrade is not None:
+            images, nrow = real().images, min(8, self.num_images)
+            count = min(len(images), max(nrow, self.num_images // nrow * nrow)) // nrow * nrow
+            return self._restorations(model, gen, degrade, images, nrow, count), nrow
         if self.mode == "samples":
             labels = self.labels(model, self.num_images, device)
             n = self.num_images if labels is None else len(labels)
@@ -166,6 +176,21 @@ class Sampler:
                 labels = row_labels[start : start + per_batch].repeat_interleave(self.steps)
             with eval_mode(model):
                 yield model.decode_latents(z.flatten(0, 1), labels).cpu()
+
+    @torch.no_grad()
+    def _restorations(self, model, gen, degrade, real, nrow: int, count: int):
+        """Rows of conditions of held-out images (spread across the set, drawn from a stream of
+        their own), what the model makes of them, and the images."""
+        spread = torch.linspace(0, len(real) - 1, count).long()
+        degrading = torch.Generator(device=gen.device).manual_seed(self.seed + 1)
+        rows_per_batch = max(1, self.batch_size // nrow)
+        for start in range(0, count, rows_per_batch * nrow):
+            x = normalize(real[spread[start : start + rows_per_batch * nrow]].to(gen.device))
+            condition = degrade(x, degrading)
+            made = model.generate(len(x), gen, condition)
+            shown = shown_as(condition, x.shape[1], x.shape[-1])
+            rows = torch.stack([t.view(-1, nrow, *x.shape[1:]) for t in (shown, made, x)], 1)
+            yield rows.flatten(0, 2).cpu()
 
     @torch.no_grad()
     def _reconstructions(self, model, device, real, nrow: int, count: int):

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from genlab import distributed
 from genlab.checkpoint import own_random_streams, seed_everything
 from genlab.data import DeviceLoader, ImageData, ImageFiles, StreamLoader
-from genlab.data.loader import normalize
+from genlab.data.degrade import Degradation
+from genlab.data.loader import Batch, normalize
 from genlab.distributed import Processes
 from genlab.errors import GenlabError, require_at_least
 from genlab.files import Outputs
@@ -135,9 +136,11 @@ class Trainer:
         device: torch.device,
         procs: Processes,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        degrade: Degradation | None = None,
     ) -> DeviceLoader:
         """Batches of `batch_size` from this process's shard of `data`, on `device` (read by
-        `num_workers` DataLoader processes when `data` streams from disk)."""
+        `num_workers` DataLoader processes when `data` streams from disk), paired with their
+        conditions by `degrade` where the model generates from an image."""
         kwargs = {"num_workers": self.num_workers} if isinstance(data, ImageFiles) else {}
         return (StreamLoader if kwargs else DeviceLoader)(
             data,
@@ -148,6 +151,7 @@ class Trainer:
             world=procs.world,
             memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
             augment=augment,
+            degrade=degrade,
             **kwargs,
         )
 
@@ -224,7 +228,7 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         update = Updater(optimizers, device, self.precision, self.grad_clip, model.roles)
-        examples = (normalize(loader.examples(self.grid_images)), None)
+        examples = self.examples(loader)
         per_step = model.batches_per_step()
         training = TrainingState(model, optimizers, schedulers, update, loader, procs)
         outputs = Outputs(run_dir)
@@ -243,6 +247,15 @@ class Trainer:
             fixed=model.fixed_inputs(self.grid_images, examples, seed=self.seed),
             total=self.total_steps(loader.batches_per_epoch, per_step),
         )
+
+    def examples(self, loader: DeviceLoader) -> Batch:
+        """Held-out-like images spread through the data set for the grids, with their conditions
+        where the model generates from an image."""
+        images = normalize(loader.examples(self.grid_images))
+        if loader.degrade is None:
+            return images, None
+        gen = torch.Generator(device=images.device).manual_seed(self.seed)
+        return images, loader.degrade(images, gen)
 
     def _resume(self, run: _Run, state: dict[str, Any] | None, procs: Processes) -> None:
         """Seed each process, load the checkpoint (if any), then compile the family's networks

@@ -254,10 +254,10 @@ def test_guidance_is_refused_for_an_unconditional_model():
 def test_grids_hold_at_most_grid_images_one_row_per_class_when_conditional():
     examples = (torch.zeros(64, 1, 4, 4), None)
     unconditional = model_with(grid_images=9).fixed_inputs(64, examples, seed=0)
-    assert unconditional.latents.shape == (9, 1, 4, 4) and unconditional.labels is None
+    assert unconditional.latents.shape == (9, 1, 4, 4) and unconditional.condition is None
     assert model_with(grid_images=9).fixed_inputs(4, examples, seed=0).latents.shape[0] == 4
     conditional = model_with(conditional=True, num_classes=3, grid_images=7)
-    assert conditional.fixed_inputs(64, examples, seed=0).labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert conditional.fixed_inputs(64, examples, seed=0).condition.tolist() == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ValueError, match="grid_images"):
         model_with(grid_images=0)
 

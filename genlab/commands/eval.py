@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from genlab.config import CONF_DIR, build, check_config, required
+from genlab.config import CONF_DIR, build, check_config, degradation, required
 from genlab.data.datasets import read_only
 from genlab.errors import GenlabError, one_message
 from genlab.evaluation import Report, format_table
@@ -35,7 +35,8 @@ def evaluate(cfg: DictConfig) -> Report:
     evaluator = build(cfg.evaluator, "evaluator")
     device = build(cfg.device, "device")
     model, run_cfg, state = load_run(run, device, cfg.trust_code, cfg.get("solver"))
-    report = evaluator(model, run_cfg.dataset, device)
+    degrade = degradation(run_cfg, model.shape["channels"], model.shape["image_size"])
+    report = evaluator(model, run_cfg.dataset, device, condition=degrade)
     step = int(state["step"])
     print(f"{state['path']} (step {step})\n{format_table(report)}", flush=True)
     run_dir = run_of(Path(state["path"]))

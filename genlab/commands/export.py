@@ -32,9 +32,13 @@ def export_run(cfg: DictConfig) -> None:
     folder = out.path(sub)
     source = {"checkpoint": state["path"], "step": int(state["step"])}
     written = export(model, run_cfg, source, out, sub)
+    z = f"torch.randn(16, {model.latent_dim})" if model.latent_dim else "None"
+    call = {"none": f"g({z})", "labels": f"g({z}, labels)", "image": f"g({z}, conditions)"}
     print(
         f"Wrote {written[0]} (step {state['step']}). Load with:\n"
-        f"  from genlab.export import load_generator; g = load_generator({str(folder)!r})"
+        f"  from genlab.export import load_generator; g = load_generator({str(folder)!r})\n"
+        f"  images = {call[model.condition.kind]}  # in [-1, 1]; from "
+        f"{model.condition.describe()}"
     )
     for line in written[1:]:
         print(line)

@@ -9,8 +9,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.config import CONF_DIR, build, check_config, required
-from genlab.data.datasets import read_only
+from genlab.config import CONF_DIR, build, check_config, degradation, required
+from genlab.data.datasets import IMAGE_SUFFIXES, read_image, read_only
 from genlab.errors import ConfigError, one_message
 from genlab.files import Outputs
 from genlab.images import png_bytes, to_grid, written_by_genlab
@@ -26,6 +26,8 @@ def sample(cfg: DictConfig) -> Path:
     check_config(cfg, ("sampler", "device"))
     sampler = build(cfg.sampler, "sampler")
     device = build(cfg.device, "device")
+    if cfg.input:
+        return from_folder(cfg, run, sampler.seed, device)
     if cfg.out:
         _check_out(Path(cfg.out), cfg, sampler.num_images)
     if sampler.num_images > sampler.MAX_GRID and not cfg.files:
@@ -52,7 +54,8 @@ def sample(cfg: DictConfig) -> Path:
         def real(node=run_cfg.dataset):  # the held-out data, for modes that start from it
             return build(node, "dataset", split="test")
 
-        batches, nrow = sampler(model, device, real)
+        degrade = degradation(run_cfg, model.shape["channels"], model.shape["image_size"])
+        batches, nrow = sampler(model, device, real, degrade)
         shown = []
         for images in batches:  # at most sampler.batch_size images in memory besides the grid
             if i == 0 and cfg.files:
@@ -68,6 +71,54 @@ def sample(cfg: DictConfig) -> Path:
     out = folder.write(name, png_bytes(grid))
     print(f"Wrote {out}" + (f" and {written} images in {out.with_suffix('')}/" if written else ""))
     return out
+
+
+def from_folder(cfg: DictConfig, run: str, seed: int, device: torch.device) -> Path:
+    """`input=FOLDER`: what a model that generates from an image makes of each image in FOLDER
+    (the user's conditions: low-resolution, noisy, grey or masked images, at any size its
+    networks take), one PNG per image with its name, in `out` (a folder) or by default
+    RUN/samples/<FOLDER's name>_seed<seed>/. Refused before any image is made where a file
+    genlab did not write would be replaced."""
+    source = Path(cfg.input).expanduser()
+    files = sorted(
+        p for p in source.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    if not files:
+        raise ConfigError(
+            f"input={source}: give a folder of images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    if cfg.runs:
+        raise ConfigError("input= makes images with one run; runs=[...] is for grids")
+    model, run_cfg, state = load_run(run, device, cfg.trust_code, cfg.get("solver"))
+    degrade = degradation(run_cfg, model.shape["channels"], model.shape["image_size"])
+    if degrade is None:
+        raise ConfigError(
+            f"input={source}: {run} generates from {model.condition.describe()}, not from "
+            "images; input= is for a model trained with a condition= (lowres, mask, grey, noise)"
+        )
+    names = [f"{p.stem}.png" for p in files]
+    if cfg.out:
+        out = Outputs(Path(cfg.out), manifest=False)
+        foreign = [n for n in names if out.path(n).exists() and not written_by_genlab(out.path(n))]
+        if foreign and not cfg.overwrite:
+            raise ConfigError(
+                f"{out.path(foreign[0])} exists and is not a PNG that genlab wrote: choose another "
+                "out=, or set overwrite=true to replace it"
+            )
+    else:
+        out = Outputs(run_of(Path(state["path"])))
+        names = [f"samples/{source.name}_seed{seed}/{n}" for n in names]
+        out.refuse_foreign(names, "move it away, or write elsewhere with out=FOLDER")
+    channels = model.condition.shape[0] if model.condition.shape else model.shape["channels"]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for path, name in zip(files, names, strict=True):
+            condition = degrade.prepare(read_image(path, channels)[None].to(device))
+            made = model.generate(1, gen, condition).cpu()
+            out.write(name, png_bytes(to_grid(made, 1)[:, 2:-2, 2:-2]), durable=False)
+    folder = out.path(names[0]).parent
+    print(f"Wrote {len(names)} images from {source} in {folder}/")
+    return folder
 
 
 def _where(cfg: DictConfig, state: dict, sampler: Sampler, model: Family) -> tuple[Outputs, str]:

@@ -25,8 +25,10 @@ from genlab.config import (
     MODEL_PARTS,
     build,
     build_model,
+    check_condition,
     check_config,
     choice,
+    degradation,
     fold,
     named,
 )
@@ -64,7 +66,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     )
     with folder:
         cfg = fold(cfg)  # the loss and solver groups into the model node
-        check_config(cfg, GROUPS)
+        check_config(cfg, GROUPS + (("condition",) if cfg.get("condition") else ()))
+        check_condition(cfg)
         _check_objective(cfg)
         trainer = build(cfg.trainer, "trainer")
         device = build(cfg.device, "device")
@@ -85,6 +88,7 @@ def _train(
     seed_everything(trainer.seed)
     data = build(cfg.dataset, "dataset")
     model = build_model(cfg, data)
+    degrade = degradation(cfg, data.channels, data.image_size)
     spec = build(cfg.optimizer, "optimizer")
     optimizers = _refuse(model.configure_optimizers, spec, f"optimizer={choice('optimizer')}")
     schedule = build(cfg.scheduler, "scheduler")
@@ -95,16 +99,20 @@ def _train(
     if augment.policy:
         _refuse(model.set_augment, augment, f"augment={choice('augment')}")
     loader = _refuse(
-        lambda t: t.loader(data, device, procs, augment.data if augment.augments_data else None),
+        lambda t: t.loader(
+            data, device, procs, augment.data if augment.augments_data else None, degrade
+        ),
         trainer,
         f"trainer (dataset={choice('dataset')})",
     )
     _refuse(lambda t: autocast_dtype(t.precision, device), trainer, "trainer")
     log.info(
-        "%s (%d trainable parameters), objective %s, on %s: %d images %dx%dx%d, device %s",
+        "%s (%d trainable parameters), objective %s, generating from %s, on %s: %d images "
+        "%dx%dx%d, device %s",
         choice("model"),
         sum(p.numel() for p in model.parameters() if p.requires_grad),  # not EMA copies
         named("loss", OmegaConf.select(cfg, "model.objective._target_", default="none")),
+        model.condition.describe() if degrade is None else degrade.protocol()["condition"],
         data.name,
         len(data),
         data.channels,
@@ -130,7 +138,7 @@ def _train(
             state=state,
             extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
             resume_hint=_resume_command(run_dir),
-            evaluate=lambda: evaluator(model, cfg.dataset, device, cheap=True).metrics,
+            evaluate=lambda: evaluator(model, cfg.dataset, device, True, degrade).metrics,
             on_start=lambda step: folder.start(
                 cfg if HydraConfig.initialized() else None,
                 **({"resumed_from": str(resume_from), "resumed_at": step} if resume_from else {}),

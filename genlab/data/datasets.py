@@ -333,6 +333,20 @@ def load_image(path: Path, image_size: int, channels: int) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def read_image(path: Path, channels: int) -> Tensor:
+    """An image file as it is (no crop, no resize), as uint8 (C, H, W) with `channels` channels
+    (1: grey, 2: grey and alpha, 3: RGB, 4: RGB and alpha)."""
+    from PIL import Image
+
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert(mode), dtype=np.uint8).reshape(im.height, im.width, -1)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataUnavailableError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
 def image_folder(
     root: str,
     image_size: int = 64,

@@ -10,9 +10,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from genlab.data.datasets import ImageData, ImageFiles
+from genlab.data.degrade import Degradation, batch_stream
 from genlab.errors import GenlabError, require_at_least
 
-Batch = tuple[Tensor, Tensor | None]  # images in [-1, 1], labels or None
+# images in [-1, 1], and their condition: labels, degraded images (`degrade`) or None
+Batch = tuple[Tensor, Tensor | None]
 
 
 class DeviceLoader:
@@ -21,7 +23,8 @@ class DeviceLoader:
     The order depends only on (seed, epoch), so `state_dict()` is a few integers. With `world`
     processes, each epoch's permutation is cut into `world` equal shards and process `rank`
     draws batches of `batch_size` from its own. `memory_format` is that of the batches;
-    `augment` (if given) transforms each batch on the device. The images live on the device.
+    `augment` (if given) transforms each batch on the device; `degrade` (if given) makes each
+    batch's condition from its images, in place of its labels. The images live on the device.
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class DeviceLoader:
         world: int = 1,
         memory_format: torch.memory_format = torch.contiguous_format,
         augment: Callable[[Tensor], Tensor] | None = None,
+        degrade: Degradation | None = None,
     ):
         shard = len(data) // world
         if batch_size > shard:
@@ -45,7 +49,7 @@ class DeviceLoader:
         self.size, self.device, self.memory_format = len(data), device, memory_format
         self.labels = None if data.labels is None else data.labels.to(self.order_device)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        self.augment = augment
+        self.augment, self.degrade = augment, degrade
         self.batches_per_epoch = shard // batch_size
         self.images = self._hold(data)
         self.epoch, self.index = 0, 0
@@ -96,6 +100,10 @@ class DeviceLoader:
         images = normalize(images)
         if self.augment is not None:
             images = self.augment(images)
+        if self.degrade is not None:
+            place = (self.index - 1) * self.world + self.rank  # the batch's place in the epoch
+            gen = batch_stream(self.seed, self.epoch, place, images.device)
+            return images, self.degrade(images, gen)
         return images, labels
 
     def state_dict(self) -> dict[str, int]:

@@ -14,7 +14,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +33,29 @@ ABILITIES = {
     "likelihood": "has a likelihood",  # likelihood
     "temperature": "samples at a temperature",  # sample_at_temperature
 }
+
+
+# What a model generates from: nothing (None), class labels ((N,) int64) or images ((N, C, h, w) in
+# [-1, 1], of the shape `Family.condition` states). `Family.condition` says which.
+Condition = Tensor | None
+ConditionKind = Literal["none", "labels", "image"]
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    """What a built model generates from: `kind`, the `classes` of labels, the (C, h, w) `shape`
+    of images (made by a degradation of the `condition` group from the data set's images)."""
+
+    kind: ConditionKind = "none"
+    classes: int = 0
+    shape: tuple[int, int, int] | None = None
+
+    def describe(self) -> str:
+        if self.kind == "labels":
+            return f"labels of {self.classes} classes"
+        if self.kind == "image":
+            return "images of shape " + "x".join(map(str, self.shape or ()))
+        return "nothing"
 
 
 @dataclass
@@ -59,8 +82,8 @@ class SampleSettings(Protocol):
     temperature: float | None
 
     def labels(self, model: Family, n: int, device: torch.device) -> Tensor | None:
-        """The classes of `n` images for a conditional model (`sampler.label`, or a row per
-        class), None for an unconditional one."""
+        """The classes of `n` images for a class-conditional model (`sampler.label`, or a row per
+        class), None for another."""
         ...
 
 
@@ -70,7 +93,7 @@ class GridInputs:
     the grids of two steps differ only by the training between them."""
 
     latents: Tensor  # of the samples: noise, latent codes
-    labels: Tensor | None = None  # the samples' classes (a row per class), conditional models
+    condition: Condition = None  # the samples' (labels: a row per class; images)
     real: Tensor | None = None  # held-out images shown with what the model makes of them
     real_latents: Tensor | None = None  # the noise that completes `real` (PixelCNN)
     real_labels: Tensor | None = None  # `real`'s classes
@@ -78,28 +101,47 @@ class GridInputs:
 
 
 class Family(nn.Module, ABC):
-    """A model family. Subclasses set `roles` (and `abilities`, `sample_modes`, `replicated`
-    where they differ from the defaults); their `__init__` starts with
-    `super().__init__(latent_dim, num_classes, channels, image_size)`, builds the networks and
-    ends with `self.finish(init_from, freeze)`: an `__init__` that does not is refused."""
+    """A model family. Subclasses set `roles` (and `abilities`, `sample_modes`, `replicated`,
+    `conditions` where they differ from the defaults); their `__init__` starts with
+    `super().__init__(latent_dim, num_classes, channels, image_size)` (and `condition_shape`,
+    for a family that generates from an image), builds the networks and ends with
+    `self.finish(init_from, freeze)`: an `__init__` that does not is refused."""
 
     roles: ClassVar[dict[str, str]]  # optimizer key -> the network's name in messages
     abilities: ClassVar[frozenset[str]] = frozenset()  # keys of ABILITIES
     sample_modes: ClassVar[frozenset[str]] = frozenset()  # `sampler.mode`s of its own
     # the networks (attribute names; "" the whole model) that DDP wraps, run through `trained`
     replicated: ClassVar[tuple[str, ...]] = ("",)
+    # the kinds of condition it can be built for (`ConditionKind`s)
+    conditions: ClassVar[frozenset[str]] = frozenset({"none"})
 
-    latent_dim: (
-        int  # the width of the latents it samples from (C*H*W noise for diffusion, PixelCNN)
-    )
-    num_classes: int  # 0 for an unconditional model
+    # the width of the latents it samples from (C*H*W noise for diffusion, PixelCNN; 0 for a
+    # family that draws nothing beyond its image condition)
+    latent_dim: int
+    num_classes: int  # 0 for a model that takes no class labels
     shape: dict[str, int]  # channels, image_size: the networks' keyword arguments
+    condition: ConditionSpec  # what it generates from
 
-    def __init__(self, latent_dim: int, num_classes: int, channels: int, image_size: int) -> None:
+    def __init__(
+        self,
+        latent_dim: int,
+        num_classes: int,
+        channels: int,
+        image_size: int,
+        condition_shape: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
-        require_at_least(1, latent_dim=latent_dim)
+        # 0: nothing drawn beyond the condition, which only an image condition leaves possible
+        require_at_least(1 if condition_shape is None else 0, latent_dim=latent_dim)
         self.latent_dim, self.num_classes = latent_dim, num_classes
         self.shape = {"channels": channels, "image_size": image_size}
+        if condition_shape is not None:
+            shape = tuple(int(s) for s in condition_shape)
+            self.condition = ConditionSpec("image", shape=shape)  # type: ignore[arg-type]
+        else:
+            self.condition = ConditionSpec("labels" if num_classes else "none", num_classes)
+        if self.condition.kind not in self.conditions:
+            raise ValueError(fits(type(self), self.condition.kind))
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers (`distribute`)
         self._ran: set[str] = set()  # the wrappers a step ran (`check_replicas`)
         self._finished = False
@@ -188,9 +230,9 @@ class Family(nn.Module, ABC):
         """Named (C, H, W) grids in [0, 1] from `fixed`, in eval mode."""
 
     @abstractmethod
-    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
-        """`n` images in [-1, 1] (of class `labels` for a conditional model), drawing only from
-        `gen`, in eval mode."""
+    def generate(self, n: int, gen: torch.Generator, condition: Condition = None) -> Tensor:
+        """`n` images in [-1, 1] from `condition` (`n` of them: labels or images; None for a
+        model that generates from nothing), drawing only from `gen`, in eval mode."""
 
     @abstractmethod
     def export_sampler(self, node: DictConfig) -> Exported:
@@ -212,7 +254,7 @@ class Family(nn.Module, ABC):
 
     # --- abilities ----------------------------------------------------------------------------
 
-    def decode_latents(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    def decode_latents(self, z: Tensor, condition: Condition = None) -> Tensor:
         """`interpolate`: images in [-1, 1] for latents (`latent_dim` wide)."""
         raise NotImplementedError
 
@@ -224,7 +266,7 @@ class Family(nn.Module, ABC):
         self,
         n: int,
         gen: torch.Generator,
-        labels: Tensor | None,
+        condition: Condition,
         temperature: float,
     ) -> Tensor:
         """`temperature`: `generate` with every sampled distribution sharpened (< 1) or
@@ -282,6 +324,25 @@ def standalone_node(node: DictConfig, **kwargs: Any) -> dict[str, Any]:
     built = OmegaConf.to_container(node, resolve=True)
     built.pop("_partial_", None)
     return {**built, **kwargs}
+
+
+def fits(family: type[Family], kind: str) -> str:
+    """Why a family cannot be built for a condition of `kind` (the `condition` group's choice, or
+    a model's `conditional`), or "" when it can."""
+    if kind in family.conditions:
+        return ""
+    takes = " or ".join(sorted(family.conditions))
+    if kind == "image":
+        return (
+            f"{family.__name__} does not generate from an image (a condition= of the condition "
+            f"group); it generates from {takes}"
+        )
+    if "image" in family.conditions and kind == "none":
+        return (
+            f"{family.__name__} generates from an image: choose what makes it from the data set's "
+            "images, condition=lowres | mask | grey | noise"
+        )
+    return f"{family.__name__} does not take class labels; it generates from {takes}"
 
 
 def require(model: Family, ability: str, setting: str) -> None:

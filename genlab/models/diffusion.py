@@ -27,6 +27,7 @@ from genlab.images import to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
 from genlab.models.base import (
+    Condition,
     Exported,
     GridInputs,
     OneNetwork,
@@ -59,6 +60,7 @@ class Diffusion(OneNetwork):
     Grids show at most `grid_images` images (each a solver run)."""
 
     roles: ClassVar[dict[str, str]] = {"model": "denoiser"}
+    conditions: ClassVar[frozenset[str]] = frozenset({"none", "labels"})
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate", "likelihood"})
     sample_modes: ClassVar[frozenset[str]] = frozenset({"trajectory"})
 
@@ -204,9 +206,10 @@ class Diffusion(OneNetwork):
         return torch.randn(n, c, s, s, device=device, generator=gen)
 
     @torch.no_grad()
-    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
-        """`n` images in [-1, 1] by the model's sampler, its noise from `gen`."""
-        return self.solve(self._noise(n, gen), labels, gen)[0]
+    def generate(self, n: int, gen: torch.Generator, condition: Condition = None) -> Tensor:
+        """`n` images in [-1, 1] by the model's sampler (of classes `condition`), its noise from
+        `gen`."""
+        return self.solve(self._noise(n, gen), condition, gen)[0]
 
     def interpolation_solver(self) -> Solver:
         """The solver that maps noise to images deterministically (the probability-flow ODE): the
@@ -217,11 +220,11 @@ class Diffusion(OneNetwork):
         return DDIM(steps=steps, guidance=self.sampler.guidance, clip=self.sampler.clip)
 
     @torch.no_grad()
-    def decode_latents(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Images for flattened noise `z` by the deterministic solver: nearby noise gives nearby
-        images, so latents interpolate."""
+    def decode_latents(self, z: Tensor, condition: Condition = None) -> Tensor:
+        """Images for flattened noise `z` (of classes `condition`) by the deterministic solver:
+        nearby noise gives nearby images, so latents interpolate."""
         noise = z.view(len(z), self.shape["channels"], *[self.shape["image_size"]] * 2)
-        return self.solve(noise, labels, None, self.interpolation_solver())[0]
+        return self.solve(noise, condition, None, self.interpolation_solver())[0]
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """An exported diffusion model samples: flattened noise (and labels) to images."""
@@ -241,7 +244,7 @@ class Diffusion(OneNetwork):
         """The samples, and the denoising trajectory of the first images (a row per timestep,
         from noise to the result)."""
         gen = torch.Generator(device=fixed.latents.device).manual_seed(fixed.seed)
-        images, trajectory = self.solve(fixed.latents, fixed.labels, gen, keep=TRAJECTORY_ROWS)
+        images, trajectory = self.solve(fixed.latents, fixed.condition, gen, keep=TRAJECTORY_ROWS)
         nrow = row_length(len(images), self.num_classes)
         return {"samples": to_grid(images, nrow), "trajectory": _trajectory_grid(trajectory, nrow)}
 

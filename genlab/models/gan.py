@@ -27,7 +27,7 @@ from genlab.losses import (
     squared_gradient_norm,
     top_k,
 )
-from genlab.models.base import Exported, Family, GridInputs, standalone_node
+from genlab.models.base import Condition, Exported, Family, GridInputs, standalone_node
 from genlab.models.common import class_rows, conditional_classes, eval_mode, row_length
 from genlab.optim import OptimizerSpec, Updater
 
@@ -44,6 +44,7 @@ class GAN(Family):
     normalized."""
 
     roles: ClassVar[dict[str, str]] = {"g": "generator", "d": "discriminator"}
+    conditions: ClassVar[frozenset[str]] = frozenset({"none", "labels"})
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate"})
     # the discriminator step runs the wrapped D; the generator step runs the wrapped G through
     # the plain D, whose weights it does not update, so no gradient sync waits on a network
@@ -279,20 +280,21 @@ class GAN(Family):
         return self.generator if ema is None else ema.or_network(self.generator)
 
     @torch.no_grad()
-    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
-        """`n` images in [-1, 1] from the sampling generator (its EMA when enabled)."""
+    def generate(self, n: int, gen: torch.Generator, condition: Condition = None) -> Tensor:
+        """`n` images in [-1, 1] (of classes `condition`) from the sampling generator (its EMA
+        when enabled)."""
         z = self.noise(n, next(self.parameters()).device, gen)
         with eval_mode(self):
-            return self.decode_latents(z, labels)
+            return self.decode_latents(z, condition)
 
-    def decode_latents(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Images for given latents from the sampling generator."""
-        return self.sampling_generator()(z, self._labels(labels))
+    def decode_latents(self, z: Tensor, condition: Condition = None) -> Tensor:
+        """Images for given latents (of classes `condition`) from the sampling generator."""
+        return self.sampling_generator()(z, self._labels(condition))
 
     @torch.no_grad()
     def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
         with eval_mode(self):
-            images = self.sampling_generator()(fixed.latents, fixed.labels)
+            images = self.sampling_generator()(fixed.latents, fixed.condition)
         return {"samples": to_grid(images, row_length(len(images), self.num_classes))}
 
     def export_sampler(self, node: DictConfig) -> Exported:

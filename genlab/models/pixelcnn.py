@@ -27,6 +27,7 @@ from genlab.losses import (
 )
 from genlab.models.autoregressive import Autoregressive
 from genlab.models.base import (
+    Condition,
     Exported,
     GridInputs,
     OneNetwork,
@@ -51,6 +52,7 @@ class PixelCNN(OneNetwork):
     show at most `grid_images` images (each costs a pass of the network per sub-pixel)."""
 
     roles: ClassVar[dict[str, str]] = {"model": "PixelCNN"}
+    conditions: ClassVar[frozenset[str]] = frozenset({"none", "labels"})
     abilities: ClassVar[frozenset[str]] = frozenset({"likelihood", "temperature"})
     sample_modes: ClassVar[frozenset[str]] = frozenset({"complete"})
 
@@ -155,20 +157,21 @@ class PixelCNN(OneNetwork):
         return torch.randn(n, self.latent_dim, device=device, generator=gen)
 
     @torch.no_grad()
-    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
-        """`n` images in [-1, 1] at temperature 1, their latents from `gen`."""
-        return self.sample_at_temperature(n, gen, labels, 1.0)
+    def generate(self, n: int, gen: torch.Generator, condition: Condition = None) -> Tensor:
+        """`n` images in [-1, 1] (of classes `condition`) at temperature 1, their latents from
+        `gen`."""
+        return self.sample_at_temperature(n, gen, condition, 1.0)
 
     def sample_at_temperature(
         self,
         n: int,
         gen: torch.Generator,
-        labels: Tensor | None,
+        condition: Condition,
         temperature: float,
     ) -> Tensor:
         """`temperature`: `generate` at another temperature (< 1: the likelier values)."""
         z = self._latents(n, gen)
-        return self.sample(z, labels if self.num_classes else None, temperature)
+        return self.sample(z, condition if self.num_classes else None, temperature)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """An exported PixelCNN samples: latents (and labels) to images."""
@@ -199,7 +202,7 @@ class PixelCNN(OneNetwork):
     def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
         """The samples, and real images (upper row) above their completions from the middle
         row down (lower row)."""
-        images = self.sample(fixed.latents, fixed.labels)
+        images = self.sample(fixed.latents, fixed.condition)
         real = fixed.real
         done = self.complete(real, fixed.real_latents, fixed.real_labels)
         return {

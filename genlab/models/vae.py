@@ -16,7 +16,7 @@ from genlab.errors import require_at_least
 from genlab.images import square_side, to_grid
 from genlab.losses import ELBO, gaussian_kl
 from genlab.metrics.likelihood import BIN_NATS, dequantize
-from genlab.models.base import Exported, Family, GridInputs, standalone_node
+from genlab.models.base import Condition, Exported, Family, GridInputs, standalone_node
 from genlab.models.common import eval_mode
 from genlab.optim import OptimizerSpec, Updater
 
@@ -91,14 +91,14 @@ class VAE(Family):
         return GridInputs(z, real=real)
 
     @torch.no_grad()
-    def generate(self, n: int, gen: torch.Generator, labels: Tensor | None = None) -> Tensor:
+    def generate(self, n: int, gen: torch.Generator, condition: Condition = None) -> Tensor:
         """`n` images in [-1, 1]: the decoder's mean for z drawn from the prior."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, device=device, generator=gen)
         with eval_mode(self):
-            return self.decode_latents(z, labels)
+            return self.decode_latents(z)
 
-    def decode_latents(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    def decode_latents(self, z: Tensor, condition: Condition = None) -> Tensor:
         """The decoder's mean images for given latents."""
         return self.objective.mean(self.decoder(z))
 
