@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 
+from genlab import interrupts
+
 COMMANDS = {
     "train": "Train a model: genlab train model=dcgan dataset=mnist5k trainer.max_steps=2000",
     "sample": "Sample grids from trained models: genlab sample run=PATH sampler.num_images=64",
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         if key in RENAMED:
             print(f"genlab {command}: {key} is now {RENAMED[key]}", file=sys.stderr)
             sys.exit(2)
-    signal.signal(signal.SIGTERM, _terminate)  # the training loop catches both signals itself
+    # the training loop catches both signals itself; before it, they end the command
+    signal.signal(signal.SIGTERM, interrupts.before_the_loop)
     try:
         module = importlib.import_module(f"genlab.commands.{command}")
         sys.argv = [f"genlab {command}", *solver_settings(command, rest)]
@@ -83,8 +86,3 @@ def main(argv: list[str] | None = None) -> None:
         # Not sys.exit: CPython ends with SIGINT itself, whatever the exit code, when the
         # interrupt landed in code run by exec (dataclasses build their methods so on import).
         os._exit(130)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM ends a command as Ctrl-C does (its run records it), instead of killing it."""
-    raise KeyboardInterrupt("SIGTERM")

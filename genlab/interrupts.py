@@ -27,6 +27,19 @@ class EvaluationInterrupted(BaseException):
     KeyboardInterrupt is, so that no `except Exception` on the way swallows it)."""
 
 
+# Signals that arrived before the training loop caught them itself (`before_the_loop`)
+_EARLY: list[int] = []
+
+
+def before_the_loop(signum: int, frame: Any) -> None:
+    """SIGTERM outside the training loop ends a command as Ctrl-C does (KeyboardInterrupt: its
+    run records it), instead of killing it. The signal is also kept: where Python code swallows
+    the exception (an exception raised in a `__del__` or a dict lookup's `__eq__` is lost), a
+    training loop entered after all stops at its first step."""
+    _EARLY.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 class CaughtSignals(list):
     """While entered, SIGINT and SIGTERM are caught: the signals received, which the loop acts
     on. A second one raises KeyboardInterrupt; the first raises EvaluationInterrupted inside
@@ -60,6 +73,10 @@ class CaughtSignals(list):
             self._interruptible = False
 
     def __enter__(self) -> CaughtSignals:
+        if _EARLY:  # received before the loop, and its KeyboardInterrupt lost on the way
+            self.append(_EARLY[0])
+            log.warning("%s received: saving a checkpoint after this step", self.signal.name)
+            _EARLY.clear()
         if threading.current_thread() is threading.main_thread():
             self._previous = {
                 s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)

@@ -468,3 +468,18 @@ def test_a_checkpoint_holds_its_step_while_a_slow_disk_writes_it(tmp_path, monke
     early = load_checkpoint(tmp_path / "long" / "checkpoints" / "step_0000002.pt")
     assert_identical(early, weights(tmp_path / "short"))
     assert weights(tmp_path / "long")["step"] == 4
+
+
+def test_a_signal_whose_interrupt_was_lost_before_the_loop_stops_it_at_once():
+    """Python code may swallow the KeyboardInterrupt a start-up signal raises (an exception in a
+    `__del__` is only printed): the loop entered after all holds the signal, and stops."""
+    from genlab import interrupts
+
+    try:
+        interrupts.before_the_loop(signal.SIGTERM, None)
+    except KeyboardInterrupt as e:
+        assert str(e) == "SIGTERM"  # what the command prints: interrupted (SIGTERM)
+    with interrupts.CaughtSignals() as stop:
+        assert stop.signal == signal.SIGTERM and len(stop) == 1
+    with interrupts.CaughtSignals() as stop:  # held once, for that loop only
+        assert not stop

@@ -141,7 +141,7 @@ class Family(nn.Module, ABC):
         else:
             self.condition = ConditionSpec("labels" if num_classes else "none", num_classes)
         if self.condition.kind not in self.conditions:
-            raise ValueError(fits(type(self), self.condition.kind))
+            raise ValueError(unfit(type(self), self.condition.kind))
         self._replicas: dict[str, nn.Module] = {}  # DDP wrappers (`distribute`)
         self._ran: set[str] = set()  # the wrappers a step ran (`check_replicas`)
         self._finished = False
@@ -326,11 +326,9 @@ def standalone_node(node: DictConfig, **kwargs: Any) -> dict[str, Any]:
     return {**built, **kwargs}
 
 
-def fits(family: type[Family], kind: str) -> str:
+def unfit(family: type[Family], kind: str) -> str:
     """Why a family cannot be built for a condition of `kind` (the `condition` group's choice, or
-    a model's `conditional`), or "" when it can."""
-    if kind in family.conditions:
-        return ""
+    a model's `conditional`), which is not among its `conditions`."""
     takes = " or ".join(sorted(family.conditions))
     if kind == "image":
         return (
