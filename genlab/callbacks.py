@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,7 +56,13 @@ class RunChecks(Callback):
 
 
 def _make(config: DictConfig, key: str) -> Path:
-    """Make the folder `key` names (Hydra would, with a traceback where it cannot)."""
+    """Make the folder `key` names (Hydra would, with a traceback where it cannot). Its name
+    may use `${hydra:...}` (the default, `outputs/<model>_<dataset>/<time>`), which resolves
+    through the HydraConfig that Hydra sets only after this callback: it is set here as Hydra
+    sets it. The time in the name is resolved once per config (Hydra's `now` is cached), so
+    Hydra's job runs in the folder made here."""
+    if HydraConfig.instance().cfg is None:
+        HydraConfig.instance().set_config(config)
     folder = Path(OmegaConf.select(config, key))
     try:
         with writing(folder):

@@ -294,6 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
+    if (args.folder / "run.json").is_file():  # its report files would mix with the run's own
+        parser.error(
+            f"{args.folder} is one run's folder; a report ranks the runs of a folder that holds "
+            f"several: genlab report {args.folder.parent}"
+        )
     try:
         with writing(None):
             columns = [c for c in args.columns.split(",") if c]
