@@ -7,6 +7,9 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
+
+import yaml
 
 from genlab import interrupts
 
@@ -49,6 +52,46 @@ def solver_settings(command: str, overrides: list[str]) -> list[str]:
     return [f"+{w}" if w.startswith("solver.") else w for w in overrides]
 
 
+def _key(override: str) -> str:
+    """The key an override sets (`+trainer.x=1` -> `trainer.x`, `model=vae` -> `model`)."""
+    return override.lstrip("+~").partition("=")[0]
+
+
+def resumed_settings(command: str, overrides: list[str]) -> list[str]:
+    """`genlab train trainer.resume=auto hydra.run.dir=RUN` continues RUN as it was made: the
+    overrides RUN's command line gave (`RUN/.hydra/overrides.yaml`), then those given now, which
+    replace theirs key by key (`trainer.max_steps=3000`). So does `trainer.resume=PATH` for a
+    run folder or one of its checkpoints. What would change the model is refused afterwards, as
+    for any resume (`config.MEANING`). A sweep's jobs (`-m`) resume with the sweep's settings."""
+    if command != "train" or {"-m", "--multirun"} & set(overrides):
+        return overrides
+    given = {_key(o): o.partition("=")[2] for o in overrides if "=" in o}
+    resume = given.get("trainer.resume")
+    if resume in (None, "", "null"):
+        return overrides
+    if resume in ("auto", "last"):
+        if "hydra.run.dir" not in given:
+            return overrides  # a new timestamped folder: nothing to continue
+        run = Path(given["hydra.run.dir"])
+    else:
+        run = Path(resume)
+        run = (
+            run
+            if run.is_dir()
+            else run.parent.parent
+            if run.parent.name == "checkpoints"
+            else run.parent
+        )
+    try:
+        earlier = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return overrides  # no run there yet, or not one genlab wrote: the command as it is
+    if not isinstance(earlier, list) or not all(isinstance(o, str) for o in earlier):
+        return overrides
+    kept = [o for o in earlier if _key(o) not in given and _key(o) not in ("trainer.overwrite",)]
+    return [*kept, *overrides]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -76,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, interrupts.before_the_loop)
     try:
         module = importlib.import_module(f"genlab.commands.{command}")
-        sys.argv = [f"genlab {command}", *solver_settings(command, rest)]
+        rest = resumed_settings(command, solver_settings(command, rest))
+        sys.argv = [f"genlab {command}", *rest]
         module.main()
     except KeyboardInterrupt as e:  # outside the training loop, or a second signal in it
         print(f"genlab {command}: interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)

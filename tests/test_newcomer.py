@@ -1,6 +1,8 @@
 """A new user's first commands: quiet on a healthy run, errors as one line."""
 
-from tests.conftest import run_cli
+import torch
+
+from tests.conftest import cli, run_cli
 
 
 def test_a_healthy_run_s_commands_print_no_warning(tmp_path):
@@ -26,3 +28,41 @@ def test_a_healthy_run_s_commands_print_no_warning(tmp_path):
     single = run_cli("report", str(run), cwd=tmp_path)
     assert single.returncode == 2 and f"genlab report {run.parent}" in single.stderr
     assert not (run / "report.md").exists()
+
+
+def test_resume_as_written_continues_a_run_with_its_own_settings(tmp_path):
+    """`genlab train trainer.resume=auto hydra.run.dir=RUN`, with nothing of RUN's settings
+    retyped: RUN's loss, model and data go on; what is given now applies on top; the end of the
+    run says how to continue, evaluate, sample and export it."""
+    run = tmp_path / "run"
+    quick = ["logger=none", "trainer.eval_every=null", "trainer.sample_every=0"]
+    first = cli(
+        "train", "model=gan", "loss=hinge", "trainer.max_steps=3", *quick, f"hydra.run.dir={run}"
+    )
+    assert first.returncode == 0, first.stderr
+    assert f"Continue it: genlab train hydra.run.dir={run} trainer.resume=auto" in first.stdout
+    assert (
+        f"genlab eval run={run} | genlab sample run={run} | genlab export run={run}" in first.stdout
+    )
+
+    again = cli("train", "trainer.resume=auto", f"hydra.run.dir={run}", "trainer.max_steps=5")
+    assert again.returncode == 0, again.stderr
+    assert "Resumed at step 3" in again.stdout
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 5 and "genlab.losses.Hinge" in state["config"]
+
+    # a checkpoint named instead of the folder: the same settings
+    last = cli(
+        "train",
+        f"trainer.resume={run / 'checkpoints' / 'last.pt'}",
+        f"hydra.run.dir={run}",
+        "trainer.max_steps=6",
+    )
+    assert last.returncode == 0, last.stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
+
+    # what would change the model is refused, as for any resume
+    other = cli(
+        "train", "trainer.resume=auto", f"hydra.run.dir={run}", "trainer.max_steps=8", "loss=bce"
+    )
+    assert other.returncode == 1 and "differs from the checkpoint" in other.stderr

@@ -77,6 +77,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
             if procs.distributed:
                 run_dir = _follow_rank0(run_dir, procs)
             return _train(cfg, trainer, device, procs, run_dir, folder)
+        except Exception:  # a run that failed after it began: how to go on from its checkpoint
+            if folder.started and (run_dir / "checkpoints" / "last.pt").is_file():
+                log.info("%s", _what_next(run_dir))
+            raise
         finally:
             distributed.stop()
 
@@ -172,7 +176,7 @@ def _train(
             "cuda_mb": values.get("perf/peak_cuda_mb"),
         },
     )
-    log.info("Run folder: %s", run_dir.resolve())
+    log.info("Run folder: %s\n%s", run_dir.resolve(), _what_next(run_dir))
     return values
 
 
@@ -218,18 +222,31 @@ def _check_objective(cfg: DictConfig) -> None:
 
 
 def _resume_command(run_dir: Path) -> str:
-    """The command that continues this run in its own folder (under torchrun if started so)."""
-    overrides = []
-    if HydraConfig.initialized():
-        skip = ("hydra.run.dir=", "trainer.resume=", "trainer.overwrite=")
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)]
+    """The command that continues this run in its own folder, with its own settings (the
+    command line reads them from the run, `cli.resumed_settings`), under torchrun if started
+    so, with the config folder a `--config-dir` added."""
     launcher = ["genlab"]
     world, local = (int(os.environ.get(k, "1")) for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
     if world > 1:
         nodes = [f"--nnodes={world // local}"] if world > local else []
         launcher = ["torchrun", *nodes, f"--nproc_per_node={local}", "-m", "genlab"]
-    words = [*launcher, "train", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
+    config_dirs = []
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "command-line" and source.schema == "file":
+                config_dirs += ["--config-dir", source.path]
+    words = [*launcher, "train", *config_dirs, f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def _what_next(run_dir: Path) -> str:
+    """The commands that continue, evaluate, sample and export a run."""
+    run = shlex.quote(str(run_dir))
+    return (
+        f"Continue it: {_resume_command(run_dir)} (trainer.max_steps=N: to step N)\n"
+        f"Evaluate, sample, export: genlab eval run={run} | genlab sample run={run} | "
+        f"genlab export run={run}"
+    )
 
 
 def _refuse(fn, arg: Any, context: str) -> Any:
