@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -92,6 +96,77 @@ def resumed_settings(command: str, overrides: list[str]) -> list[str]:
     return [*kept, *overrides]
 
 
+class HydraErrors:
+    """stderr while a command's Hydra app runs: Hydra's wrapper lines around an error (`Error
+    executing job with overrides: ...`, the HYDRA_FULL_ERROR advice) are left out, and its
+    messages for a mistyped key or option become one line naming the nearest valid ones, never
+    the advice to add `+` (a usage error: `usage` is set, and the command exits 2). With
+    HYDRA_FULL_ERROR=1 Hydra's own output is left alone."""
+
+    def __init__(self, stream: Any, command: str, overrides: list[str]) -> None:
+        self.stream, self.command, self.overrides = stream, command, overrides
+        self.usage, self._cause = False, False
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides:") or "HYDRA_FULL_ERROR=1" in text:
+            return len(text)
+        if self._cause:  # the OmegaConf error under a message rewritten below
+            self._cause = False
+            return len(text)
+        if key := re.match(r"Could not override '([^']+)'\.", text):
+            self.usage = self._cause = True
+            text = f"genlab {self.command}: {key[1]} is not a setting{self._nearest_key(key[1])}\n"
+        elif option := re.search(r"Could not find '([^']+)/([^'/]+)'", text):
+            self.usage = True
+            group, name = option[1], option[2]
+            options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+            near = difflib.get_close_matches(name, options, n=2, cutoff=0.7)
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
+            text = (
+                f"genlab {self.command}: {group}={name} is not an option of {group}{hint} "
+                f"(options: {', '.join(options)})\n"
+            )
+        return self.stream.write(text)
+
+    def _nearest_key(self, key: str) -> str:
+        """`; did you mean trainer.max_steps?`, from the keys of the command's config composed
+        with the groups chosen on its command line."""
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import OmegaConf
+
+        from genlab import CONF_DIR
+
+        groups = [o for o in self.overrides if "=" in o and "." not in o.partition("=")[0]]
+        for chosen in (groups, []):
+            GlobalHydra.instance().clear()
+            try:
+                with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+                    cfg = compose(self.command, overrides=[o.lstrip("+") for o in chosen])
+                break
+            except Exception:
+                continue
+        else:
+            return ""
+        keys = list(_leaves(OmegaConf.to_container(cfg)))
+        near = difflib.get_close_matches(key, keys, n=2, cutoff=0.8)
+        if not near:
+            return f" (genlab {self.command} --cfg job lists them)"
+        return f"; did you mean {' or '.join(near)}?"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k != "hydra":
+                yield from _leaves(v, f"{prefix}{k}.")
+    elif prefix:
+        yield prefix[:-1]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -121,7 +196,10 @@ def main(argv: list[str] | None = None) -> None:
         module = importlib.import_module(f"genlab.commands.{command}")
         rest = resumed_settings(command, solver_settings(command, rest))
         sys.argv = [f"genlab {command}", *rest]
-        module.main()
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or command == "report":
+            module.main()
+        else:
+            _run(module.main, HydraErrors(sys.stderr, command, rest))
     except KeyboardInterrupt as e:  # outside the training loop, or a second signal in it
         print(f"genlab {command}: interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
         logging.shutdown()
@@ -130,3 +208,16 @@ def main(argv: list[str] | None = None) -> None:
         # Not sys.exit: CPython ends with SIGINT itself, whatever the exit code, when the
         # interrupt landed in code run by exec (dataclasses build their methods so on import).
         os._exit(130)
+
+
+def _run(app: Callable[[], object], errors: HydraErrors) -> None:
+    """Run a Hydra app with `errors` as stderr; a usage error exits 2."""
+    real, sys.stderr = sys.stderr, errors
+    try:
+        app()
+    except SystemExit as e:
+        if errors.usage and e.code == 1:
+            raise SystemExit(2) from None
+        raise
+    finally:
+        sys.stderr = real

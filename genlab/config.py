@@ -9,6 +9,7 @@ turns those into a `ConfigError` naming the config group.
 from __future__ import annotations
 
 import collections.abc
+import difflib
 import inspect
 import types
 import typing
@@ -107,8 +108,12 @@ def check_node(node: DictConfig, path: str) -> None:
         full = f"{path}.{key}"
         shown = user_key(full)  # as the command line sets it
         if key not in params and not open_kwargs:
-            allowed = ", ".join(k for k, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
-            raise ConfigError(f"{shown}: unknown key for {target_name}; allowed keys: {allowed}")
+            keys = [k for k, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+            near = difflib.get_close_matches(key, keys, n=2, cutoff=0.8)
+            hint = f"did you mean {' or '.join(near)}? " if near else ""
+            raise ConfigError(
+                f"{shown}: unknown key for {target_name}; {hint}allowed keys: {', '.join(keys)}"
+            )
         try:
             value = node[key]  # resolves interpolations
         except MissingMandatoryValue:

@@ -134,8 +134,11 @@ ERRORS = [
 ]
 # Through the CLI's dispatch and Hydra's app: Hydra's composition errors and one of genlab's.
 CLI_ERRORS = [
-    (["model=foo"], "Could not find 'model/foo'"),
-    (["trainer.max_stepz=5"], "Could not override 'trainer.max_stepz'"),
+    (["model=foo"], "model=foo is not an option of model"),
+    (
+        ["trainer.max_stepz=5"],
+        "trainer.max_stepz is not a setting; did you mean trainer.max_steps",
+    ),
     (["model=vae", "loss=hinge"], "loss=hinge (genlab.losses.Hinge) does not fit model=vae"),
 ]
 

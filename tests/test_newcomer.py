@@ -1,5 +1,6 @@
 """A new user's first commands: quiet on a healthy run, errors as one line."""
 
+import pytest
 import torch
 
 from tests.conftest import cli, run_cli
@@ -66,3 +67,34 @@ def test_resume_as_written_continues_a_run_with_its_own_settings(tmp_path):
         "train", "trainer.resume=auto", f"hydra.run.dir={run}", "trainer.max_steps=8", "loss=bce"
     )
     assert other.returncode == 1 and "differs from the checkpoint" in other.stderr
+
+
+@pytest.mark.parametrize(
+    ("words", "line", "status"),
+    [
+        (
+            ["train", "trainer.max_step=5"],
+            "genlab train: trainer.max_step is not a setting; did you mean trainer.max_steps",
+            2,
+        ),
+        (["train", "model=dcgna"], "model=dcgna is not an option of model; did you mean dcgan", 2),
+        (["train", "model=vae", "model.latnt_dim=3"], "did you mean model.latent_dim?", 2),
+        (["eval", "run=x", "evaluator.num_generatd=9"], "did you mean evaluator.num_generated", 2),
+        (
+            ["train", "+trainer.max_step=5"],
+            "unknown key for genlab.trainer.Trainer; did you mean max_steps?",
+            1,
+        ),
+        (["train", "trainer.max_steps=-3"], "trainer.max_steps must be >= 1, got -3", 1),
+    ],
+)
+def test_an_error_is_one_line_with_the_nearest_names(words, line, status, tmp_path):
+    """genlab's own message, without Hydra's wrapper lines or its advice to add `+`; exit 2 for
+    a mistyped key or option (usage), 1 for a value genlab refuses."""
+    result = cli(*words, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == status, result.stderr
+    assert line in result.stderr
+    assert "Error executing job" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+    assert "+trainer" not in result.stderr.replace("+trainer.max_step=5", "")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "run").exists()
