@@ -351,6 +351,18 @@ def _walk(root: Path, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
             yield rel, entry
 
 
+def as_the_user_makes(tree: Path) -> None:
+    """Give the files and folders another library wrote under `tree` (a temporary folder of
+    genlab's) the modes of the user's own, as genlab's files have them: 0666 and 0777 less the
+    umask (0644 and 0755 under 022), never through a link."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [tree, *tree.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def temporary_name(name: str) -> str:
     """A fresh name for a temporary file or folder that will become `name`."""
     return f".{name}{_TEMP}{secrets.token_hex(4)}.tmp"

@@ -1,9 +1,12 @@
 """A new user's first commands: quiet on a healthy run, errors as one line."""
 
+import os
+import stat
+
 import pytest
 import torch
 
-from tests.conftest import cli, run_cli
+from tests.conftest import ROOT, TINY_NETWORKS, cli, make_cfg, run_cli
 
 
 def test_a_healthy_run_s_commands_print_no_warning(tmp_path):
@@ -98,3 +101,34 @@ def test_an_error_is_one_line_with_the_nearest_names(words, line, status, tmp_pa
     assert "+trainer" not in result.stderr.replace("+trainer.max_step=5", "")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_an_export_is_readable_by_others_under_the_users_umask(tmp_path):
+    """Every file and folder of a diffusion export, the diffusers pipeline's weights too (which
+    diffusers writes 0600), has the modes of the user's own files: 0644 and 0755 under 022."""
+    run = ROOT / "tests" / "fixtures" / "runs_17b1089" / "ddpm"
+    old = os.umask(0o022)
+    try:
+        result = run_cli("export", f"run={run}", f"out={tmp_path / 'export'}")
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    paths = [tmp_path / "export", *(tmp_path / "export").rglob("*")]
+    assert any(p.name == "diffusion_pytorch_model.safetensors" for p in paths)
+    modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes == {p: 0o755 if (tmp_path / p).is_dir() else 0o644 for p in modes}
+
+
+def test_a_dit_export_says_in_one_sentence_why_it_has_no_pipeline(tmp_path):
+    from genlab.config import build_model
+    from genlab.data import mnist5k
+    from genlab.files import Outputs
+
+    cfg = make_cfg("model=dit", *TINY_NETWORKS["dit"])
+    model = build_model(cfg, mnist5k(split="test"))
+    exported = model.export_sampler(cfg.model)
+    message = exported.extra(Outputs(tmp_path), "")
+    assert message == (
+        "No diffusers pipeline: diffusers has no class for this network (genlab's export above "
+        "samples it)."
+    )

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from genlab.data.loader import Batch
 from genlab.ema import EMA
 from genlab.errors import require_at_least, writing
-from genlab.files import Outputs, join, temporary_name
+from genlab.files import Outputs, as_the_user_makes, join, temporary_name
 from genlab.images import to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
@@ -281,8 +281,10 @@ class Diffusion(OneNetwork):
         written beside, then replaces the pipeline genlab wrote there before."""
         unet = getattr(self.sampling_network(), "unet", None)
         if not isinstance(unet, UNet2DModel):
-            return "No diffusers pipeline: diffusers has no class for this network (genlab's "
-            "export above samples it)."
+            return (
+                "No diffusers pipeline: diffusers has no class for this network (genlab's "
+                "export above samples it)."
+            )
         target = join(folder, PIPELINE)
         tmp = outputs.folder(join(folder, temporary_name(PIPELINE)))
         try:
@@ -290,6 +292,7 @@ class Diffusion(OneNetwork):
             pipe = DDPMPipeline(unet=copy.deepcopy(unet).eval(), scheduler=scheduler)
             with writing(outputs.path(target)):
                 pipe.save_pretrained(tmp)
+                as_the_user_makes(tmp)  # diffusers writes its weights 0600
             written = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
             outputs.record(f"{target}/{p}" for p in written)
             outputs.clear(below=target)  # the earlier pipeline, all genlab's (checked first)
