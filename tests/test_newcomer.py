@@ -2,6 +2,8 @@
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,3 +134,23 @@ def test_a_dit_export_says_in_one_sentence_why_it_has_no_pipeline(tmp_path):
         "No diffusers pipeline: diffusers has no class for this network (genlab's export above "
         "samples it)."
     )
+
+
+@pytest.mark.parametrize("model", ["gan", "vae", "pixelcnn"])
+def test_only_a_diffusion_run_imports_diffusers(model, tmp_path):
+    """diffusers takes seconds to import: a GAN, VAE or PixelCNN run (a smoke run, with its
+    grid and checkpoint) never imports it (-X importtime lists every module imported)."""
+    tiny = TINY_NETWORKS.get(model, [])
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "genlab", "train", f"model={model}"]
+        + ["trainer=smoke", "logger=none", "trainer.eval_every=null", *tiny]
+        + [f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = [line.rpartition("|")[2].strip() for line in result.stderr.splitlines()]
+    assert "torch" in imported  # the listing is there
+    assert not [m for m in imported if m.split(".")[0] == "diffusers"]
+    assert not [m for m in imported if m.split(".")[0] == "torchmetrics"]

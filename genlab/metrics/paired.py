@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
 
 # ITU-R BT.601 as MATLAB's rgb2ycbcr (the SR papers' Y channel): offset and weights on [0, 1]
 Y_OFFSET, Y_WEIGHTS = 16 / 255, (65.481 / 255, 128.553 / 255, 24.966 / 255)
@@ -24,6 +20,12 @@ def paired_metrics(outputs: Tensor, targets: Tensor, border: int = 0) -> dict[st
     """Mean PSNR (dB) and SSIM (Gaussian window 11, sigma 1.5) of uint8 `outputs` against their
     uint8 `targets` (N, C, H, W), on [0, 1]: on the Y channel for colour images, with `border`
     pixels cropped at each edge."""
+    # imported here: torchmetrics brings torchvision and scipy, seconds of every command's start
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
+
     x, y = (t.double() / 255 for t in (outputs, targets))
     if x.shape[1] == 3:
         x, y = luma(x), luma(y)
