@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -194,6 +195,7 @@ class Trainer:
             # a frozen network, or a skipped update, steps its scheduler without its optimizer
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             bar = self._progress(run, procs)
+            began = time.perf_counter()
             for step in range(run.start + 1, run.total + 1):
                 last = step == run.total
                 log_step = self._due(step, self.log_every, last)
@@ -203,6 +205,8 @@ class Trainer:
                 if log_step and metrics is not None:
                     values = self._log(run, metrics, step)
                     bar.set_postfix(_short(values), refresh=False)
+                    if bar.disable and procs.main:  # a line a job's log file can read instead
+                        log.info("%s", _log_line(run, step, values, time.perf_counter() - began))
                 if procs.main and self._due(step, self.sample_every, last):
                     self._sample(run, step)
                 if self._due(step, self.ckpt_every, last):  # before an evaluation (a signal
@@ -276,10 +280,12 @@ class Trainer:
             distribute(run.model, distributed.wrapper(run.device))
 
     def _progress(self, run: _Run, procs: Processes) -> tqdm:
+        """The bar, on a terminal only: elsewhere (a cluster job's log file, or
+        `trainer.progress=false`) each logging step is a log line."""
         return tqdm(
             total=run.total,
             initial=run.start,
-            disable=not (self.progress and procs.main),
+            disable=not (self.progress and procs.main and sys.stderr.isatty()),
             unit="step",
             dynamic_ncols=True,
         )
@@ -429,6 +435,21 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at startup
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def _log_line(run: _Run, step: int, values: dict[str, float], seconds: float) -> str:
+    """`step 500/1500: d 1.27, g 1.75, ..., images_per_s 2174; 35 s left`."""
+    done = step - run.start
+    left = seconds / done * (run.total - step) if done else 0.0
+    shown = ", ".join(f"{k} {v}" for k, v in _short(values).items())
+    return f"step {step}/{run.total}: {shown}; {_duration(left)} left"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
 def _short(values: dict[str, float]) -> dict[str, str]:

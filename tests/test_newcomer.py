@@ -154,3 +154,25 @@ def test_only_a_diffusion_run_imports_diffusers(model, tmp_path):
     assert "torch" in imported  # the listing is there
     assert not [m for m in imported if m.split(".")[0] == "diffusers"]
     assert not [m for m in imported if m.split(".")[0] == "torchmetrics"]
+
+
+def test_a_job_s_log_gets_a_line_per_logging_step_and_no_bar(tmp_path):
+    """Output to a file (a cluster job's log): no `\\r` bar; each logging step is a line, in the
+    output and in train.log, with the step, the values, images/s and the time left."""
+    run = tmp_path / "run"
+    result = run_cli(
+        "train",
+        "model=gan",
+        "trainer.max_steps=20",
+        "trainer.log_every=10",
+        "logger=none",
+        "trainer.eval_every=null",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr + result.stdout
+    lines = [line for line in result.stdout.splitlines() if "] - step " in line]
+    assert [line.split("] - ")[1].split(":")[0] for line in lines] == ["step 10/20", "step 20/20"]
+    assert "images_per_s" in lines[0] and lines[0].endswith(" left")
+    logged = (run / "train.log").read_text()
+    assert all(line.split("] - ")[1] in logged for line in lines)
