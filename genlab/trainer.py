@@ -354,7 +354,7 @@ class Trainer:
         loader, update = run.loader, run.update
         values = {k: float(v) for k, v in metrics.items()}
         values["perf/images_per_s"] = run.speed.images_per_s()
-        values["epoch"] = loader.epoch + loader.index / loader.batches_per_epoch
+        values["perf/epoch"] = loader.epoch + loader.index / loader.batches_per_epoch
         values.update({f"lr/{k}": o.param_groups[0]["lr"] for k, o in update.optimizers.items()})
         if update.dtype is torch.float16:
             values.update({f"amp/scale_{k}": update.loss_scale(k) for k in update.optimizers})
@@ -454,6 +454,9 @@ def _duration(seconds: float) -> str:
 
 def _short(values: dict[str, float]) -> dict[str, str]:
     """Compact progress-bar / log form of the logged values."""
-    skip = ("lr/", "epoch", "grad_norm", "eval/class_accuracy/", "amp/")
+    skip = ("lr/", "perf/epoch", "grad_norm", "eval/class_accuracy/", "amp/")
     keep = {k: v for k, v in values.items() if not k.startswith(skip)}
-    return {k.removeprefix("loss/").removeprefix("perf/"): f"{v:.4g}" for k, v in keep.items()}
+    return {
+        k.partition("/")[2] if k.startswith(("loss/", "perf/", "gan/")) else k: f"{v:.4g}"
+        for k, v in keep.items()
+    }

@@ -51,7 +51,7 @@ def test_lecam_averages_d_outputs_and_adds_its_penalty():
     plain, _ = steps(Hinge(), 2)
     lecam, model = steps(Hinge(lecam=0.5, lecam_decay=0.9), 2)
     # the averages start at 0: after two steps 0.1 * (0.9 * first + second) (lr 0: D is fixed)
-    expected = [0.1 * (0.9 * lecam[0][k] + lecam[1][k]) for k in ("D(x)", "D(G(z))")]
+    expected = [0.1 * (0.9 * lecam[0][k] + lecam[1][k]) for k in ("gan/D(x)", "gan/D(G(z))")]
     assert model.lecam_anchors.tolist() == pytest.approx(expected, rel=1e-5)
     for p, v in zip(plain, lecam, strict=True):
         assert v["loss/d"] == pytest.approx(p["loss/d"] + 0.5 * v["loss/lecam"], rel=1e-5)

@@ -255,7 +255,7 @@ def test_ema_generator_is_checkpointed_and_samples(tmp_path):
 def test_gradient_norms_are_reported(tmp_path):
     values = train(make_cfg("model=gan", *FAST), run_dir=tmp_path)
     assert values["grad_norm/d"] > 0 and values["grad_norm/g"] > 0
-    assert 0 < values["diversity"] < 10
+    assert 0 < values["gan/diversity"] < 10
 
 
 def _sigint_as_at_a_terminal() -> None:

@@ -208,9 +208,10 @@ class GAN(Family):
                 {
                     "grad_norm/d": d_norm,
                     "grad_norm/g": g_norm,
-                    "D(x)": loss.score(real_out.detach().float()).mean(),
-                    "D(G(z))": loss.score(fake_out.detach().float()).mean(),
-                    "diversity": diversity(fake[:16].detach(), real[:16]),
+                    # the GAN's diagnostics, one TensorBoard section
+                    "gan/D(x)": loss.score(real_out.detach().float()).mean(),
+                    "gan/D(G(z))": loss.score(fake_out.detach().float()).mean(),
+                    "gan/diversity": diversity(fake[:16].detach(), real[:16]),
                 }
             )
         return values
@@ -256,12 +257,12 @@ class GAN(Family):
         return total
 
     def on_log(self, values: dict[str, float], step: int) -> None:
-        if values.get("diversity", 1.0) < COLLAPSE_WARNING:
+        if values.get("gan/diversity", 1.0) < COLLAPSE_WARNING:
             log.warning(
                 "step %d: generated images are %.2f as diverse as real ones: the generator may "
                 "be collapsing to a few modes",
                 step,
-                values["diversity"],
+                values["gan/diversity"],
             )
 
     # --- sampling -------------------------------------------------------------------------------
