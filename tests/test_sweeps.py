@@ -118,7 +118,12 @@ def test_a_sweep_into_a_folder_of_runs_is_refused(sweep):
 
 def test_tensorboard_run_names_and_hparams(sweep):
     (events,) = [p for p in sweep.glob("*/tb/*") if "optimizer.lr=0.0001" in p.name][:1]
-    assert "trainer.seed=" in events.name  # the run name shows the job's overrides
+    # the run name shows the settings the sweep varies, not those every job shares
+    assert events.name in (
+        "optimizer.lr=0.0001,trainer.seed=0",
+        "optimizer.lr=0.0001,trainer.seed=1",
+    )
+    assert "model=gan" not in events.name
     acc = EventAccumulator(str(events))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
@@ -129,6 +134,8 @@ def test_tensorboard_run_names_and_hparams(sweep):
     assert start.hparams["model"].string_value == "gan"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     assert "loss/d" in {m.name.tag for m in experiment.experiment.metric_infos}
+    names = [h.name for h in experiment.experiment.hparam_infos]
+    assert names[:2] == ["optimizer.lr", "trainer.seed"]  # the swept ones first
 
 
 def test_optuna_sweep_finishes_and_reports_its_best(tmp_path):

@@ -158,6 +158,9 @@ def _train(
         if HydraConfig.initialized():
             hparams.update(record_lib.parse_overrides(list(HydraConfig.get().overrides.task)))
         hparams.update(seed=trainer.seed, batch_size=trainer.batch_size, lr=spec.lr)
+        if _sweep_name() is not None:  # HParams lists what the sweep varies first
+            swept = _swept()
+            hparams = dict(sorted(hparams.items(), key=lambda item: item[0] not in swept))
         final = {k: v for k, v in values.items() if k.startswith(("loss/", "eval/"))}
         logger.log_hparams(hparams, final)
     except BaseException:
@@ -197,12 +200,30 @@ def _follow_rank0(run_dir: Path, procs: Processes) -> Path:
     return shared
 
 
+def _swept() -> set[str]:
+    """In a multirun, the keys its jobs vary: the sweeper's `params` and the sweep's command-line
+    overrides with sweep syntax (`optimizer.lr=1e-4,2e-4`), which Hydra wrote to the sweep
+    folder's multirun.yaml before the jobs began."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = HydraConfig.get()
+    keys = set((hydra_cfg.sweeper.get("params") or {}).keys())
+    with contextlib.suppress(Exception):  # no readable multirun.yaml: the sweeper's keys
+        sweep = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+        parsed = OverridesParser.create().parse_overrides(list(sweep.hydra.overrides.task))
+        keys |= {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return keys
+
+
 def _sweep_name(limit: int = 150) -> str | None:
-    """In a multirun, the job's overrides as one folder name (the TensorBoard run name)."""
+    """In a multirun, the job's settings that the sweep varies, as one folder name (the
+    TensorBoard run name): `optimizer.lr=0.0001`, not the settings every job shares."""
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         return None
     task = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra")]
-    name = ",".join(task).replace("/", "_") or "defaults"
+    swept = _swept()
+    varied = [o for o in task if o.lstrip("+~").partition("=")[0] in swept]
+    name = ",".join(varied or task).replace("/", "_") or "defaults"
     if len(name) > limit:
         name = f"{name[: limit - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
