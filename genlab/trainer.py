@@ -36,6 +36,7 @@ from genlab.interrupts import CaughtSignals, EvaluationInterrupted, StoppedAtSig
 from genlab.logger import NullLogger
 from genlab.models.base import Family, GridInputs, check_replicas, distribute
 from genlab.optim import NonFiniteError, Precision, Updater, precision_dtype
+from genlab.progress import Speed, log_line, short
 from genlab.training_state import Checkpoints, TrainingState
 
 log = logging.getLogger(__name__)
@@ -204,9 +205,14 @@ class Trainer:
                     check_replicas(run.model)  # every network ran through its DDP wrapper
                 if log_step and metrics is not None:
                     values = self._log(run, metrics, step)
-                    bar.set_postfix(_short(values), refresh=False)
+                    bar.set_postfix(short(values), refresh=False)
                     if bar.disable and procs.main:  # a line a job's log file can read instead
-                        log.info("%s", _log_line(run, step, values, time.perf_counter() - began))
+                        log.info(
+                            "%s",
+                            log_line(
+                                step, run.start, run.total, values, time.perf_counter() - began
+                            ),
+                        )
                 if procs.main and self._due(step, self.sample_every, last):
                     self._sample(run, step)
                 if self._due(step, self.ckpt_every, last):  # before an evaluation (a signal
@@ -219,7 +225,7 @@ class Trainer:
                     self._stop(run, stop, step, procs, resume_hint)
             bar.close()
         run.guard.finish()
-        log.info("Finished %d steps: %s", run.total, _short(values))
+        log.info("Finished %d steps: %s", run.total, short(values))
         return {**values, "step": run.total}
 
     # --- the loop's parts -----------------------------------------------------------------------
@@ -247,7 +253,7 @@ class Trainer:
             device=device,
             training=training,
             checkpoints=checkpoints,
-            speed=_Speed(loader.global_batch * per_step, device),
+            speed=Speed(loader.global_batch * per_step, device),
             fixed=model.fixed_inputs(self.grid_images, examples, seed=self.seed),
             total=self.total_steps(loader.batches_per_epoch, per_step),
         )
@@ -383,7 +389,7 @@ class Trainer:
             log.warning("step %d: %s stopped the evaluation", step, e)
             return {}
         logger.log_scalars(scores, step)
-        log.info("step %d: %s", step, _short(scores))
+        log.info("step %d: %s", step, short(scores))
         return scores
 
 
@@ -400,7 +406,7 @@ class _Run:
     device: torch.device
     training: TrainingState
     checkpoints: Checkpoints
-    speed: _Speed
+    speed: Speed
     fixed: GridInputs
     total: int
     start: int = 0
@@ -413,50 +419,9 @@ class _Run:
         return self.checkpoints.save(step, self.guard.skipped)
 
 
-class _Speed:
-    """Images per second over the steps since the last logging step."""
-
-    def __init__(self, images_per_step: int, device: torch.device) -> None:
-        self.images_per_step, self.device = images_per_step, device
-        self.start, self.steps = time.perf_counter(), 0
-
-    def images_per_s(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        rate = self.steps * self.images_per_step / (now - self.start)
-        self.start, self.steps = now, 0
-        return rate
-
-
 def set_determinism(deterministic: bool, device: torch.device) -> None:
     """Deterministic kernels (for bit-identical runs on CUDA), or cuDNN's fastest algorithms."""
     if deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at startup
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-
-
-def _log_line(run: _Run, step: int, values: dict[str, float], seconds: float) -> str:
-    """`step 500/1500: d 1.27, g 1.75, ..., images_per_s 2174; 35 s left`."""
-    done = step - run.start
-    left = seconds / done * (run.total - step) if done else 0.0
-    shown = ", ".join(f"{k} {v}" for k, v in _short(values).items())
-    return f"step {step}/{run.total}: {shown}; {_duration(left)} left"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    minutes = seconds / 60
-    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
-
-
-def _short(values: dict[str, float]) -> dict[str, str]:
-    """Compact progress-bar / log form of the logged values."""
-    skip = ("lr/", "perf/epoch", "grad_norm", "eval/class_accuracy/", "amp/")
-    keep = {k: v for k, v in values.items() if not k.startswith(skip)}
-    return {
-        k.partition("/")[2] if k.startswith(("loss/", "perf/", "gan/")) else k: f"{v:.4g}"
-        for k, v in keep.items()
-    }

@@ -25,7 +25,8 @@ LAYERS = [
     ("model families", "genlab.models"),
     (  # what drives a family through the contract
         "drivers",
-        "genlab.training_state genlab.trainer genlab.evaluation genlab.sampling genlab.export",
+        "genlab.training_state genlab.progress genlab.trainer genlab.evaluation genlab.sampling "
+        "genlab.export",
     ),
     ("commands", "genlab.commands genlab.cli genlab.__main__"),
 ]
