@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -30,3 +32,11 @@ def select_device(name: str = "auto") -> torch.device:
             raise ValueError("MPS is not available on this machine; use device=cpu or device=auto")
         return torch.device("mps")
     raise ValueError(f"name must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels (for bit-identical runs on CUDA), or cuDNN's fastest algorithms."""
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at startup
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 import warnings
@@ -27,6 +26,7 @@ from genlab.checkpoint import own_random_streams, seed_everything
 from genlab.data import DeviceLoader, ImageData, ImageFiles, StreamLoader
 from genlab.data.degrade import Degradation
 from genlab.data.loader import Batch, normalize
+from genlab.device import set_determinism
 from genlab.distributed import Processes
 from genlab.errors import GenlabError, require_at_least
 from genlab.files import Outputs
@@ -37,7 +37,7 @@ from genlab.logger import NullLogger
 from genlab.models.base import Family, GridInputs, check_replicas, distribute
 from genlab.optim import NonFiniteError, Precision, Updater, precision_dtype
 from genlab.progress import Speed, log_line, short
-from genlab.training_state import Checkpoints, TrainingState
+from genlab.training_state import BestKept, Checkpoints, TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class Trainer:
         deterministic: bool = False,
         num_workers: int = 4,
         progress: bool = True,
+        keep_best: str | None = None,
+        keep_best_mode: Literal["min", "max"] = "min",
     ) -> None:
         require_at_least(
             1,
@@ -110,6 +112,14 @@ class Trainer:
             raise ValueError("set max_steps or max_epochs (both are null)")
         if on_nan not in ("stop", "skip"):
             raise ValueError(f"on_nan must be 'stop' or 'skip', got {on_nan!r}")
+        if keep_best_mode not in ("min", "max"):
+            raise ValueError(f"keep_best_mode must be 'min' or 'max', got {keep_best_mode!r}")
+        if keep_best and keep_best.startswith("eval/") and eval_every is None:
+            raise ValueError(
+                f"keep_best={keep_best} needs evaluations: set trainer.eval_every=N (or 0, "
+                "the end only)"
+            )
+        self.keep_best, self.keep_best_mode = keep_best or None, keep_best_mode
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
         self.max_steps, self.max_epochs = max_steps, max_epochs
@@ -205,6 +215,8 @@ class Trainer:
                     check_replicas(run.model)  # every network ran through its DDP wrapper
                 if log_step and metrics is not None:
                     values = self._log(run, metrics, step)
+                    if procs.main and run.best is not None:
+                        run.best.offer(step, values, run.checkpoints)
                     bar.set_postfix(short(values), refresh=False)
                     if bar.disable and procs.main:  # a line a job's log file can read instead
                         log.info(
@@ -218,7 +230,10 @@ class Trainer:
                 if self._due(step, self.ckpt_every, last):  # before an evaluation (a signal
                     run.save(step)  # may cut it short)
                 if evaluate and procs.main and self._evaluates(step, last) and not stop:
-                    values.update(self._evaluate(evaluate, stop, run.logger, step))
+                    scores = self._evaluate(evaluate, stop, run.logger, step)
+                    values.update(scores)
+                    if run.best is not None:
+                        run.best.offer(step, scores, run.checkpoints)
                 bar.update(1)
                 if not last and self._stopping(stop, procs, run.device, log_step):
                     bar.close()
@@ -226,6 +241,12 @@ class Trainer:
             bar.close()
         run.guard.finish()
         log.info("Finished %d steps: %s", run.total, short(values))
+        if run.best is not None and run.best.record is not None:
+            name, value, at = (run.best.record[k] for k in ("name", "value", "step"))
+            log.info(
+                "Best %s %.6g at step %d: %s", name, value, at, run.checkpoints.folder / "best.pt"
+            )
+            values.update({f"best/{name}": value, "best/step": at})
         return {**values, "step": run.total}
 
     # --- the loop's parts -----------------------------------------------------------------------
@@ -256,6 +277,9 @@ class Trainer:
             speed=Speed(loader.global_batch * per_step, device),
             fixed=model.fixed_inputs(self.grid_images, examples, seed=self.seed),
             total=self.total_steps(loader.batches_per_epoch, per_step),
+            best=BestKept(self.keep_best, self.keep_best_mode, training)
+            if self.keep_best
+            else None,
         )
 
     def examples(self, loader: DeviceLoader) -> Batch:
@@ -273,6 +297,8 @@ class Trainer:
         if procs.distributed:  # every process draws its own noise
             seed_everything(self.seed + 1_000_003 * procs.rank)
         run.start, skipped = run.training.load(state) if state is not None else (0, 0)
+        if state is not None and run.best is not None:
+            run.best.resume(state, run.checkpoints)
         if state is not None:
             log.info("Resumed at step %d of %d", run.start, run.total)
         run.guard = NonFiniteGuard(
@@ -410,6 +436,7 @@ class _Run:
     fixed: GridInputs
     total: int
     start: int = 0
+    best: BestKept | None = None  # trainer.keep_best
     guard: NonFiniteGuard = field(init=False)  # once the checkpoint is loaded
     undo: StepUndo | None = field(init=False)  # with on_nan=skip
 
@@ -417,11 +444,3 @@ class _Run:
         """The checkpoint of `step`, once the guard has seen the updates before it."""
         self.guard.check(step)
         return self.checkpoints.save(step, self.guard.skipped)
-
-
-def set_determinism(deterministic: bool, device: torch.device) -> None:
-    """Deterministic kernels (for bit-identical runs on CUDA), or cuDNN's fastest algorithms."""
-    if deterministic and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at startup
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic

@@ -11,7 +11,9 @@ optimizer and schedule settings of the resuming config.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import warnings
 from functools import partial
 from pathlib import Path
@@ -165,6 +167,24 @@ class Checkpoints:
             self.writer.submit(partial(_write_checkpoint, self.run, data, name, self.keep_last))
         return self.folder / name
 
+    def save_best(self, step: int, best: dict[str, Any]) -> None:
+        """Queue `checkpoints/best.pt`: the weights and config of `step`, where the kept metric
+        (`best`: name, value, step) was best so far, for eval, sample and export (not a resume
+        point: it holds no optimizer or RNG state, and it is written by the main process alone,
+        so that evaluations on the main process need no collective)."""
+        state = {"step": step, "model": self.state.model.state_dict(), "best": best}
+        data = checkpoint_bytes({**state, **self.state.extra})
+        self.writer.submit(partial(self.run.write, f"{FOLDER}/best.pt", data))
+
+    def best_so_far(self) -> dict[str, Any] | None:
+        """The record of `checkpoints/best.pt` written by this run folder's earlier runs."""
+        self.wait()
+        if f"{FOLDER}/best.pt" not in self.run.owned():
+            return None
+        with contextlib.suppress(Exception):  # unreadable: a fresh best.pt comes soon
+            return load_checkpoint(self.run.path(f"{FOLDER}/best.pt")).get("best")
+        return None
+
     def wait(self) -> None:
         """Until every queued checkpoint is on disk (a failed write raises here; once left, all
         are)."""
@@ -186,6 +206,40 @@ class Checkpoints:
     def __exit__(self, *exc: Any) -> None:
         writer, self.writer = self.writer, None
         writer.__exit__(*exc)
+
+
+class BestKept:
+    """`trainer.keep_best`: the metric `name` (one logged or evaluated), its best value so far
+    (`mode` min or max) and its step, as Lightning's ModelCheckpoint keeps them; each
+    improvement writes `checkpoints/best.pt`, and later checkpoints hold the record, so that a
+    resumed run goes on comparing."""
+
+    def __init__(self, name: str, mode: str, state: TrainingState) -> None:
+        self.name, self.mode, self.state = name, mode, state
+        self.record: dict[str, Any] | None = None  # name, value, step
+
+    def offer(self, step: int, values: dict[str, float], checkpoints: Checkpoints) -> None:
+        """Keep `step` if `values` holds the metric at a better value than the best so far (on
+        the main process: the one that evaluates)."""
+        value = values.get(self.name)
+        if value is None or not math.isfinite(value):
+            return
+        if self.record is not None:
+            best = self.record["value"]
+            if not (value < best if self.mode == "min" else value > best):
+                return
+        self.record = {"name": self.name, "value": value, "step": step}
+        self.state.extra["best"] = self.record
+        checkpoints.save_best(step, self.record)
+
+    def resume(self, state: dict[str, Any], checkpoints: Checkpoints) -> None:
+        """The best so far of a resumed run: its checkpoint's record, or that of a best.pt the
+        run folder got after it; none where another metric was kept."""
+        records = [state.get("best"), checkpoints.best_so_far()]
+        kept = [r for r in records if isinstance(r, dict) and r.get("name") == self.name]
+        if kept:
+            self.record = max(kept, key=lambda r: r["step"])
+            self.state.extra["best"] = self.record
 
 
 def _write_checkpoint(run: Outputs, data: bytes, name: str, keep_last: int | None) -> None:

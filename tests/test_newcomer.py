@@ -1,5 +1,6 @@
 """A new user's first commands: quiet on a healthy run, errors as one line."""
 
+import json
 import os
 import stat
 import subprocess
@@ -176,3 +177,47 @@ def test_a_job_s_log_gets_a_line_per_logging_step_and_no_bar(tmp_path):
     assert "images_per_s" in lines[0] and lines[0].endswith(" left")
     logged = (run / "train.log").read_text()
     assert all(line.split("] - ")[1] in logged for line in lines)
+
+
+def _scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (run / "tb").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def test_keep_best_keeps_the_best_step_across_a_resume(tmp_path):
+    """trainer.keep_best=loss/d: checkpoints/best.pt holds the step where the logged loss/d
+    was lowest, also when the run was resumed halfway (the record travels in the checkpoint);
+    run.json says which, and best.pt evaluates like any checkpoint."""
+    common = ["model=gan", "trainer.log_every=1", "trainer.eval_every=null"]
+    common += ["trainer.keep_best=loss/d", "trainer.sample_every=0", "trainer.ckpt_every=3"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert cli("train", *common, "trainer.max_steps=8", f"hydra.run.dir={whole}").returncode == 0
+    assert cli("train", *common, "trainer.max_steps=3", f"hydra.run.dir={part}").returncode == 0
+    resumed = cli("train", "trainer.resume=auto", f"hydra.run.dir={part}", "trainer.max_steps=8")
+    assert resumed.returncode == 0, resumed.stderr
+
+    losses = _scalars(whole, "loss/d")
+    step = min(losses, key=losses.get)
+    for run in (whole, part):
+        best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+        assert best["best"] == {"name": "loss/d", "value": losses[step], "step": step}
+        assert best["step"] == step and "config" in best and "optimizers" not in best
+    a, b = (
+        torch.load(r / "checkpoints" / "best.pt", weights_only=True)["model"] for r in (whole, part)
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((part / "run.json").read_text())
+    assert record["metrics"]["best/step"] == step
+    assert f"Best loss/d {losses[step]:.6g} at step {step}" in resumed.stdout
+
+    refused = cli(
+        "train",
+        "trainer.keep_best=eval/fd",
+        "trainer.eval_every=null",
+        f"hydra.run.dir={tmp_path / 'x'}",
+    )
+    assert refused.returncode == 1 and "keep_best=eval/fd needs evaluations" in refused.stderr
