@@ -83,7 +83,8 @@ def test_report_columns_take_each_runs_latest_evaluation(sweep, tmp_path):
         record = json.loads(path.read_text())
         if record["status"] == "finished":
             runs[(record["params"]["optimizer.lr"], record["params"]["trainer.seed"])] = path.parent
-    protocol = {"features": "classifier-8px"}
+    protocol = {"features": "classifier-8px", "num_generated": 50, "num_real": 179}
+    protocol.update(dataset="digits", real_split="test")
     # lr 1e-4: seed 0 evaluated twice (the newer counts), seed 1 once
     save_report(Report({"fd": 99.0, "kid": 9.0}, protocol), runs[(1e-4, 0)], 4, "a.pt")
     time.sleep(0.01)
@@ -94,6 +95,11 @@ def test_report_columns_take_each_runs_latest_evaluation(sweep, tmp_path):
     assert "ranked by eval/fd (minimize); eval/* from the latest `genlab eval` of 3 of 4 runs" in (
         text
     )
+    # the metric's protocol, each kind once: three genlab evals, one end-of-run evaluation
+    assert (
+        "measured with classifier features, 1000 generated vs the test split, end of run | " in text
+    )
+    assert "classifier-8px features, 50 generated vs 179 real (digits test), genlab eval" in text
     rows = list(csv.DictReader((folder / "report.csv").read_text().splitlines()))
     by_lr = {float(r["optimizer.lr"]): r for r in rows}
     assert float(by_lr[1e-4]["eval/fd mean"]) == 3.0  # (2 + 4) / 2

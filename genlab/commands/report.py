@@ -43,17 +43,42 @@ def values(record: dict, evaluation: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def latest_evaluation(run_dir: Path) -> dict[str, Any]:
-    """The metrics of the newest readable RUN/eval/*.json (`genlab eval`'s reports), or {}."""
+def latest_evaluation(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics and protocol of the newest readable RUN/eval/*.json (`genlab eval`'s
+    reports), or ({}, {})."""
     for path in sorted((run_dir / "eval").glob("*.json"), key=_mtime, reverse=True):
         try:
-            metrics = json.loads(path.read_text()).get("metrics")
+            report = json.loads(path.read_text())
+            metrics, protocol = report.get("metrics"), report.get("protocol") or {}
         except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:
             log.warning("skipping %s: not a readable evaluation (%s)", path, e)
             continue
-        if isinstance(metrics, dict):
-            return metrics
-    return {}
+        if isinstance(metrics, dict) and isinstance(protocol, dict):
+            return metrics, protocol
+    return {}, {}
+
+
+def protocol_of(record: dict, protocol: dict[str, Any]) -> str:
+    """How a run's eval/* values were measured, in words: from its latest `genlab eval`, or its
+    end-of-run evaluation's settings (the run's .hydra/config.yaml)."""
+    if protocol:
+        return (
+            f"{protocol.get('features')} features, {protocol.get('num_generated')} generated "
+            f"vs {protocol.get('num_real')} real ({protocol.get('dataset')} "
+            f"{protocol.get('real_split')}), genlab eval"
+        )
+    config = Path(record["run_dir"]) / ".hydra" / "config.yaml"
+    try:
+        import yaml
+
+        evaluator = (yaml.safe_load(config.read_text()) or {}).get("evaluator") or {}
+    except (OSError, ValueError, AttributeError):
+        return "the end-of-run evaluation"
+    return (
+        f"{evaluator.get('extractor', 'classifier')} features, "
+        f"{evaluator.get('num_generated_cheap')} generated vs the {evaluator.get('split', 'test')} "
+        "split, end of run"
+    )
 
 
 def _mtime(path: Path) -> float:
@@ -148,18 +173,21 @@ def plot(finished: list[dict], swept: list[str], metric: str) -> bytes:
             labels = sorted({str(x) for x in xs})
             xs = [labels.index(str(x)) for x in xs]
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-        elif xs and min(xs) > 0 and max(xs) / min(xs) > 20:
-            ax.set_xscale("log")
+        elif xs and min(xs) > 0 and max(xs) / min(xs) > 10:
+            ax.set_xscale("log")  # a learning rate's 1e-4 .. 1e-2
         ax.scatter(xs, [p[1] for p in points])
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     return _png(fig)
 
 
-def best_grids(rows: list[dict], swept: list[str], k: int = 3) -> bytes | None:
+def best_grids(
+    rows: list[dict], swept: list[str], metric: str, protocols: Sequence[str] = (), k: int = 3
+) -> bytes | None:
     """The latest sample grid of the best `k` groups' first runs, side by side, as a PNG (None
-    when none has a grid)."""
+    when none has a grid), titled with the metric and how it was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,6 +212,7 @@ def best_grids(rows: list[dict], swept: list[str], k: int = 3) -> bytes | None:
         title = ", ".join(f"{key}={g['params'].get(key)}" for key in swept)
         ax.set_title(f"#{i} {_fmt(g)}\n{title}", fontsize=8)
         ax.axis("off")
+    fig.suptitle(f"{metric}" + (f" ({'; '.join(protocols)})" if protocols else ""), fontsize=8)
     return _png(fig)
 
 
@@ -191,7 +220,7 @@ def _png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (closed)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94) if fig._suptitle is not None else None)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
@@ -211,8 +240,9 @@ def report(
         raise SystemExit(f"genlab report: no readable run.json under {folder}")
     finished = [r for r in records if r.get("status") == "finished"]
     for r in finished:  # each run's eval/*.json is read once
-        r["evaluation"] = latest_evaluation(Path(r["run_dir"]))
+        r["evaluation"], protocol = latest_evaluation(Path(r["run_dir"]))
         r["values"] = values(r, r["evaluation"])
+        r["protocol"] = protocol_of(r, protocol)
     others = [r for r in records if r.get("status") != "finished"]
     objective = next((r["objective"] for r in records if _objective_name(r)), {})
     metric = metric or objective.get("name") or "eval/fd"
@@ -250,10 +280,13 @@ def report(
         how += f"; eval/* from the latest `genlab eval` of {evaluated} of {len(finished)} runs" + (
             ", the end-of-run evaluation of the others" if evaluated < len(finished) else ""
         )
+    protocols = sorted({r["protocol"] for r in finished}) if metric.startswith("eval/") else []
+    if protocols:
+        how += "; measured with " + " | ".join(protocols)
     md = f"# Sweep report: {folder}\n\n{how[0].upper() + how[1:]}.\n\n{_markdown(lines)}\n"
     if unfinished:
         md += "\n## Runs that did not finish\n\n" + "\n".join(f"- {f}" for f in unfinished) + "\n"
-    best = best_grids(rows, swept)
+    best = best_grids(rows, swept, metric, protocols)
     out.write("report.csv", f.getvalue().encode())
     out.write("report.md", md.encode())
     out.write("report.png", plot(finished, swept, metric))
