@@ -399,9 +399,23 @@ class Evaluator:
         return metrics
 
 
+# the units of likelihood metrics, by name: each is a mean per image of the 8-bit values
+UNITS = {"neg_elbo": "nats/image", "nll": "nats/image", "nll_is": "nats/image", "psnr": "dB"}
+
+
+def unit(name: str) -> str:
+    """`bits/dim`, `nats/image`, `dB`, or "" for a metric without a unit."""
+    if name.endswith("_bits_per_dim"):
+        return "bits/dim"
+    return UNITS.get(name, "")
+
+
 def format_table(report: Report) -> str:
-    """Metrics, then protocol, as aligned `name  value` lines."""
-    rows = [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in report.metrics.items()]
+    """Metrics (with their units), then protocol, as aligned `name  value` lines."""
+    rows = [
+        (k, (f"{v:.6g}" if isinstance(v, float) else str(v)) + (f" {unit(k)}" if unit(k) else ""))
+        for k, v in report.metrics.items()
+    ]
     rows += [("", "")] + [(k, str(v)) for k, v in report.protocol.items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" if k else "" for k, v in rows)

@@ -221,3 +221,18 @@ def test_keep_best_keeps_the_best_step_across_a_resume(tmp_path):
         f"hydra.run.dir={tmp_path / 'x'}",
     )
     assert refused.returncode == 1 and "keep_best=eval/fd needs evaluations" in refused.stderr
+
+
+def test_likelihoods_print_their_units():
+    from genlab.evaluation import Report, format_table
+
+    table = format_table(
+        Report({"fd": 2.5, "neg_elbo": 4981.2, "neg_elbo_bits_per_dim": 9.17, "psnr": 30.1}, {})
+    )
+    lines = dict(line.split(None, 1) for line in table.splitlines() if line.strip())
+    assert lines == {
+        "fd": "2.5",
+        "neg_elbo": "4981.2 nats/image",
+        "neg_elbo_bits_per_dim": "9.17 bits/dim",
+        "psnr": "30.1 dB",
+    }
