@@ -9,9 +9,10 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY_NETWORKS, cli, make_cfg, run_cli
+from tests.conftest import ROOT, TINY_NETWORKS, cli, make_cfg, run_cli, tiered
 
 
+@pytest.mark.slow  # five fresh processes: make test-all and CI
 def test_a_healthy_run_s_commands_print_no_warning(tmp_path):
     """train (into the default run folder), eval, sample, export and report, each in a fresh
     process as a user runs them: stderr holds no Python warning (progress bars and genlab's own
@@ -137,7 +138,7 @@ def test_a_dit_export_says_in_one_sentence_why_it_has_no_pipeline(tmp_path):
     )
 
 
-@pytest.mark.parametrize("model", ["gan", "vae", "pixelcnn"])
+@pytest.mark.parametrize("model", tiered(["gan", "vae", "pixelcnn"], fast={"gan"}))
 def test_only_a_diffusion_run_imports_diffusers(model, tmp_path):
     """diffusers takes seconds to import: a GAN, VAE or PixelCNN run (a smoke run, with its
     grid and checkpoint) never imports it (-X importtime lists every module imported)."""
