@@ -29,7 +29,12 @@ from genlab.data.datasets import Split
 from genlab.data.degrade import Degradation
 from genlab.data.loader import normalize
 from genlab.errors import GenlabError, require_at_least
-from genlab.metrics.classifier import Classifier, classifier_for, train_classifier
+from genlab.metrics.classifier import (
+    Classifier,
+    announce_training,
+    classifier_for,
+    train_classifier,
+)
 from genlab.metrics.distances import (
     density_coverage,
     feature_stats,
@@ -39,6 +44,7 @@ from genlab.metrics.distances import (
     precision_recall,
 )
 from genlab.metrics.paired import paired_metrics, paired_protocol
+from genlab.progress import phase
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +145,13 @@ class Evaluator:
             real = train if self.split == "train" else build(dataset, "dataset", split=self.split)
             self._data[key] = (train, real)
         return self._data[key]
+
+    def announce(self, dataset: DictConfig) -> None:
+        """At a run's start: say that its first evaluation trains the data set's classifier
+        (once; cached), rather than leave the run's end to wait without a word."""
+        train, _ = self.load_real(dataset)
+        if train.labels is not None:
+            announce_training(train, self.cache_dir, self.classifier_steps)
 
     def feature_extractor(
         self, train: ImageData, real: ImageData, device: torch.device
@@ -261,16 +274,19 @@ class Evaluator:
         ref = self.real_features(features, real, device)
         n = self.num_generated_cheap if cheap else self.num_generated
         targets, paired = None, {}
-        if condition is not None:  # outputs for held-out images' conditions, and their classes
-            pick = self.pairs(real, n)
-            targets = real.images[pick]
-            fake, _ = self.generate(model, n, device, targets, condition)
-            labels = None if real.labels is None else real.labels[pick]
-            paired = paired_metrics(fake, targets, condition.border)
-        else:
-            fake, labels = self.generate(model, n, device)
+        made = n if condition is None else min(n, len(real))
+        with phase(f"Evaluation: generated {made} images"):
+            if condition is not None:  # outputs for held-out images' conditions, their classes
+                pick = self.pairs(real, n)
+                targets = real.images[pick]
+                fake, _ = self.generate(model, n, device, targets, condition)
+                labels = None if real.labels is None else real.labels[pick]
+                paired = paired_metrics(fake, targets, condition.border)
+            else:
+                fake, labels = self.generate(model, n, device)
         n = len(fake)
-        f = self._extract(features, fake, device)
+        with phase(f"Evaluation: features of {n} generated images"):
+            f = self._extract(features, fake, device)
         metrics = {"fd": frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"]), **paired}
         if not cheap:
             kid, kid_std = kernel_distance(
@@ -297,7 +313,8 @@ class Evaluator:
             metrics.update(self.conditional_metrics(ref["features"], real, f, fake, labels, device))
         k, how = 0 if cheap else self.nll_samples, {}
         if "likelihood" in model.abilities:  # k = 0: what the family measures cheaply, if any
-            bound, how = model.likelihood(normalize(real.images.to(device)), k, self.seed)
+            with phase(f"Evaluation: likelihood of {len(real)} held-out images"):
+                bound, how = model.likelihood(normalize(real.images.to(device)), k, self.seed)
             metrics.update(bound)
         protocol = {
             "features": features.name,

@@ -3,9 +3,15 @@ short form (the bar's postfix), and the line a log file gets for each logging st
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class Speed:
@@ -48,3 +54,13 @@ def duration(seconds: float) -> str:
         return f"{seconds:.0f} s"
     minutes = seconds / 60
     return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+@contextmanager
+def phase(what: str) -> Iterator[None]:
+    """A phase of a long command (an evaluation's generation, features, likelihood): where the
+    output is no terminal, so no bar shows it, a line says what took how long."""
+    began = time.perf_counter()
+    yield
+    if not sys.stderr.isatty():
+        log.info("%s in %.1f s", what, time.perf_counter() - began)

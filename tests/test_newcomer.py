@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -237,3 +238,28 @@ def test_likelihoods_print_their_units():
         "neg_elbo_bits_per_dim": "9.17 bits/dim",
         "psnr": "30.1 dB",
     }
+
+
+def test_a_run_says_at_its_start_that_its_evaluation_trains_a_classifier(tmp_path):
+    """A first evaluation on a data set trains its classifier: the run says so before it
+    trains, not at its end; away from a terminal each evaluation phase is a line with counts
+    and seconds."""
+    result = run_cli(
+        "train",
+        "model=vae_mlp",
+        "dataset=digits",
+        "trainer=smoke",
+        "trainer.eval_every=0",
+        "evaluator.classifier_steps=20",
+        "evaluator.num_generated_cheap=50",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env={"GENLAB_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    announced = out.index("The first evaluation trains the evaluation classifier digits-1x32px")
+    assert announced < out.index("5 steps of")
+    assert re.search(r"classifier: [\d.]+% accuracy on the test split \(trained in \d+ s\)", out)
+    assert re.search(r"Evaluation: generated 50 images in [\d.]+ s", out)
+    assert re.search(r"Evaluation: features of 50 generated images in [\d.]+ s", out)
+    assert re.search(r"Evaluation: likelihood of \d+ held-out images in [\d.]+ s", out)

@@ -125,6 +125,8 @@ def _train(
         device,
     )
     evaluator = build(cfg.evaluator, "evaluator")
+    if trainer.eval_every is not None and procs.main:
+        evaluator.announce(cfg.dataset)
     logger = (
         build(cfg.logger, "logger", run_dir=str(run_dir), name=_sweep_name())
         if procs.main

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from genlab.augment import affine_jitter
 from genlab.data import ImageData
@@ -100,7 +102,9 @@ def train_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     images, labels = train.images.to(device), train.labels.to(device)
-    for _ in range(steps):
+    # a bar with its estimate on a terminal (the first evaluation on a data set waits for this)
+    bar = tqdm(range(steps), desc="evaluation classifier", unit="step", leave=False, disable=None)
+    for _ in bar:
         idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
         x = affine_jitter(normalize(images[idx.to(device)]), translate=0.1, rotate=10, scale=0.1)
         loss = F.cross_entropy(model.train()(x), labels[idx.to(device)], label_smoothing=0.1)
@@ -160,6 +164,27 @@ def load_classifier(folder: Path, key: str, device: torch.device) -> tuple[Class
     return model.to(device).eval(), record
 
 
+def announce_training(train: ImageData, cache_dir: str | Path, steps: int | None = None) -> bool:
+    """Say (at a run's start) that its first evaluation trains the classifier of `train`, where
+    none is cached; return whether it does."""
+    steps = steps or default_steps(train)
+    folder, key = Path(cache_dir).expanduser() / "classifiers", cache_key(train, steps)
+    try:
+        cached = json.loads((folder / f"{key}.json").read_text()).get("steps") == steps
+    except (OSError, ValueError, AttributeError):
+        cached = False
+    if cached and (folder / f"{key}.safetensors").is_file():
+        return False
+    log.info(
+        "The first evaluation trains the evaluation classifier %s (%d steps) once, cached in %s "
+        "for later runs (a bar on a terminal)",
+        key,
+        steps,
+        folder,
+    )
+    return True
+
+
 def classifier_for(
     train: ImageData,
     test: ImageData,
@@ -181,7 +206,14 @@ def classifier_for(
         steps,
         folder,
     )
+    began = time.perf_counter()
     model, acc = train_classifier(train, test, device, steps=steps)
-    log.info("%s classifier: %.2f%% accuracy on the %s split", key, 100 * acc, test.split)
+    log.info(
+        "%s classifier: %.2f%% accuracy on the %s split (trained in %.0f s)",
+        key,
+        100 * acc,
+        test.split,
+        time.perf_counter() - began,
+    )
     record = {"dataset": train.name, "test_split": test.split, "accuracy": acc, "steps": steps}
     return model, save_classifier(model, record, folder, key)
