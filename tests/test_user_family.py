@@ -134,6 +134,7 @@ def test_a_family_that_generates_from_an_image_runs_every_command(
         assert np.abs(pixels.astype(int) - restored.astype(int)).max() <= 1
 
 
+@pytest.mark.slow  # three runs in fresh processes: make test-all and CI
 def test_an_image_conditional_run_resumes_bit_for_bit(user_folder):
     """Random masks drawn per batch from the batch's place in the run: a resumed run draws the
     same ones, and ends with the weights of an uninterrupted one."""
