@@ -78,14 +78,9 @@ def resumed_settings(command: str, overrides: list[str]) -> list[str]:
             return overrides  # a new timestamped folder: nothing to continue
         run = Path(given["hydra.run.dir"])
     else:
-        run = Path(resume)
-        run = (
-            run
-            if run.is_dir()
-            else run.parent.parent
-            if run.parent.name == "checkpoints"
-            else run.parent
-        )
+        from genlab.loading import run_of  # here: it imports torch, which `genlab --help` skips
+
+        run = Path(resume) if Path(resume).is_dir() else run_of(Path(resume))
     try:
         earlier = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
