@@ -60,8 +60,7 @@ def sample(cfg: DictConfig) -> Path:
         for images in batches:  # at most sampler.batch_size images in memory besides the grid
             if i == 0 and cfg.files:
                 for image in images:
-                    png = png_bytes(to_grid(image[None], 1)[:, 2:-2, 2:-2])
-                    folder.write(_file(name, written), png, durable=False)
+                    folder.write(_file(name, written), _png(image), durable=False)
                     written += 1
             room = sampler.MAX_GRID - sum(len(s) for s in shown)
             if room > 0:
@@ -99,12 +98,8 @@ def from_folder(cfg: DictConfig, run: str, seed: int, device: torch.device) -> P
     names = [f"{p.stem}.png" for p in files]
     if cfg.out:
         out = Outputs(Path(cfg.out), manifest=False)
-        foreign = [n for n in names if out.path(n).exists() and not written_by_genlab(out.path(n))]
-        if foreign and not cfg.overwrite:
-            raise ConfigError(
-                f"{out.path(foreign[0])} exists and is not a PNG that genlab wrote: choose another "
-                "out=, or set overwrite=true to replace it"
-            )
+        if not cfg.overwrite:
+            _refuse_foreign_pngs([out.path(n) for n in names])
     else:
         out = Outputs(run_of(Path(state["path"])))
         names = [f"samples/{source.name}_seed{seed}/{n}" for n in names]
@@ -114,8 +109,7 @@ def from_folder(cfg: DictConfig, run: str, seed: int, device: torch.device) -> P
     with torch.no_grad():
         for path, name in zip(files, names, strict=True):
             condition = degrade.prepare(read_image(path, channels)[None].to(device))
-            made = model.generate(1, gen, condition).cpu()
-            out.write(name, png_bytes(to_grid(made, 1)[:, 2:-2, 2:-2]), durable=False)
+            out.write(name, _png(model.generate(1, gen, condition)[0].cpu()), durable=False)
     folder = out.path(names[0]).parent
     print(f"Wrote {len(names)} images from {source} in {folder}/")
     return folder
@@ -157,14 +151,23 @@ def _check_out(out: Path, cfg: DictConfig, num: int) -> None:
             raise ConfigError(f"files=true writes into the folder {folder}, which is a file")
         if folder.is_dir():  # the files that files=true would replace
             targets += [p for p in folder.glob("*.png") if p.stem.isdigit() and int(p.stem) < num]
-    if cfg.overwrite:
-        return
+    if not cfg.overwrite:
+        _refuse_foreign_pngs(targets)
+
+
+def _refuse_foreign_pngs(targets: list[Path]) -> None:
+    """Refuse to replace a file at `out` that is not a PNG genlab wrote (`overwrite=false`)."""
     foreign = [p for p in targets if p.exists() and not written_by_genlab(p)]
     if foreign:
         raise ConfigError(
             f"{foreign[0]} exists and is not a PNG that genlab wrote: choose another out=, or "
             "set overwrite=true to replace it"
         )
+
+
+def _png(image: torch.Tensor) -> bytes:
+    """One image in [-1, 1] (C, H, W) as a PNG of its own, without the grid's border."""
+    return png_bytes(to_grid(image[None], 1)[:, 2:-2, 2:-2])
 
 
 def _side_by_side(grids: list[torch.Tensor]) -> torch.Tensor:
