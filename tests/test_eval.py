@@ -409,6 +409,26 @@ def test_the_classifier_trains_in_proportion_to_the_data(tmp_path, caplog):
     assert "trainer.eval_every=null trains without evaluating" in caplog.text
 
 
+def test_the_built_in_data_sets_use_the_classifiers_that_ship(tmp_path, monkeypatch):
+    """mnist5k at 28 and 64 px and digits at 32 px load the weights in genlab/metrics/classifiers
+    with an empty cache, announce and train nothing, and score their held-out split as their
+    record says; their files match the sha256 recorded. Another size still trains its own."""
+    from genlab.metrics import classifier as C
+
+    monkeypatch.setattr(C, "train_classifier", lambda *a, **k: pytest.fail("trained"))
+    shipped = sorted(p.stem for p in C.SHIPPED.glob("*.safetensors"))
+    assert shipped == ["digits-1x32px", "mnist5k-1x28px", "mnist5k-1x64px"]
+    for dataset, size in ((mnist5k, 28), (mnist5k, 64), (digits, 32)):
+        train, test = dataset(image_size=size), dataset(image_size=size, split="test")
+        assert not C.announce_training(train, tmp_path)
+        model, record = C.classifier_for(train, test, tmp_path, CPU)
+        key = C.cache_key(train, record["steps"])
+        assert record["sha256"] == C.sha256(C.SHIPPED / f"{key}.safetensors")
+        assert C.accuracy(model, test, CPU) == pytest.approx(record["accuracy"], abs=1 / len(test))
+    assert not (tmp_path / "classifiers").exists()  # nothing trained, nothing cached
+    assert C.announce_training(digits(image_size=16), tmp_path)
+
+
 def test_inception_features_load_safely_and_give_2048_dims(tmp_path, monkeypatch):
     """With stand-in random weights (the real ones need internet): loaded with weights_only,
     accepted only with the expected hash prefix, 2048 features for grey 28 px images."""

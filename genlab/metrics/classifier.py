@@ -1,8 +1,11 @@
 """A small classifier trained on a data set itself: offline features for Fréchet distance, KID
 and precision/recall on MNIST-like data, and labels for cGAN accuracy and class coverage.
 
-Trained once per data set (name, channels, image size) and number of steps, and cached as
-safetensors with a JSON record (accuracy on the held-out split, sha256 of the weights) under
+The built-in data sets at the presets' sizes (mnist5k at 28 and 64 px, digits at 32 px) use the
+classifiers that ship in `genlab/metrics/classifiers/`, so every machine measures the same
+distances for the same images (`scripts/train_classifiers.py` rebuilds them). Any other data set,
+size or number of steps trains its classifier once and caches it the same way, as safetensors with
+a JSON record (accuracy on the held-out split, sha256 of the weights), under
 `cache_dir/classifiers/`.
 """
 
@@ -27,6 +30,8 @@ from genlab.errors import GenlabError
 from genlab.files import write_file
 
 log = logging.getLogger(__name__)
+
+SHIPPED = Path(__file__).with_name("classifiers")  # the built-in data sets' classifiers
 
 
 class Classifier(nn.Module):
@@ -164,16 +169,22 @@ def load_classifier(folder: Path, key: str, device: torch.device) -> tuple[Class
     return model.to(device).eval(), record
 
 
+def _stored(folder: Path, key: str, steps: int) -> bool:
+    """Whether `folder` holds the classifier `key` trained for `steps` (a cache from before the
+    key named the steps may hold one trained for other steps)."""
+    try:
+        record = json.loads((folder / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("steps") == steps
+
+
 def announce_training(train: ImageData, cache_dir: str | Path, steps: int | None = None) -> bool:
     """Say (at a run's start) that its first evaluation trains the classifier of `train`, where
-    none is cached; return whether it does."""
+    none ships or is cached; return whether it does."""
     steps = steps or default_steps(train)
     folder, key = Path(cache_dir).expanduser() / "classifiers", cache_key(train, steps)
-    try:
-        cached = json.loads((folder / f"{key}.json").read_text()).get("steps") == steps
-    except (OSError, ValueError, AttributeError):
-        cached = False
-    if cached and (folder / f"{key}.safetensors").is_file():
+    if any(_stored(f, key, steps) for f in (SHIPPED, folder)):
         return False
     log.info(
         "The first evaluation trains the evaluation classifier %s (%d steps) once, cached in %s "
@@ -192,13 +203,13 @@ def classifier_for(
     device: torch.device,
     steps: int | None = None,
 ) -> tuple[Classifier, dict]:
-    """The cached classifier of this data set and steps, trained first if there is none."""
+    """The classifier of this data set and steps that ships with genlab or is cached, trained
+    first if there is none."""
     steps = steps or default_steps(train)
     folder, key = Path(cache_dir).expanduser() / "classifiers", cache_key(train, steps)
-    cached = load_classifier(folder, key, device)
-    # a cache from before the key named the steps may hold one trained for other steps
-    if cached is not None and cached[1].get("steps") == steps:
-        return cached
+    for stored in (SHIPPED, folder):
+        if _stored(stored, key, steps) and (found := load_classifier(stored, key, device)):
+            return found
     log.info(
         "Evaluation: training a classifier on %s once (%d steps; cached in %s) for the metrics' "
         "features (trainer.eval_every=null trains without evaluating)",
