@@ -44,7 +44,7 @@ from genlab.metrics.distances import (
     precision_recall,
 )
 from genlab.metrics.paired import paired_metrics, paired_protocol
-from genlab.progress import phase
+from genlab.progress import phase, unit
 
 log = logging.getLogger(__name__)
 
@@ -414,17 +414,6 @@ class Evaluator:
                 {f"class_accuracy/{c}": float(hits[labels == c].mean()) for c in range(k)}
             )
         return metrics
-
-
-# the units of likelihood metrics, by name: each is a mean per image of the 8-bit values
-UNITS = {"neg_elbo": "nats/image", "nll": "nats/image", "nll_is": "nats/image", "psnr": "dB"}
-
-
-def unit(name: str) -> str:
-    """`bits/dim`, `nats/image`, `dB`, or "" for a metric without a unit."""
-    if name.endswith("_bits_per_dim"):
-        return "bits/dim"
-    return UNITS.get(name, "")
 
 
 def format_table(report: Report) -> str:

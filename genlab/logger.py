@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from secrets import token_hex
 from typing import Any
@@ -24,7 +24,12 @@ class NullLogger:
     def log_png(self, tag: str, png: bytes, shape: Sequence[int], step: int) -> None:
         pass
 
-    def log_hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    def log_hparams(
+        self,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        varied: Set[str] = frozenset(),
+    ) -> None:
         pass
 
     def close(self) -> None:
@@ -90,17 +95,31 @@ class TensorBoardLogger(NullLogger):
                 Summary(value=[Summary.Value(tag=tag, image=image)]), step
             )
 
-    def log_hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    def log_hparams(
+        self,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        varied: Set[str] = frozenset(),
+    ) -> None:
         """This run's hyperparameters and final metrics for TensorBoard's HParams dashboard (in
         the run's own event file, so a sweep folder compares its runs). The metrics are scalar
-        tags the run already logged."""
+        tags the run already logged; the dashboard shows the first five of each by default, the
+        metrics in the order given and the hyperparameters `varied` (a sweep's) before the rest
+        (TensorBoard sorts those that differ between runs first, then by name)."""
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
         from torch.utils.tensorboard.summary import hparams
 
         simple = {
             k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in params.items()
         }
+        experiment, start, end = hparams(simple, dict(metrics))
+        data = experiment.value[0].metadata.plugin_data
+        content = HParamsPluginData.FromString(data.content)
+        for info in content.experiment.hparam_infos:
+            info.differs = info.name in varied
+        data.content = content.SerializeToString()
         with writing(self.folder):
-            for summary in hparams(simple, dict(metrics)):
+            for summary in (experiment, start, end):
                 self.writer.file_writer.add_summary(summary)
 
     def close(self) -> None:

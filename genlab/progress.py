@@ -30,12 +30,27 @@ class Speed:
         return rate
 
 
+# the units of values whose name does not say it, by the name's last part: likelihoods and their
+# terms are means per image (evaluated: of the 8-bit values)
+UNITS = dict.fromkeys(("neg_elbo", "nll", "nll_is", "recon", "kl"), "nats/image") | {"psnr": "dB"}
+
+
+def unit(name: str) -> str:
+    """`bits/dim`, `nats/image`, `dB`, or "" for a value without a unit."""
+    if name.endswith("bits_per_dim"):
+        return "bits/dim"
+    return UNITS.get(name.rpartition("/")[2], "")
+
+
 def short(values: dict[str, float]) -> dict[str, str]:
-    """Compact progress-bar / log form of the logged values."""
+    """Compact progress-bar / log form of the logged values, with the unit where the name does
+    not say it (`recon 93.1 nats/image`, `bits_per_dim 2.1`)."""
     skip = ("lr/", "perf/epoch", "grad_norm", "eval/class_accuracy/", "amp/")
     keep = {k: v for k, v in values.items() if not k.startswith(skip)}
     return {
-        k.partition("/")[2] if k.startswith(("loss/", "perf/", "gan/")) else k: f"{v:.4g}"
+        k.partition("/")[2] if k.startswith(("loss/", "perf/", "gan/")) else k: " ".join(
+            filter(None, (f"{v:.4g}", "" if k.endswith("bits_per_dim") else unit(k)))
+        )
         for k, v in keep.items()
     }
 

@@ -240,6 +240,42 @@ def test_likelihoods_print_their_units():
     }
 
 
+def test_a_vae_logs_its_objective_apart_from_the_evaluated_bound(tmp_path):
+    """The VAE's training terms are `loss/loss`, `loss/recon` and `loss/kl`, never `neg_elbo`
+    (the evaluated bound's name), and the log line gives their units. HParams lists the kept
+    metric first, then the evaluation's, then the losses (it shows five by default)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from genlab.commands.train import train
+    from genlab.progress import log_line
+
+    cfg = make_cfg(
+        "model=vae_mlp",
+        "dataset=digits",
+        "trainer=smoke",
+        "trainer.eval_every=0",
+        "trainer.keep_best=loss/kl",
+        "evaluator.num_generated_cheap=50",
+        "logger=tensorboard",
+    )
+    values = train(cfg, run_dir=tmp_path)
+    assert {"loss/loss", "loss/recon", "loss/kl", "eval/neg_elbo"} <= set(values)
+    assert not [k for k in values if "elbo" in k and not k.startswith("eval/")]
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    tags = [m.name.tag for m in experiment.metric_infos]
+    assert tags[0] == "loss/kl" and tags[1].startswith("eval/")
+    assert tags[1:] == sorted(tags[1:], key=lambda tag: not tag.startswith("eval/"))
+    terms = {k: 1.0 for k in ("loss/loss", "loss/recon", "loss/kl", "loss/bits_per_dim")}
+    line = log_line(10, 0, 20, terms, 5.0)
+    assert line == (
+        "step 10/20: loss 1, recon 1 nats/image, kl 1 nats/image, bits_per_dim 1; 5 s left"
+    )
+
+
 def test_a_run_says_at_its_start_that_its_evaluation_trains_a_classifier(tmp_path):
     """A first evaluation on a data set trains its classifier: the run says so before it
     trains, not at its end; away from a terminal each evaluation phase is a line with counts

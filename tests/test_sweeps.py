@@ -139,9 +139,16 @@ def test_tensorboard_run_names_and_hparams(sweep):
     assert start.hparams["optimizer.lr"].number_value == pytest.approx(1e-4)
     assert start.hparams["model"].string_value == "gan"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-    assert "loss/d" in {m.name.tag for m in experiment.experiment.metric_infos}
-    names = [h.name for h in experiment.experiment.hparam_infos]
-    assert names[:2] == ["optimizer.lr", "trainer.seed"]  # the swept ones first
+    experiment = experiment.experiment
+    tags = [m.name.tag for m in experiment.metric_infos]
+    assert tags == ["loss/d", "loss/g"]  # no evaluation: the losses (test_newcomer: the order)
+    differ = {h.name for h in experiment.hparam_infos if h.differs}
+    assert differ == {"optimizer.lr", "trainer.seed"}
+    # the dashboard shows five by default, in TensorBoard's own order: those that differ first
+    from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
+
+    _sort_and_reduce_to_hparams_limit(experiment, 5)
+    assert [h.name for h in experiment.hparam_infos][:2] == ["optimizer.lr", "trainer.seed"]
 
 
 def test_optuna_sweep_finishes_and_reports_its_best(tmp_path):
@@ -153,7 +160,7 @@ def test_optuna_sweep_finishes_and_reports_its_best(tmp_path):
         "trainer=smoke",
         "logger=none",
         "trainer.eval_every=null",
-        "optimized_metric=loss/neg_elbo",
+        "optimized_metric=loss/loss",
         "hydra.sweeper.n_trials=3",
         f"hydra.sweep.dir={tmp_path}",
     )

@@ -82,8 +82,8 @@ def test_training_learns(tmp_path):
     )
     train(cfg, run_dir=tmp_path)
     _, logged = scalars(tmp_path)
-    elbo = [e.value for e in logged["loss/neg_elbo"]]
-    assert elbo[-1] < 0.7 * elbo[0]
+    objective = [e.value for e in logged["loss/loss"]]
+    assert objective[-1] < 0.7 * objective[0]
 
 
 def test_same_seed_same_weights(tmp_path):

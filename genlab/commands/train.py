@@ -160,11 +160,14 @@ def _train(
         if HydraConfig.initialized():
             hparams.update(record_lib.parse_overrides(list(HydraConfig.get().overrides.task)))
         hparams.update(seed=trainer.seed, batch_size=trainer.batch_size, lr=spec.lr)
-        if _sweep_name() is not None:  # HParams lists what the sweep varies first
-            swept = _swept()
-            hparams = dict(sorted(hparams.items(), key=lambda item: item[0] not in swept))
-        final = {k: v for k, v in values.items() if k.startswith(("loss/", "eval/"))}
-        logger.log_hparams(hparams, final)
+        swept = _swept() if _sweep_name() is not None else set()  # HParams shows these first
+        # and five metrics by default: the sweep's objective, the evaluation's, then the losses
+        first = (cfg.get("optimized_metric"), cfg.trainer.get("keep_best"))
+        final = sorted(
+            (k for k in values if k.startswith(("loss/", "eval/"))),
+            key=lambda k: (k not in first, not k.startswith("eval/")),
+        )
+        logger.log_hparams(hparams, {k: values[k] for k in final}, swept)
     except BaseException:
         with contextlib.suppress(Exception):  # the error on its way out is the one to report
             logger.close()
@@ -240,7 +243,7 @@ def _check_objective(cfg: DictConfig) -> None:
     if metric and metric.startswith("eval/") and cfg.trainer.eval_every is None:
         raise ConfigError(
             f"optimized_metric={metric} needs an evaluation: set trainer.eval_every=0 (at the "
-            "end) or N, or optimize a training value such as loss/neg_elbo"
+            "end) or N, or optimize a training value such as loss/loss"
         )
 
 
