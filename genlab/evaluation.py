@@ -259,6 +259,18 @@ class Evaluator:
                 bar.update(count)
         return torch.cat(chunks), None if labels is None else labels.cpu()
 
+    @torch.no_grad()
+    def baseline(self, targets: Tensor, degrade: Degradation, device: torch.device) -> Tensor:
+        """The degradation's own guess at each uint8 target from the condition `generate` gave
+        the model for it (the same stream, batch by batch): bicubic enlargement for a low
+        resolution (`Degradation.baseline`), the floor of the paired metrics."""
+        degrading = torch.Generator(device=device).manual_seed(self.seed + 1)
+        guesses = []
+        for target in targets.split(self.batch_size):
+            x = normalize(target.to(device))
+            guesses.append(to_uint8(degrade.baseline(degrade(x, degrading), x.shape[1])).cpu())
+        return torch.cat(guesses)
+
     def __call__(
         self,
         model: Any,
@@ -281,7 +293,13 @@ class Evaluator:
                 targets = real.images[pick]
                 fake, _ = self.generate(model, n, device, targets, condition)
                 labels = None if real.labels is None else real.labels[pick]
-                paired = paired_metrics(fake, targets, condition.border)
+                baseline = self.baseline(targets, condition, device)
+                paired = paired_metrics(fake, targets, condition.border, baseline)
+                paired["baseline/fd"] = frechet_distance(
+                    *feature_stats(self._extract(features, baseline, device)),
+                    ref["mu"],
+                    ref["sigma"],
+                )
             else:
                 fake, labels = self.generate(model, n, device)
         n = len(fake)
@@ -332,6 +350,7 @@ class Evaluator:
         if condition is not None:
             protocol.update(condition.protocol())
             protocol["paired"] = paired_protocol(real.channels, condition.border, n)
+            protocol["baseline"] = condition.baseline_name()
         if not cheap:
             protocol.update(
                 kid_subsets=self.kid_subsets,

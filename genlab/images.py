@@ -58,11 +58,27 @@ def written_by_genlab(path: Path) -> bool:
         return False
 
 
+def as_image(condition: Tensor, channels: int) -> Tensor:
+    """An image condition's first `channels` channels (a grey one repeated; a mask's known/hole
+    channel left out)."""
+    if condition.shape[1] >= channels:
+        return condition[:, :channels]
+    return condition[:, :1].expand(-1, channels, -1, -1)
+
+
 def shown_as(condition: Tensor, channels: int, size: int) -> Tensor:
     """Image conditions (N, C', h, w) in [-1, 1] as images to show beside what a model makes of
-    them: their first `channels` channels (a grey one repeated), at `size` (nearest neighbour, so
-    a low-resolution condition shows its pixels)."""
-    x = condition[:, :channels]
-    if x.shape[1] < channels:
-        x = x[:, :1].expand(-1, channels, -1, -1)
-    return torch.nn.functional.interpolate(x.float(), size=size, mode="nearest")
+    them: `as_image`, at `size` (nearest neighbour, so a low-resolution condition shows its
+    pixels)."""
+    return torch.nn.functional.interpolate(
+        as_image(condition, channels).float(), size, mode="nearest"
+    )
+
+
+def enlarged(condition: Tensor, scale: int) -> Tensor:
+    """Images (N, C, h, w) at `scale` times their size by bicubic interpolation, the super-
+    resolution papers' (align_corners=False, as PIL and MATLAB's imresize): their baseline, and
+    what SRCNN sees."""
+    if scale == 1:
+        return condition
+    return torch.nn.functional.interpolate(condition, scale_factor=scale, mode="bicubic")

@@ -2,7 +2,8 @@
 
 The classes at the bottom are what the `loss` config group instantiates: they bundle the functions
 of one objective with its few settings, and say which model family they fit (`AdversarialLoss`
-for GANs, `ELBO` for VAEs, `DenoisingLoss` for diffusion, `ExactNLL` for PixelCNN).
+for GANs, `ELBO` for VAEs, `DenoisingLoss` for diffusion, `ExactNLL` for PixelCNN,
+`PixelLoss` for restoration).
 """
 
 from __future__ import annotations
@@ -348,3 +349,17 @@ class ExactNLL:
     @staticmethod
     def __call__(nll: Tensor) -> Tensor:
         return nll.mean()
+
+
+class PixelLoss:
+    """The restoration family's objective: the mean squared error (`mse`, SRCNN's and ESPCN's,
+    which PSNR measures) or mean absolute error (`l1`, EDSR's: sharper edges) of the output's
+    pixels against the target's, in [-1, 1]."""
+
+    def __init__(self, kind: Literal["mse", "l1"] = "mse") -> None:
+        if kind not in ("mse", "l1"):
+            raise ValueError(f"kind must be 'mse' or 'l1', got {kind!r}")
+        self.kind = kind
+
+    def __call__(self, output: Tensor, target: Tensor) -> Tensor:
+        return (F.mse_loss if self.kind == "mse" else F.l1_loss)(output, target)

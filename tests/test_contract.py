@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genlab.checkpoint import load_checkpoint, save_checkpoint
-from genlab.config import CONF_DIR, build, build_model
+from genlab.config import CONF_DIR, build, build_model, degradation
 from genlab.data.loader import DeviceLoader, normalize
 from genlab.export import export, load_generator
 from genlab.files import Outputs
@@ -48,20 +48,24 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     optimizers = model.configure_optimizers(build(cfg.optimizer, "optimizer"))
     assert optimizers.keys() == model.roles.keys()
     update = Updater(optimizers, CPU, names=model.roles)
-    loader = DeviceLoader(data, 16, CPU)
+    degrade = degradation(cfg, data.channels, data.image_size)  # an image-conditional model's
+    loader = DeviceLoader(data, 16, CPU, degrade=degrade)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     values = model.train_step(loader, update, metrics=True)
     assert values and all(torch.isfinite(v).all() for v in values.values())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(update.attempted[k] > 0 for k in optimizers)
 
-    # samples: in [-1, 1], the same for the same seed, of the requested classes
-    labels = torch.arange(4) % model.num_classes if model.num_classes else None
-    images = model.generate(4, torch.Generator().manual_seed(1), labels)
+    # samples: in [-1, 1], the same for the same seed, of the requested classes (or images)
+    condition = torch.arange(4) % model.num_classes if model.num_classes else None
+    if degrade is not None:
+        condition = degrade(normalize(data.images[:4]), torch.Generator().manual_seed(2))
+    images = model.generate(4, torch.Generator().manual_seed(1), condition)
     assert images.shape == (4, *shape) and images.min() >= -1 and images.max() <= 1
-    again = model.generate(4, torch.Generator().manual_seed(1), labels)
+    again = model.generate(4, torch.Generator().manual_seed(1), condition)
     assert torch.equal(images, again)
-    examples = (normalize(loader.examples(16)), None)
+    shots = normalize(loader.examples(16))
+    examples = (shots, None if degrade is None else degrade(shots, torch.Generator()))
     grids = model.sample_grids(model.fixed_inputs(16, examples, seed=0))
     assert grids and all(g.dim() == 3 and g.min() >= 0 and g.max() <= 1 for g in grids.values())
 
@@ -70,7 +74,7 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     torch.manual_seed(123)
     twin = build_model(cfg, data)
     twin.load_state_dict(load_checkpoint(tmp_path / "model.pt")["model"])
-    assert torch.equal(twin.generate(4, torch.Generator().manual_seed(1), labels), images)
+    assert torch.equal(twin.generate(4, torch.Generator().manual_seed(1), condition), images)
 
     # the export samples as the model does, without genlab's trainer
     folder = tmp_path / "export"
@@ -80,11 +84,11 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
     if "interpolate" in model.abilities:  # latents to images, as decode_latents maps them
         z = torch.randn(4, model.latent_dim)
         with eval_mode(model):
-            expected = model.decode_latents(z, labels)
+            expected = model.decode_latents(z, condition)
     else:  # latents drawn as generate draws them give its images
         z = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(1))
         expected = images
-    torch.testing.assert_close(exported(z, labels), expected)
+    torch.testing.assert_close(exported(z, condition), expected)
 
     # abilities it declares work; those it lacks are one clear error
     real = normalize(data.images[:4])
@@ -97,7 +101,7 @@ def test_every_family_keeps_the_contract(name, dataset, tmp_path):
 
     # the cheap metrics of trainer.eval_every
     evaluator = build(cfg.evaluator, "evaluator")
-    report = evaluator(model, node, CPU, cheap=True)
+    report = evaluator(model, node, CPU, cheap=True, condition=degrade)
     assert report.metrics["fd"] > 0
     if "likelihood" in model.abilities:
         bound, how = model.likelihood(real, 2, seed=0)

@@ -48,6 +48,8 @@ def test_model_trains_and_leaves_a_run(model, dataset, tmp_path):
     with Image.open(tmp_path / "samples" / "samples_0000004.png") as grid:
         if cfg.model.get("conditional"):  # one row per class, 16 // 10 = 1 sample per row
             assert grid.size == (grid_side(1, size), grid_side(10, size))
+        elif family.conditions == {"image"}:  # 2 x 8 conditions, outputs and images: 6 rows
+            assert grid.size == (grid_side(8, size), grid_side(6, size))
         else:  # 16 samples in a 4 x 4 grid
             assert grid.size == (grid_side(4, size), grid_side(4, size))
 

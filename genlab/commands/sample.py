@@ -95,6 +95,8 @@ def from_folder(cfg: DictConfig, run: str, seed: int, device: torch.device) -> P
             f"input={source}: {run} generates from {model.condition.describe()}, not from "
             "images; input= is for a model trained with a condition= (lowres, mask, grey, noise)"
         )
+    channels = model.condition.shape[0] if model.condition.shape else model.shape["channels"]
+    images = [read_image(p, channels) for p in files]  # an unreadable one: refused before writing
     names = [f"{p.stem}.png" for p in files]
     if cfg.out:
         out = Outputs(Path(cfg.out), manifest=False)
@@ -104,11 +106,10 @@ def from_folder(cfg: DictConfig, run: str, seed: int, device: torch.device) -> P
         out = Outputs(run_of(Path(state["path"])))
         names = [f"samples/{source.name}_seed{seed}/{n}" for n in names]
         out.refuse_foreign(names, "move it away, or write elsewhere with out=FOLDER")
-    channels = model.condition.shape[0] if model.condition.shape else model.shape["channels"]
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        for path, name in zip(files, names, strict=True):
-            condition = degrade.prepare(read_image(path, channels)[None].to(device))
+        for image, name in zip(images, names, strict=True):
+            condition = degrade.prepare(image[None].to(device))
             out.write(name, _png(model.generate(1, gen, condition)[0].cpu()), durable=False)
     folder = out.path(names[0]).parent
     print(f"Wrote {len(names)} images from {source} in {folder}/")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genlab.errors import require_at_least
+from genlab.images import as_image, enlarged
 
 # ITU-R BT.601 luma weights of R, G and B, as JPEG, PIL's convert("L") and the SR papers use them
 LUMA = (0.299, 0.587, 0.114)
@@ -32,9 +33,11 @@ def quantize(images: Tensor) -> Tensor:
 
 class Degradation(ABC):
     """A condition made from a target image. `border`: pixels at each edge that paired metrics
-    leave out (a super-resolution scale, as the SR papers crop)."""
+    leave out (a super-resolution scale, as the SR papers crop); `scale`: the target's side over
+    the condition's."""
 
     border: int = 0
+    scale: int = 1
 
     @abstractmethod
     def shape(self, channels: int, size: int) -> tuple[int, int, int]:
@@ -56,6 +59,18 @@ class Degradation(ABC):
     def protocol(self) -> dict[str, Any]:
         """What the condition is, written beside every paired metric."""
         return {"condition": type(self).__name__.lower()}
+
+    def baseline(self, condition: Tensor, channels: int) -> Tensor:
+        """The image a condition stands for without a model, the floor every paired metric is
+        read against: its bicubic enlargement (a low resolution), or itself as an image (a
+        noisy, grey or masked one)."""
+        return as_image(enlarged(condition, self.scale), channels).clamp(-1, 1)
+
+    def baseline_name(self) -> str:
+        """What `baseline` does, for the protocol."""
+        return (
+            "bicubic enlargement of the condition" if self.scale > 1 else "the condition as it is"
+        )
 
 
 class Lowres(Degradation):

@@ -16,10 +16,17 @@ def luma(images: Tensor) -> Tensor:
     return Y_OFFSET + (images * weights[:, None, None]).sum(1, keepdim=True)
 
 
-def paired_metrics(outputs: Tensor, targets: Tensor, border: int = 0) -> dict[str, float]:
+def paired_metrics(
+    outputs: Tensor, targets: Tensor, border: int = 0, baseline: Tensor | None = None
+) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM (Gaussian window 11, sigma 1.5) of uint8 `outputs` against their
     uint8 `targets` (N, C, H, W), on [0, 1]: on the Y channel for colour images, with `border`
-    pixels cropped at each edge."""
+    pixels cropped at each edge; and the same of a `baseline`'s outputs, as `baseline/psnr` and
+    `baseline/ssim`."""
+    if baseline is not None:
+        theirs = paired_metrics(baseline, targets, border)
+        ours = paired_metrics(outputs, targets, border)
+        return ours | {f"baseline/{k}": v for k, v in theirs.items()}
     # imported here: torchmetrics brings torchvision and scipy, seconds of every command's start
     from torchmetrics.functional.image import (
         peak_signal_noise_ratio,
