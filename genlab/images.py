@@ -76,9 +76,12 @@ def shown_as(condition: Tensor, channels: int, size: int) -> Tensor:
 
 
 def enlarged(condition: Tensor, scale: int) -> Tensor:
-    """Images (N, C, h, w) at `scale` times their size by bicubic interpolation, the super-
-    resolution papers' (align_corners=False, as PIL and MATLAB's imresize): their baseline, and
-    what SRCNN sees."""
+    """Images (N, C, h, w) at `scale` times their size by bicubic interpolation as the super-
+    resolution papers' MATLAB imresize and PIL do it (Keys' kernel with a = -0.5, pixel centres
+    aligned; torch's antialiased path, where its plain bicubic uses a = -0.75): their baseline,
+    and what SRCNN sees."""
     if scale == 1:
         return condition
-    return torch.nn.functional.interpolate(condition, scale_factor=scale, mode="bicubic")
+    return torch.nn.functional.interpolate(
+        condition, scale_factor=scale, mode="bicubic", antialias=True
+    )

@@ -3,6 +3,7 @@ a start at bicubic enlargement, a few steps that beat it, and a user's folder up
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ def test_every_scale_and_channel_count_gives_the_images_shape(network):
 @pytest.mark.parametrize("scale", [2, 3])
 def test_a_residual_network_starts_as_bicubic_enlargement(network, scale):
     condition = torch.rand(3, 1, 6, 6) * 2 - 1
-    expected = F.interpolate(condition, scale_factor=scale, mode="bicubic", align_corners=False)
+    expected = F.interpolate(condition, scale_factor=scale, mode="bicubic", antialias=True)
     torch.testing.assert_close(network(1, 1, scale)(None, condition), expected)
     plain = network(1, 1, scale, residual=False)(None, condition)
     assert not torch.allclose(plain, expected)  # the papers' form starts from random weights
@@ -47,6 +48,19 @@ def test_the_networks_are_the_papers():
         conv.register_forward_hook(lambda m, inputs, out: seen.append(tuple(out.shape[1:])))
     espcn(None, torch.zeros(1, 3, 10, 8))
     assert seen == [(64, 10, 8), (32, 10, 8), (27, 10, 8)]  # 3 channels x 3^2, then the shuffle
+
+
+def test_enlargement_is_pil_s_bicubic():
+    """Keys' kernel with a = -0.5, as PIL and MATLAB's imresize (the SR papers' baseline): within
+    the rounding PIL does between its two passes."""
+    small = torch.randint(0, 256, (1, 1, 9, 7), generator=torch.Generator().manual_seed(0))
+    image = Image.fromarray(small[0, 0].numpy().astype("uint8"))
+    pil = torch.tensor(np.array(image.resize((21, 27), Image.Resampling.BICUBIC)))
+    ours = enlarged(small.float(), 3)[0, 0].clamp(0, 255).round()
+    diff = (ours - pil.float()).abs()
+    assert diff.mean() < 0.2 and diff.max() <= 1
+    plain = F.interpolate(small.float(), scale_factor=3, mode="bicubic")[0, 0]  # a = -0.75
+    assert (plain.clamp(0, 255).round() - pil.float()).abs().mean() > 2 * diff.mean()
 
 
 def test_each_degradation_s_baseline_is_its_naive_guess():
