@@ -75,6 +75,15 @@ def shown_as(condition: Tensor, channels: int, size: int) -> Tensor:
     )
 
 
+def paired_grid(condition: Tensor, made: Tensor, real: Tensor) -> Tensor:
+    """Rows of conditions (their pixels), what a model made of them and the targets, 8 to a
+    row: the grid of a model that generates from images."""
+    nrow = min(8, len(real))
+    shown = shown_as(condition, real.shape[1], real.shape[-1])
+    rows = torch.stack([t.view(-1, nrow, *real.shape[1:]) for t in (shown, made, real)], 1)
+    return to_grid(rows.flatten(0, 2), nrow)
+
+
 def enlarged(condition: Tensor, scale: int) -> Tensor:
     """Images (N, C, h, w) at `scale` times their size by bicubic interpolation as the super-
     resolution papers' MATLAB imresize and PIL do it (Keys' kernel with a = -0.5, pixel centres

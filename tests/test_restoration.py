@@ -11,6 +11,7 @@ from PIL import Image
 
 from genlab.commands.train import train
 from genlab.data.degrade import Grey, Lowres, Mask, Noise
+from genlab.errors import ConfigError
 from genlab.images import enlarged
 from genlab.models.restoration import ESPCN, SRCNN
 from tests.conftest import cli, make_cfg
@@ -134,3 +135,32 @@ def test_sample_upscales_a_folder_of_odd_sizes_and_refuses_an_unreadable_file(tm
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"cannot read image {folder / 'broken.png'}" in result.stderr
     assert not (tmp_path / "again").exists()  # refused before any image was written
+
+
+def test_sr3_generates_from_its_condition_beside_the_noise():
+    """The diffusion family given an image condition (SR3): the U-Net's input is the noisy image
+    and the enlarged condition; the same condition and seed give the same images, another
+    condition others; class labels and a condition together, and the trajectory mode, are
+    refused with what to do instead."""
+    from genlab.config import build_model
+    from genlab.data import digits
+
+    tiny = ["model.network.features=[8,16]", "model.network.attention=[false,true]"]
+    tiny += ["model.network.groups=4", "solver.steps=3"]
+    cfg = make_cfg("model=sr3", "dataset=digits", "condition.scale=4", *tiny)
+    data = digits(image_size=16)
+    model = build_model(cfg, data)
+    assert model.network.unet.config.in_channels == 2 and model.condition.shape == (1, 4, 4)
+    assert "likelihood" not in model.abilities
+    low = torch.rand(3, 1, 4, 4) * 2 - 1
+    once = model.generate(3, torch.Generator().manual_seed(0), low)
+    again = model.generate(3, torch.Generator().manual_seed(0), low)
+    other = model.generate(3, torch.Generator().manual_seed(0), -low)
+    assert once.shape == (3, 1, 16, 16) and torch.equal(once, again)
+    assert not torch.equal(once, other)
+    with pytest.raises(ValueError, match="generates from images of shape 1x4x4"):
+        model.generate(3, torch.Generator(), None)
+    with pytest.raises(ConfigError, match="model.conditional=true generates from class labels"):
+        build_model(make_cfg("model=sr3", "model.conditional=true", *tiny), data)
+    with pytest.raises(ValueError, match="trajectory draws from noise alone"):
+        model.sample_mode("trajectory", None, torch.Generator(), None)

@@ -2,8 +2,10 @@
 over `timesteps` steps; a solver (`genlab.models.solvers`) runs the learnt reverse process.
 
 `model=ddpm` takes diffusers' U-Net (`genlab.models.unet`), `model=dit` a Diffusion Transformer
-(`genlab.models.dit`); both are this class. The noise schedule is diffusers' DDPM scheduler, so
-the exported diffusers pipeline samples exactly as genlab does.
+(`genlab.models.dit`); both are this class. Given an image condition (`model=sr3`, a `condition=`
+of the condition group) it is SR3 (Saharia et al. 2021): the condition, enlarged bicubically to
+the image's size, is concatenated to the noisy image the network sees. The noise schedule is
+diffusers' DDPM scheduler, so the exported diffusers pipeline samples exactly as genlab does.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from genlab.data.loader import Batch
 from genlab.ema import EMA
 from genlab.errors import require_at_least, writing
 from genlab.files import Outputs, as_the_user_makes, join, temporary_name
-from genlab.images import to_grid
+from genlab.images import enlarged, paired_grid, to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
 from genlab.models.base import (
@@ -60,7 +62,7 @@ class Diffusion(OneNetwork):
     Grids show at most `grid_images` images (each a solver run)."""
 
     roles: ClassVar[dict[str, str]] = {"model": "denoiser"}
-    conditions: ClassVar[frozenset[str]] = frozenset({"none", "labels"})
+    conditions: ClassVar[frozenset[str]] = frozenset({"none", "labels", "image"})
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate", "likelihood"})
     sample_modes: ClassVar[frozenset[str]] = frozenset({"trajectory"})
 
@@ -85,6 +87,7 @@ class Diffusion(OneNetwork):
         channels: int,
         image_size: int,
         num_classes: int | None = None,
+        condition_shape: Sequence[int] | None = None,
     ) -> None:
         if prediction not in denoising.DIFFUSERS_PREDICTION:
             raise ValueError(f"prediction must be eps, v or x0, got {prediction!r}")
@@ -99,14 +102,25 @@ class Diffusion(OneNetwork):
             )
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if conditional and condition_shape is not None:
+            raise ValueError(
+                "model.conditional=true generates from class labels; with a condition= the model "
+                "generates from images: choose one"
+            )
         classes = conditional_classes(conditional, num_classes, "diffusion model")
         if sampler.guidance != 1 and not classes:
             raise ValueError(
                 f"solver.guidance={sampler.guidance} needs a class-conditional model "
                 "(model.conditional=true); an unconditional one samples with guidance 1"
             )
-        super().__init__(channels * image_size * image_size, classes, channels, image_size)
-        shape = dict(self.shape)
+        latent_dim = channels * image_size * image_size
+        super().__init__(latent_dim, classes, channels, image_size, condition_shape)
+        shape: dict[str, Any] = dict(self.shape)
+        self.scale = 1
+        if self.condition.shape is not None:  # SR3: the enlarged condition beside the noisy image
+            self.scale = image_size // self.condition.shape[1]
+            shape["condition_channels"] = self.condition.shape[0]
+            self.abilities = frozenset({"interpolate"})  # a bound would need each image's condition
         self.prediction, self.label_dropout = prediction, label_dropout
         self.sampler, self.objective = sampler, objective
         self.grid_images = grid_images
@@ -144,7 +158,10 @@ class Diffusion(OneNetwork):
         t = torch.randint(0, self.timesteps, (n,), device=device)
         eps = torch.randn_like(x0)
         x_t = denoising.add_noise(x0, eps, t, self.alpha_bar)
-        if self.num_classes:
+        seen = x_t
+        if self.condition.kind == "image":  # labels: the images' conditions
+            seen, labels = torch.cat([x_t, enlarged(labels, self.scale)], 1), None
+        elif self.num_classes:
             dropped = torch.rand(n, device=device) < self.label_dropout
             labels = torch.where(dropped, self.num_classes, labels)
         else:
@@ -154,7 +171,7 @@ class Diffusion(OneNetwork):
             self.prediction, denoising.snr(self.alpha_bar)[t], loss.weighting, loss.gamma
         )
         with update.autocast():
-            out = self.trained("network")(x_t, t, labels)
+            out = self.trained("network")(seen, t, labels)
             value = loss(out.float(), target, weight)
         norm = update(value, "model", measure=metrics)
         self.updates += 1
@@ -171,8 +188,12 @@ class Diffusion(OneNetwork):
         self, labels: Tensor | None, guidance: float
     ) -> Callable[[Tensor, Tensor], Tensor]:
         """(x_t, t) -> the sampling network's output, with classifier-free guidance: the
-        unconditional output + `guidance` * (conditional - unconditional)."""
+        unconditional output + `guidance` * (conditional - unconditional); for an image
+        condition (`labels`: the conditions), the noisy image beside its enlarged condition."""
         net = self.sampling_network()
+        if self.condition.kind == "image":
+            beside = enlarged(labels, self.scale)
+            return lambda x, t: net(torch.cat([x, beside.to(x.dtype)], 1), t, None)
         seen = guidance_labels(labels, self.num_classes, guidance)
         if seen is None or len(seen) == len(labels):
             return lambda x, t: net(x, t, seen)
@@ -193,9 +214,9 @@ class Diffusion(OneNetwork):
     ) -> tuple[Tensor, list[tuple[int, Tensor]]]:
         """Images from noise by `solver` (the model's sampler by default), in eval mode."""
         solver = solver or self.sampler
-        if self.num_classes and labels is None:
-            raise ValueError("a class-conditional diffusion model needs labels to sample")
-        labels = labels if self.num_classes else None
+        if self.condition.kind != "none" and labels is None:
+            raise ValueError(f"this diffusion model generates from {self.condition.describe()}")
+        labels = labels if self.condition.kind != "none" else None
         with eval_mode(self):
             denoise = self.denoiser(labels, solver.guidance)
             return solver.solve(denoise, noise, self.noise_schedule.config, gen, keep)
@@ -231,12 +252,18 @@ class Diffusion(OneNetwork):
         return self.decode_latents(z, labels)
 
     def fixed_inputs(self, num: int, examples: Batch, seed: int) -> GridInputs:
-        """Noise (and labels: one row per class for a conditional model) for at most
-        `grid_images` samples, reused at every grid."""
+        """Noise (and labels: one row per class for a conditional model; held-out images and
+        their conditions for an image-conditional one) for at most `grid_images` samples,
+        reused at every grid."""
         num, device = min(num, self.grid_images), examples[0].device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        if self.condition.kind == "image":
+            images, conditions = examples
+            num = min(num, len(images)) // 8 * 8 or min(num, len(images))  # whole rows of 8
+            noise = self._noise(num, gen).to(device)
+            return GridInputs(noise, conditions[:num], real=images[:num], seed=seed)
         labels = class_rows(self.num_classes, num, device)
         num = num if labels is None else len(labels)
-        gen = torch.Generator(device=device).manual_seed(seed)
         return GridInputs(self._noise(num, gen).to(device), labels, seed=seed)
 
     @torch.no_grad()
@@ -246,13 +273,22 @@ class Diffusion(OneNetwork):
         gen = torch.Generator(device=fixed.latents.device).manual_seed(fixed.seed)
         images, trajectory = self.solve(fixed.latents, fixed.condition, gen, keep=TRAJECTORY_ROWS)
         nrow = row_length(len(images), self.num_classes)
-        return {"samples": to_grid(images, nrow), "trajectory": _trajectory_grid(trajectory, nrow)}
+        if fixed.real is not None:  # an image condition: conditions, outputs and targets
+            grid, nrow = paired_grid(fixed.condition, images.clamp(-1, 1), fixed.real), 8
+        else:
+            grid = to_grid(images, nrow)
+        return {"samples": grid, "trajectory": _trajectory_grid(trajectory, nrow)}
 
     def sample_mode(
         self, mode: str, sampler: SampleSettings, gen: torch.Generator, real: Callable
     ) -> tuple[Iterator[Tensor], int]:
         """`trajectory`: `sampler.num_images` images (at most a row of 16), a row per timestep
         from noise to the result."""
+        if self.condition.kind == "image":
+            raise ValueError(
+                "sampler.mode=trajectory draws from noise alone; this model generates from "
+                "images (genlab sample input=FOLDER)"
+            )
         n = min(sampler.num_images, 16)
         labels = sampler.labels(self, n, self.alpha_bar.device)
         n = n if labels is None else len(labels)
@@ -268,6 +304,8 @@ class Diffusion(OneNetwork):
         """The model without its EMA, holding the sampling network's weights: its `forward` maps
         noise to images with the deterministic solver."""
         built = standalone_node(node, **self.shape, num_classes=self.num_classes)
+        if self.condition.shape is not None:
+            built["condition_shape"] = list(self.condition.shape)
         built.update(ema_decay=None, init_from=None, freeze=[])
         built.pop("objective", None)  # it samples only
         exported = nn.Module()  # the state_dict keys of a model without EMA
@@ -280,6 +318,11 @@ class Diffusion(OneNetwork):
         the training schedule, loadable offline with `DDPMPipeline.from_pretrained`. It is
         written beside, then replaces the pipeline genlab wrote there before."""
         unet = getattr(self.sampling_network(), "unet", None)
+        if self.condition.kind == "image":
+            return (
+                "No diffusers pipeline: DDPMPipeline does not take an image condition (genlab's "
+                "export above samples it: load_generator(folder)(z, conditions))."
+            )
         if not isinstance(unet, UNet2DModel):
             return (
                 "No diffusers pipeline: diffusers has no class for this network (genlab's "

@@ -90,6 +90,7 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
         long_skips: bool = False,
         final_conv: bool = False,
+        condition_channels: int = 0,  # an image condition's, concatenated to the noisy image
     ) -> None:
         super().__init__()
         if patch < 1 or image_size % patch:
@@ -103,7 +104,7 @@ class DiT(nn.Module):
                 f"width={width}, heads={heads}"
             )
         self.channels, self.patch, self.side = channels, patch, image_size // patch
-        self.embed = nn.Conv2d(channels, width, patch, stride=patch)
+        self.embed = nn.Conv2d(channels + condition_channels, width, patch, stride=patch)
         self.register_buffer("positions", sincos_positions(width, self.side), persistent=False)
         self.time = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
         self.classes = nn.Embedding(num_classes + 1, width) if num_classes else None

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from genlab.images import as_image, enlarged, shown_as, to_grid
+from genlab.images import as_image, enlarged, paired_grid
 from genlab.losses import PixelLoss
 from genlab.models.base import Condition, Exported, GridInputs, OneNetwork, standalone_node
 from genlab.models.common import eval_mode
@@ -171,11 +171,8 @@ class Restoration(OneNetwork):
     @torch.no_grad()
     def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
         """Rows of conditions (their pixels), what the network makes of them, and the images."""
-        real, nrow = fixed.real, min(8, len(fixed.real))
-        made = self.generate(len(real), torch.Generator(), fixed.condition)
-        shown = shown_as(fixed.condition, real.shape[1], real.shape[-1])
-        rows = torch.stack([t.view(-1, nrow, *real.shape[1:]) for t in (shown, made, real)], 1)
-        return {"samples": to_grid(rows.flatten(0, 2), nrow)}
+        made = self.generate(len(fixed.real), torch.Generator(), fixed.condition)
+        return {"samples": paired_grid(fixed.condition, made, fixed.real)}
 
     @torch.no_grad()
     def generate(self, n: int, gen: torch.Generator, condition: Condition = None) -> Tensor:

@@ -16,7 +16,8 @@ class UNet(nn.Module):
     image), `layers` residual blocks per level, self-attention at the levels where `attention`
     is true (and in the middle block), GroupNorm over `groups` groups. A class-conditional one
     embeds `num_classes` labels plus the null label `num_classes` of classifier-free guidance,
-    added to the timestep embedding."""
+    added to the timestep embedding. `condition_channels`: an image condition's, concatenated to
+    the noisy image (SR3, Saharia et al. 2021)."""
 
     def __init__(
         self,
@@ -28,6 +29,7 @@ class UNet(nn.Module):
         attention: Sequence[bool] = (False, False, True),
         groups: int = 8,
         dropout: float = 0.0,
+        condition_channels: int = 0,
     ) -> None:
         super().__init__()
         features, attention = list(features), list(attention)
@@ -48,7 +50,7 @@ class UNet(nn.Module):
             )
         self.unet = UNet2DModel(
             sample_size=image_size,
-            in_channels=channels,
+            in_channels=channels + condition_channels,
             out_channels=channels,
             block_out_channels=tuple(features),
             layers_per_block=layers,
