@@ -4,6 +4,7 @@ running code (`genlab.trust`)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from genlab.trust import check_targets
 
 def protocol_tag(p: Mapping[str, Any]) -> str:
     """The part of a file name that tells how images were made, from a sampling protocol `p`:
-    `_<solver><steps>[_eta<eta>][_g<guidance>][_noclip]` ("" for a family without a solver), so
+    `_<solver><steps>[_eta<eta>][_g<guidance>][_noclip][_x<scale><upscaler hash>...]` ("" for a
+    family without a solver; a cascade adds its upscaler and the upscaler's sampling), so
     that evaluations and grids made another way keep files of their own."""
     tag = f"_{p['sampler']}{p['sampler_steps']}" if "sampler_steps" in p else ""
     if p.get("eta"):
@@ -28,6 +30,10 @@ def protocol_tag(p: Mapping[str, Any]) -> str:
         tag += f"_g{p['guidance']:g}"
     if p.get("clip") is False:
         tag += "_noclip"
+    if p.get("upscaler"):  # a cascade: which upscaler, and its own solver
+        digest = hashlib.sha1(str(p["upscaler"]).encode()).hexdigest()[:8]
+        theirs = {k.removeprefix("upscaler_"): v for k, v in p.items() if k.startswith("upscaler_")}
+        tag += f"_{p['cascade']}{digest}{protocol_tag(theirs)}"
     return tag
 
 

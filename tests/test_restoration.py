@@ -164,3 +164,39 @@ def test_sr3_generates_from_its_condition_beside_the_noise():
         build_model(make_cfg("model=sr3", "model.conditional=true", *tiny), data)
     with pytest.raises(ValueError, match="trajectory draws from noise alone"):
         model.sample_mode("trajectory", None, torch.Generator(), None)
+
+
+def test_a_cascade_samples_and_is_evaluated_like_a_generator(tmp_path):
+    """A 16 px DCGAN and an ESPCN trained x2 on 32 px digits: `sample run=GEN upscaler=SR` draws
+    32 px images, `eval run=GEN upscaler=SR` measures them against the upscaler's data set in a
+    file of their own; an upscaler whose conditions are another size is one message."""
+    quick = ["dataset=digits", "trainer=smoke", "trainer.eval_every=null", "logger=none"]
+    runs = {
+        "gen": ["model=dcgan", "dataset.image_size=16"],
+        "x2": ["model=espcn"],
+        "x4": ["model=espcn", "condition.scale=4"],
+    }
+    for name, args in runs.items():
+        result = cli("train", *args, *quick, f"hydra.run.dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr
+    gen, x2 = tmp_path / "gen", tmp_path / "x2"
+    grid = tmp_path / "cascade.png"
+    result = cli("sample", f"run={gen}", f"upscaler={x2}", "sampler.num_images=16", f"out={grid}")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(grid).size == (4 * 34 + 2, 4 * 34 + 2)  # 16 images of 32 px, 4 x 4
+    small = ["evaluator.num_generated=100", "evaluator.kid_subset_size=50"]
+    result = cli("eval", f"run={gen}", f"upscaler={x2}", *small)
+    assert result.returncode == 0, result.stderr
+    (saved,) = (gen / "eval").glob("*.json")
+    assert saved.name.startswith("classifier-32px_x2") and saved.name.endswith("_step0000005.json")
+    protocol = json.loads(saved.read_text())["protocol"]
+    assert protocol["cascade"] == "x2" and protocol["upscaler"].startswith(str(x2))
+    assert protocol["feature_dim"] == 128 and protocol["num_real"] == 179  # digits at 32 px
+    result = cli(
+        "sample", f"run={gen}", f"upscaler={tmp_path / 'x4'}", f"out={tmp_path / 'no.png'}"
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "upscaler= generates from images of shape 1x8x8, and the generator makes images of " in (
+        result.stderr
+    )
+    assert not (tmp_path / "no.png").exists()

@@ -36,7 +36,13 @@ def evaluate(cfg: DictConfig) -> Report:
     device = build(cfg.device, "device")
     model, run_cfg, state = load_run(run, device, cfg.trust_code, cfg.get("solver"))
     degrade = degradation(run_cfg, model.shape["channels"], model.shape["image_size"])
-    report = evaluator(model, run_cfg.dataset, device, condition=degrade)
+    dataset = run_cfg.dataset
+    if cfg.upscaler:  # a cascade, measured against the upscaler's (larger) images
+        from genlab.models.cascade import upscaled
+
+        model, upscaler_cfg = upscaled(model, cfg.upscaler, device, cfg.trust_code)
+        dataset = upscaler_cfg.dataset
+    report = evaluator(model, dataset, device, condition=degrade)
     step = int(state["step"])
     print(f"{state['path']} (step {step})\n{format_table(report)}", flush=True)
     run_dir = run_of(Path(state["path"]))

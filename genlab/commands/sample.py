@@ -44,6 +44,11 @@ def sample(cfg: DictConfig) -> Path:
     grids, written = [], 0
     for i, path in enumerate([run, *runs]):
         model, run_cfg, state = load_run(path, device, cfg.trust_code, cfg.get("solver"))
+        degrade = degradation(run_cfg, model.shape["channels"], model.shape["image_size"])
+        if cfg.upscaler:  # a cascade: each run's images made larger by the upscaler
+            from genlab.models.cascade import upscaled
+
+            model, run_cfg = upscaled(model, cfg.upscaler, device, cfg.trust_code)
         try:
             sampler.check(model)
         except ValueError as e:
@@ -54,7 +59,6 @@ def sample(cfg: DictConfig) -> Path:
         def real(node=run_cfg.dataset):  # the held-out data, for modes that start from it
             return build(node, "dataset", split="test")
 
-        degrade = degradation(run_cfg, model.shape["channels"], model.shape["image_size"])
         batches, nrow = sampler(model, device, real, degrade)
         shown = []
         for images in batches:  # at most sampler.batch_size images in memory besides the grid
@@ -86,8 +90,11 @@ def from_folder(cfg: DictConfig, run: str, seed: int, device: torch.device) -> P
         raise ConfigError(
             f"input={source}: give a folder of images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    if cfg.runs:
-        raise ConfigError("input= makes images with one run; runs=[...] is for grids")
+    if cfg.runs or cfg.upscaler:
+        raise ConfigError(
+            "input= makes images with one run from your images; runs=[...] and upscaler= are "
+            "for grids of generated images"
+        )
     model, run_cfg, state = load_run(run, device, cfg.trust_code, cfg.get("solver"))
     degrade = degradation(run_cfg, model.shape["channels"], model.shape["image_size"])
     if degrade is None:
