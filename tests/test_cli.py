@@ -34,8 +34,8 @@ def test_unknown_command_is_refused():
 
 def test_train_help_lists_groups_and_options():
     out = cli("train", "--help").stdout
-    models = "cdcgan, cgan, dcgan, ddpm, dit, espcn, gan, pixelcnn, sngan, sngan_projection, srcnn"
-    assert f"model: {models}, vae, vae_mlp" in out
+    models = "cdcgan, cgan, dcgan, ddpm, dit, espcn, gan, pixelcnn, sngan, sngan_projection, sr3"
+    assert f"model: {models}, srcnn, vae, vae_mlp" in out
     assert "model/network: dit, unet" in out
     assert "solver: autoregressive, ddim, ddpm, dpm_solver" in out
     assert "loss: bce, denoising, elbo, hinge, lsgan, nll, pixel, wgan_gp" in out
