@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,6 +83,30 @@ def paired_grid(condition: Tensor, made: Tensor, real: Tensor) -> Tensor:
     shown = shown_as(condition, real.shape[1], real.shape[-1])
     rows = torch.stack([t.view(-1, nrow, *real.shape[1:]) for t in (shown, made, real)], 1)
     return to_grid(rows.flatten(0, 2), nrow)
+
+
+def tiled(
+    make: Callable[[Tensor], Tensor], condition: Tensor, scale: int, tile: int, overlap: int
+) -> Tensor:
+    """`make` (conditions to images `scale` times their size) over a large condition, in tiles of
+    `tile` pixels per side, each made with `overlap` pixels of its neighbours around it that are
+    cut off again: the whole image's output where `overlap` covers what a network sees around a
+    pixel (a CNN's receptive field), so memory stays that of one tile."""
+    n, _, h, w = condition.shape
+    if h <= tile and w <= tile:
+        return make(condition)
+    rows = []
+    for top in range(0, h, tile):
+        row = []
+        for left in range(0, w, tile):
+            t, b = max(0, top - overlap), min(h, top + tile + overlap)
+            lt, r = max(0, left - overlap), min(w, left + tile + overlap)
+            piece = make(condition[..., t:b, lt:r])
+            dy, dx = (top - t) * scale, (left - lt) * scale
+            size_y, size_x = min(tile, h - top) * scale, min(tile, w - left) * scale
+            row.append(piece[..., dy : dy + size_y, dx : dx + size_x])
+        rows.append(torch.cat(row, dim=-1))
+    return torch.cat(rows, dim=-2)
 
 
 def enlarged(condition: Tensor, scale: int) -> Tensor:

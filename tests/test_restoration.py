@@ -124,12 +124,21 @@ def test_sample_upscales_a_folder_of_odd_sizes_and_refuses_an_unreadable_file(tm
     assert "baseline/psnr" in result.stdout and " dB" in result.stdout
     folder = tmp_path / "mine"
     folder.mkdir()
-    for name, (w, h) in {"wide": (9, 7), "square": (10, 10)}.items():
-        Image.new("L", (w, h), 128).save(folder / f"{name}.png")
+    rng = np.random.default_rng(0)
+    for name, (w, h) in {"wide": (9, 7), "square": (10, 10), "large": (40, 30)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(folder / f"{name}.png")
     result = cli("sample", f"run={run}", f"input={folder}", f"out={tmp_path / 'big'}")
     assert result.returncode == 0, result.stderr
     sizes = {p.stem: Image.open(p).size for p in (tmp_path / "big").glob("*.png")}
-    assert sizes == {"wide": (18, 14), "square": (20, 20)}
+    assert sizes == {"wide": (18, 14), "square": (20, 20), "large": (80, 60)}
+    tiles = ["tile=8", "tile_overlap=6"]  # ESPCN sees 4 pixels around, its bicubic base 2
+    result = cli("sample", f"run={run}", f"input={folder}", f"out={tmp_path / 'tiled'}", *tiles)
+    assert result.returncode == 0, result.stderr
+    for name in sizes:  # made in tiles of 8 pixels: the same images, to rounding
+        whole, parts = (
+            np.array(Image.open(tmp_path / d / f"{name}.png"), dtype=int) for d in ("big", "tiled")
+        )
+        assert np.abs(whole - parts).max() <= 1
     (folder / "broken.png").write_bytes(b"\x89PNG not an image")
     result = cli("sample", f"run={run}", f"input={folder}", f"out={tmp_path / 'again'}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -200,3 +209,18 @@ def test_a_cascade_samples_and_is_evaluated_like_a_generator(tmp_path):
         result.stderr
     )
     assert not (tmp_path / "no.png").exists()
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_a_large_image_made_in_tiles_equals_it_made_whole(network):
+    """Tiles that see 8 pixels of their neighbours (more than SRCNN's and ESPCN's view) give the
+    whole image's output, at any size: memory of one tile for a user's large photographs."""
+    from genlab.images import tiled
+
+    net = network(3, 3, 2, residual=False).eval()
+    condition = torch.rand(1, 3, 37, 45, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        whole = net(None, condition)
+        pieces = tiled(lambda c: net(None, c), condition, 2, tile=16, overlap=8)
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-5)
+    assert pieces.shape == (1, 3, 74, 90)

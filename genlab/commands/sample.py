@@ -13,7 +13,7 @@ from genlab.config import CONF_DIR, build, check_config, degradation, required
 from genlab.data.datasets import IMAGE_SUFFIXES, read_image, read_only
 from genlab.errors import ConfigError, one_message
 from genlab.files import Outputs
-from genlab.images import png_bytes, to_grid, written_by_genlab
+from genlab.images import png_bytes, tiled, to_grid, written_by_genlab
 from genlab.loading import load_run, protocol_tag, run_of
 
 if TYPE_CHECKING:  # the sampler is built by Hydra; importing it here would load diffusers
@@ -83,6 +83,10 @@ def from_folder(cfg: DictConfig, run: str, seed: int, device: torch.device) -> P
     RUN/samples/<FOLDER's name>_seed<seed>/. Refused before any image is made where a file
     genlab did not write would be replaced."""
     source = Path(cfg.input).expanduser()
+    if not (isinstance(cfg.tile, int) and cfg.tile >= 1):
+        raise ConfigError(f"tile must be a number of pixels >= 1, got {cfg.tile!r}")
+    if not (isinstance(cfg.tile_overlap, int) and cfg.tile_overlap >= 0):
+        raise ConfigError(f"tile_overlap must be a number of pixels >= 0, got {cfg.tile_overlap!r}")
     files = sorted(
         p for p in source.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
@@ -114,10 +118,16 @@ def from_folder(cfg: DictConfig, run: str, seed: int, device: torch.device) -> P
         names = [f"samples/{source.name}_seed{seed}/{n}" for n in names]
         out.refuse_foreign(names, "move it away, or write elsewhere with out=FOLDER")
     gen = torch.Generator(device=device).manual_seed(seed)
+    scale = model.shape["image_size"] // model.condition.shape[1]
+
+    def make(condition: torch.Tensor) -> torch.Tensor:
+        return model.generate(len(condition), gen, condition)
+
     with torch.no_grad():
         for image, name in zip(images, names, strict=True):
             condition = degrade.prepare(image[None].to(device))
-            out.write(name, _png(model.generate(1, gen, condition)[0].cpu()), durable=False)
+            made = tiled(make, condition, scale, cfg.tile, cfg.tile_overlap)
+            out.write(name, _png(made[0].cpu()), durable=False)
     folder = out.path(names[0]).parent
     print(f"Wrote {len(names)} images from {source} in {folder}/")
     return folder
