@@ -48,6 +48,9 @@ REFERENCE["vae_mlp"] = REFERENCE["vae"]  # the example's own (fully connected) n
 # ToTensor, Normalize([0.5], [0.5]); --dataloader_num_workers defaults to 0
 REFERENCE["ddpm"] = Loading("diffusers train_unconditional.py", True, True, workers=0)
 REFERENCE["dit"] = REFERENCE["ddpm"]  # the same recipe, another network
+# PyTorch examples' super_resolution (ESPCN): input Resize(size // scale) + ToTensor, target
+# ToTensor, each from the PIL image in the workers (--threads 4); SRCNN has no script there
+REFERENCE["espcn"] = Loading("PyTorch examples super_resolution", False, False, workers=4)
 TUNED = Loading("DataLoader (no reference script)", resize=False, normalize=True, workers=2)
 # what `genlab-no-<feature>` turns off in genlab's loop, to measure each feature's cost
 FEATURES = ("logging", "grids", "checkpoints", "guards")
@@ -104,8 +107,9 @@ class PILImages:
     """A map-style data set of PIL images through torchvision transforms, as reference scripts
     read MNIST."""
 
-    def __init__(self, images, labels, transform) -> None:
+    def __init__(self, images, labels, transform, condition=None) -> None:
         self.images, self.labels, self.transform = images, labels, transform
+        self.condition = condition  # makes the image's condition, in place of its label
 
     def __len__(self) -> int:
         return len(self.images)
@@ -114,6 +118,8 @@ class PILImages:
         from PIL import Image
 
         image = Image.fromarray(self.images[i, 0].numpy(), mode="L")
+        if self.condition is not None:
+            return self.transform(image), self.condition(image)
         return self.transform(image), int(self.labels[i]) if self.labels is not None else 0
 
 
@@ -144,12 +150,13 @@ def training(variant: str, case: tuple, steps: int, device_name: str, root, queu
 
     import torch
 
-    from genlab.config import build, build_model
+    from genlab.config import build, build_model, degradation
     from genlab.data.loader import normalize
 
     model_name, dataset, size, batch = case
     cfg, data = _build(model_name, dataset, size, batch, device_name, root)
     device = build(cfg.device, "device")
+    degrade = degradation(cfg, data.channels, data.image_size)  # an image-conditional model's
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device).train()
     update = PlainUpdate(model.configure_optimizers(build(cfg.optimizer, "optimizer")))
@@ -205,10 +212,15 @@ def training(variant: str, case: tuple, steps: int, device_name: str, root, queu
         labels_all = data.labels.to(device) if data.labels is not None else None
         gen = torch.Generator().manual_seed(0)
         order = torch.randint(len(images), (steps * per_step, batch), generator=gen).to(device)
-        batches = (
-            (normalize(images[idx]), None if labels_all is None else labels_all[idx])
-            for idx in order
-        )
+        degrading = torch.Generator(device=device).manual_seed(0)
+
+        def pair(idx):  # as genlab's loader pairs them: conditions made on the device
+            x = normalize(images[idx])
+            if degrade is not None:
+                return x, degrade(x, degrading)
+            return x, None if labels_all is None else labels_all[idx]
+
+        batches = (pair(idx) for idx in order)
         start, cpu = time.perf_counter(), time.process_time()
         bare(batches)
         sync()
@@ -224,8 +236,13 @@ def training(variant: str, case: tuple, steps: int, device_name: str, root, queu
             steps_tf.insert(0, transforms.Resize(size))
         if how.normalize:
             steps_tf.append(transforms.Normalize((0.5,), (0.5,)))
+        condition = None
+        if degrade is not None:  # a low-resolution input made from each PIL image
+            condition = transforms.Compose(
+                [transforms.Resize(size // degrade.scale), *steps_tf[-(1 + how.normalize) :]]
+            )
         loader = DataLoader(
-            PILImages(raw.images, raw.labels, transforms.Compose(steps_tf)),
+            PILImages(raw.images, raw.labels, transforms.Compose(steps_tf), condition),
             batch_size=batch,
             shuffle=True,
             drop_last=True,
@@ -236,7 +253,10 @@ def training(variant: str, case: tuple, steps: int, device_name: str, root, queu
             while True:  # epochs
                 for real, labels in loader:
                     real, labels = real.to(device), labels.to(device)
-                    yield (real if how.normalize else real * 2 - 1), labels
+                    if not how.normalize:
+                        real = real * 2 - 1
+                        labels = labels * 2 - 1 if labels.is_floating_point() else labels
+                    yield real, labels
 
         start, cpu = time.perf_counter(), time.process_time()
         bare(batches())
