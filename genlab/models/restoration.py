@@ -47,22 +47,36 @@ def _stages(
 
 
 class _Upscaler(nn.Module):
-    """What SRCNN and ESPCN share: shapes, the residual to the enlarged condition, the
-    zero-started last convolution. `forward(z, condition)`: `z` is None (nothing is drawn)."""
+    """What SRCNN and ESPCN share: shapes, convolutions of `widths` and `kernels` with `act`
+    between them, the residual to the enlarged condition with the last convolution started at
+    zero. `forward(z, condition)`: `z` is None (nothing is drawn)."""
 
-    def __init__(self, channels: int, condition_channels: int, scale: int, residual: bool) -> None:
+    def __init__(
+        self,
+        channels: int,
+        condition_channels: int,
+        scale: int,
+        widths: Sequence[int],
+        kernels: Sequence[int],
+        act: Callable[[], nn.Module],
+        residual: bool,
+    ) -> None:
         super().__init__()
         if scale < 1:
             raise ValueError(
                 f"scale must be >= 1 (the image's side over its condition's), got {scale}"
             )
+        if len(kernels) != len(widths) - 1:
+            raise ValueError(
+                f"kernels needs one more entry than features (a last convolution to the image): "
+                f"got {len(kernels)} kernels for {len(widths) - 2} features"
+            )
         self.channels, self.scale, self.residual = channels, scale, residual
         self.condition_channels = condition_channels
-
-    def start_at_zero(self) -> None:
-        last = self.body[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        self.body = _stages(widths, kernels, act)
+        if residual:
+            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(self.body[-1].bias)
 
     def base(self, enlarged_condition: Tensor) -> Tensor | float:
         """What the network's output is added to: the enlarged condition as an image, or 0."""
@@ -83,15 +97,8 @@ class SRCNN(_Upscaler):
         kernels: Sequence[int] = (9, 1, 5),
         residual: bool = True,
     ) -> None:
-        super().__init__(channels, condition_channels, scale, residual)
-        if len(kernels) != len(features) + 1:
-            raise ValueError(
-                f"kernels needs one more entry than features (a last convolution to the image): "
-                f"got {len(kernels)} kernels for {len(features)} features"
-            )
-        self.body = _stages([condition_channels, *features, channels], kernels, nn.ReLU)
-        if residual:
-            self.start_at_zero()
+        widths = [condition_channels, *features, channels]
+        super().__init__(channels, condition_channels, scale, widths, kernels, nn.ReLU, residual)
 
     def forward(self, z: Tensor | None, condition: Tensor) -> Tensor:
         x = enlarged(condition, self.scale)
@@ -111,17 +118,9 @@ class ESPCN(_Upscaler):
         kernels: Sequence[int] = (5, 3, 3),
         residual: bool = True,
     ) -> None:
-        super().__init__(channels, condition_channels, scale, residual)
-        if len(kernels) != len(features) + 1:
-            raise ValueError(
-                f"kernels needs one more entry than features (a last convolution to the image): "
-                f"got {len(kernels)} kernels for {len(features)} features"
-            )
         widths = [condition_channels, *features, channels * scale**2]
-        self.body = _stages(widths, kernels, nn.Tanh)
+        super().__init__(channels, condition_channels, scale, widths, kernels, nn.Tanh, residual)
         self.shuffle = nn.PixelShuffle(scale)
-        if residual:
-            self.start_at_zero()
 
     def forward(self, z: Tensor | None, condition: Tensor) -> Tensor:
         base = self.base(enlarged(condition, self.scale)) if self.residual else 0.0
