@@ -50,6 +50,32 @@ def test_bicubic_lowres_matches_pil_within_one_level():
         assert (small[0] - theirs).abs().max() <= LEVEL + 1e-6
 
 
+def test_blurred_lowres_spreads_a_point_by_the_gaussian_kernel():
+    sigma, value = 0.8, 0.9
+    x = torch.full((1, 1, 16, 16), -1.0)
+    x[..., 8, 8] = value  # a point of height value + 1 above the -1 floor
+    small = Lowres(scale=2, filter="area", blur=sigma)(x, _gen())
+    g = [math.exp(-(d**2) / (2 * sigma**2)) for d in range(-3, 4)]  # kernel 2 * ceil(2.4) + 1
+    g0, g1 = g[3] / sum(g), g[4] / sum(g)
+    # block (4, 4) is pixels 8..9 x 8..9: the mean of the kernel's (0|1) x (0|1) corner
+    assert math.isclose(
+        float(small[0, 0, 4, 4]) + 1, (value + 1) * (g0 + g1) ** 2 / 4, abs_tol=LEVEL
+    )
+    mass = 4 * float(small.sum() + small.numel())  # each output pixel is a mean of 4
+    assert math.isclose(mass, value + 1, rel_tol=0.02)  # the kernel keeps the mass
+    assert Lowres(2, blur=0.8).protocol()["condition"] == "lowres x2 blur sigma 0.8 bicubic"
+
+
+def test_noisy_lowres_adds_noise_of_sigma_levels_from_the_stream():
+    x = torch.zeros(4, 3, 64, 64)
+    clean = Lowres(scale=2)(x, _gen())
+    noisy = Lowres(scale=2, noise=10)(x, _gen(3))
+    assert math.isclose(float((noisy - clean).std()) * 127.5, 10, rel_tol=0.03)
+    assert torch.equal(noisy, Lowres(scale=2, noise=10)(x, _gen(3)))  # only the stream draws
+    assert not torch.equal(noisy, Lowres(scale=2, noise=10)(x, _gen(4)))
+    assert Lowres(4, noise=30).protocol()["condition"] == "lowres x4 bicubic noise sigma 30/255"
+
+
 def test_grey_is_bt601_luma_as_pil_converts():
     images = _uint8(2, 4, 3, 8, 8)
     ours = Grey()(normalize(images), _gen())
@@ -98,7 +124,7 @@ def test_random_masks_move_with_their_stream_and_a_users_alpha_is_the_hole():
 
 def test_conditions_have_the_shapes_they_declare():
     x = torch.zeros(2, 3, 16, 16)
-    for degrade in (Lowres(4), Lowres(2, "area"), Mask(), Grey(), Noise()):
+    for degrade in (Lowres(4), Lowres(2, "area", 1.0, 5.0), Mask(), Grey(), Noise()):
         assert degrade(x, _gen()).shape[1:] == degrade.shape(3, 16), degrade
 
 
@@ -106,6 +132,8 @@ def test_bad_degradation_settings_name_the_key():
     for make, key in [
         (lambda: Lowres(scale=1), "scale"),
         (lambda: Lowres(filter="nearest"), "filter"),
+        (lambda: Lowres(blur=-1), "blur"),
+        (lambda: Lowres(noise=-1), "noise"),
         (lambda: Mask(size=1.5), "size"),
         (lambda: Mask(where="left"), "where"),
         (lambda: Noise(sigma=0), "sigma"),

@@ -12,6 +12,7 @@ through `prepare`).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
@@ -75,13 +76,24 @@ class Degradation(ABC):
 
 class Lowres(Degradation):
     """Downsampling by `scale` (super-resolution): `bicubic` (antialiased, as PIL and MATLAB's
-    imresize) or `area` (the mean of each scale x scale block)."""
+    imresize) or `area` (the mean of each scale x scale block); optionally after a Gaussian
+    `blur` (its sigma in the target's pixels; kernel 2 * ceil(3 sigma) + 1, reflected edges) and
+    before white Gaussian `noise` (its sigma in 8-bit levels): the "BD" and "DN" degradations of
+    the SR papers (Zhang et al. 2018: blur 1.6 at x3; noise 30)."""
 
-    def __init__(self, scale: int = 2, filter: Literal["bicubic", "area"] = "bicubic") -> None:
+    def __init__(
+        self,
+        scale: int = 2,
+        filter: Literal["bicubic", "area"] = "bicubic",
+        blur: float = 0.0,
+        noise: float = 0.0,
+    ) -> None:
         require_at_least(2, scale=scale)
+        require_at_least(0, blur=blur, noise=noise)
         if filter not in ("bicubic", "area"):
             raise ValueError(f"filter must be 'bicubic' or 'area', got {filter!r}")
         self.scale, self.filter, self.border = scale, filter, scale
+        self.blur, self.noise = blur, noise
 
     def check(self, channels: int, size: int) -> None:
         if size % self.scale:
@@ -94,14 +106,24 @@ class Lowres(Degradation):
         return channels, size // self.scale, size // self.scale
 
     def __call__(self, images: Tensor, gen: torch.Generator) -> Tensor:
-        size = images.shape[-1] // self.scale
+        if self.blur:
+            from torchvision.transforms.v2.functional import gaussian_blur
+
+            side = 2 * math.ceil(3 * self.blur) + 1
+            images = gaussian_blur(images, [side, side], [self.blur, self.blur])
         if self.filter == "area":
-            return quantize(F.avg_pool2d(images, self.scale))
-        small = F.interpolate(images, size=size, mode="bicubic", antialias=True)
+            small = F.avg_pool2d(images, self.scale)
+        else:
+            size = images.shape[-1] // self.scale
+            small = F.interpolate(images, size=size, mode="bicubic", antialias=True)
+        if self.noise:
+            small = small + _gaussian(small, gen) * (self.noise / 127.5)
         return quantize(small)
 
     def protocol(self) -> dict[str, Any]:
-        return {"condition": f"lowres x{self.scale} {self.filter}"}
+        blur = f" blur sigma {self.blur:g}" if self.blur else ""
+        noise = f" noise sigma {self.noise:g}/255" if self.noise else ""
+        return {"condition": f"lowres x{self.scale}{blur} {self.filter}{noise}"}
 
 
 class Mask(Degradation):
@@ -184,11 +206,15 @@ class Noise(Degradation):
         return channels, size, size
 
     def __call__(self, images: Tensor, gen: torch.Generator) -> Tensor:
-        noise = torch.randn(images.shape, device=gen.device, generator=gen).to(images.device)
-        return quantize(images + noise * (self.sigma / 127.5))
+        return quantize(images + _gaussian(images, gen) * (self.sigma / 127.5))
 
     def protocol(self) -> dict[str, Any]:
         return {"condition": f"noise sigma {self.sigma:g}/255"}
+
+
+def _gaussian(like: Tensor, gen: torch.Generator) -> Tensor:
+    """Standard normal noise the shape of `like`, drawn from `gen` (on its own device)."""
+    return torch.randn(like.shape, device=gen.device, generator=gen).to(like.device)
 
 
 def batch_stream(seed: int, epoch: int, index: int, device: torch.device) -> torch.Generator:
