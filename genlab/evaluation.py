@@ -28,10 +28,11 @@ from genlab.data import ImageData
 from genlab.data.datasets import Split
 from genlab.data.degrade import Degradation
 from genlab.data.loader import normalize
-from genlab.errors import GenlabError, require_at_least
+from genlab.errors import ConfigError, GenlabError, require_at_least
 from genlab.metrics.classifier import (
     Classifier,
     announce_training,
+    class_metrics,
     classifier_for,
     train_classifier,
 )
@@ -47,8 +48,6 @@ from genlab.metrics.paired import paired_metrics, paired_protocol
 from genlab.progress import phase, unit
 
 log = logging.getLogger(__name__)
-
-COVERED = 0.2  # a class is covered when it gets at least this fraction of its uniform share
 
 
 @dataclass
@@ -79,15 +78,16 @@ def to_uint8(images: Tensor) -> Tensor:
 
 
 class Evaluator:
-    """Metric settings. `extractor`: `classifier` (trained on the data set once and cached) or
-    `inception` (FID's weights, from `inception_weights` or downloaded into `cache_dir`).
+    """Metric settings. `extractor`: `classifier` (trained on the data set once and cached),
+    `inception` (FID's weights, from `inception_weights` or downloaded into `cache_dir`), or
+    `none` (only the paired metrics of a model that generates from an image).
     `num_generated` generated images are compared with every image of the real `split`. The
     cheap evaluation during training uses `num_generated_cheap` and skips KID, precision/recall,
     density/coverage and the importance-sampled NLL."""
 
     def __init__(
         self,
-        extractor: Literal["classifier", "inception"] = "classifier",
+        extractor: Literal["classifier", "inception", "none"] = "classifier",
         num_generated: int = 5000,
         num_generated_cheap: int = 1000,
         split: Split = "test",
@@ -104,8 +104,10 @@ class Evaluator:
     ) -> None:
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed must be in 0..{2**32 - 1}, got {seed}")
-        if extractor not in ("classifier", "inception"):
-            raise ValueError(f"extractor must be 'classifier' or 'inception', got {extractor!r}")
+        if extractor not in ("classifier", "inception", "none"):
+            raise ValueError(
+                f"extractor must be 'classifier', 'inception' or 'none', got {extractor!r}"
+            )
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         require_at_least(
@@ -146,12 +148,29 @@ class Evaluator:
             self._data[key] = (train, real)
         return self._data[key]
 
-    def announce(self, dataset: DictConfig) -> None:
-        """At a run's start: say that its first evaluation trains the data set's classifier
-        (once; cached), rather than leave the run's end to wait without a word."""
+    def announce(self, dataset: DictConfig, condition: Degradation | None) -> None:
+        """At a run's start: refuse an extractor that cannot measure it (`check`), and say that
+        its first evaluation trains the data set's classifier (once; cached), rather than leave
+        the run's end to wait without a word."""
         train, _ = self.load_real(dataset)
-        if train.labels is not None:
+        self.check(train, condition)
+        if train.labels is not None and self.extractor != "none":
             announce_training(train, self.cache_dir, self.classifier_steps)
+
+    def check(self, train: ImageData, condition: Degradation | None) -> None:
+        """Refuse `extractor=none` for a model that does not generate from an image (it would
+        have no metric), and `extractor=classifier` for a data set without labels."""
+        if self.extractor == "none" and condition is None:
+            raise ConfigError(
+                "evaluator.extractor=none measures only the paired metrics (PSNR, SSIM) of a "
+                "model that generates from an image (condition=...): use classifier or inception"
+            )
+        if self.extractor == "classifier" and train.labels is None:
+            paired = ", or none (PSNR and SSIM only)" if condition is not None else ""
+            raise ConfigError(
+                f"evaluator.extractor=classifier needs a labelled data set, and {train.name} has "
+                f"no labels: use evaluator.extractor=inception (or one folder per class){paired}"
+            )
 
     def feature_extractor(
         self, train: ImageData, real: ImageData, device: torch.device
@@ -163,18 +182,14 @@ class Evaluator:
             classifier, record = classifier_for(
                 train, real, self.cache_dir, device, self.classifier_steps
             )
-        if self.extractor == "inception":
+        if self.extractor == "inception":  # (`none` never gets here)
             from genlab.metrics.inception import RESIZE, InceptionFeatures, inception_weights
 
             path, digest = inception_weights(self.inception_weights, self.cache_dir)
             net = InceptionFeatures(path).to(device)
             self._features = Features("inception-v3-fid", digest, RESIZE, net, classifier, record)
         else:
-            if classifier is None:
-                raise GenlabError(
-                    f"evaluator.extractor=classifier needs a labelled data set, and {train.name} "
-                    "has no labels: use evaluator.extractor=inception (or one folder per class)"
-                )
+            assert classifier is not None  # `check`: a labelled data set
             size = f"none (the data set's {train.image_size}x{train.image_size})"
             self._features = Features(
                 f"classifier-{record['shape'][1]}px",
@@ -282,10 +297,10 @@ class Evaluator:
         """The metrics of `model` against the `dataset`'s held-out split; `condition`: the
         degradation that makes the conditions of a model that generates from an image."""
         train, real = self.load_real(dataset)
-        features = self.feature_extractor(train, real, device)
-        ref = self.real_features(features, real, device)
+        self.check(train, condition)
+        features = None if self.extractor == "none" else self.feature_extractor(train, real, device)
         n = self.num_generated_cheap if cheap else self.num_generated
-        targets, paired = None, {}
+        metrics: dict[str, float] = {}
         made = n if condition is None else min(n, len(real))
         with phase(f"Evaluation: generated {made} images"):
             if condition is not None:  # outputs for held-out images' conditions, their classes
@@ -294,18 +309,65 @@ class Evaluator:
                 fake, _ = self.generate(model, n, device, targets, condition)
                 labels = None if real.labels is None else real.labels[pick]
                 baseline = self.baseline(targets, condition, device)
-                paired = paired_metrics(fake, targets, condition.border, baseline)
-                paired["baseline/fd"] = frechet_distance(
-                    *feature_stats(self._extract(features, baseline, device)),
-                    ref["mu"],
-                    ref["sigma"],
-                )
+                metrics = paired_metrics(fake, targets, condition.border, baseline)
             else:
                 fake, labels = self.generate(model, n, device)
+        protocol: dict[str, Any] = {}
+        if features is not None:
+            if condition is not None:
+                metrics["baseline/fd"] = self._fd(features, real, baseline, device)
+            theirs, protocol = self._feature_metrics(features, real, fake, labels, device, cheap)
+            metrics = theirs | metrics
+        k, how = 0 if cheap else self.nll_samples, {}
+        if "likelihood" in model.abilities:  # k = 0: what the family measures cheaply, if any
+            with phase(f"Evaluation: likelihood of {len(real)} held-out images"):
+                bound, how = model.likelihood(normalize(real.images.to(device)), k, self.seed)
+            metrics.update(bound)
+        protocol = {
+            "features": "none" if features is None else features.name,
+            **protocol,
+            "dataset": real.name,
+            "real_split": real.split,
+            "num_real": len(real),
+            "num_generated": len(fake),
+            "seed": self.seed,
+            **model.sampling_protocol(),
+        }
+        if condition is not None:
+            protocol.update(condition.protocol())
+            protocol["paired"] = paired_protocol(real.channels, condition.border, len(fake))
+            protocol["baseline"] = condition.baseline_name()
+        protocol.update(how)  # how the likelihood was measured, where it was
+        return Report(metrics, protocol)
+
+    def _fd(self, features: Features, real: ImageData, images: Tensor, device) -> float:
+        """The Fréchet distance of uint8 `images` to the real split."""
+        ref = self.real_features(features, real, device)
+        f = self._extract(features, images, device)
+        return frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"])
+
+    def _feature_metrics(
+        self,
+        features: Features,
+        real: ImageData,
+        fake: Tensor,
+        labels: Tensor | None,
+        device: torch.device,
+        cheap: bool,
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """The metrics in the extractor's feature space (and its classifier's), and their
+        protocol."""
+        ref = self.real_features(features, real, device)
         n = len(fake)
         with phase(f"Evaluation: features of {n} generated images"):
             f = self._extract(features, fake, device)
-        metrics = {"fd": frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"]), **paired}
+        metrics = {"fd": frechet_distance(*feature_stats(f), ref["mu"], ref["sigma"])}
+        protocol: dict[str, Any] = {
+            "features_sha256": features.sha256,
+            "feature_dim": int(f.shape[1]),
+            "resize": features.resize,
+            "covariance_dtype": "float64",
+        }
         if not cheap:
             kid, kid_std = kernel_distance(
                 ref["features"], f, self.kid_subsets, self.kid_subset_size, self.seed
@@ -325,33 +387,6 @@ class Evaluator:
                 density=density,
                 coverage=coverage,
             )
-        if features.classifier is not None:
-            metrics.update(self.class_metrics(features.classifier, fake, labels, device))
-        if labels is not None and real.labels is not None and not cheap:
-            metrics.update(self.conditional_metrics(ref["features"], real, f, fake, labels, device))
-        k, how = 0 if cheap else self.nll_samples, {}
-        if "likelihood" in model.abilities:  # k = 0: what the family measures cheaply, if any
-            with phase(f"Evaluation: likelihood of {len(real)} held-out images"):
-                bound, how = model.likelihood(normalize(real.images.to(device)), k, self.seed)
-            metrics.update(bound)
-        protocol = {
-            "features": features.name,
-            "features_sha256": features.sha256,
-            "feature_dim": int(f.shape[1]),
-            "resize": features.resize,
-            "dataset": real.name,
-            "real_split": real.split,
-            "num_real": len(real),
-            "num_generated": n,
-            "seed": self.seed,
-            "covariance_dtype": "float64",
-            **model.sampling_protocol(),
-        }
-        if condition is not None:
-            protocol.update(condition.protocol())
-            protocol["paired"] = paired_protocol(real.channels, condition.border, n)
-            protocol["baseline"] = condition.baseline_name()
-        if not cheap:
             protocol.update(
                 kid_subsets=self.kid_subsets,
                 kid_subset_size=min(self.kid_subset_size, len(real), n),
@@ -359,7 +394,11 @@ class Evaluator:
                 pr_samples=min(n, len(real)),
                 dc_k=self.dc_k,
             )
-        if "cas" in metrics:
+        if features.classifier is not None:
+            classes = class_metrics(features.classifier, fake, labels, device, self.batch_size)
+            metrics.update(classes)
+        if labels is not None and real.labels is not None and not cheap:
+            metrics.update(self.conditional_metrics(ref["features"], real, f, fake, labels, device))
             protocol["cas"] = (
                 "evaluator's classifier trained on the generated images and their labels "
                 f"({self.classifier_steps or 'default'} steps), accuracy on the real "
@@ -368,8 +407,7 @@ class Evaluator:
         if features.record:
             protocol["classifier_accuracy"] = features.record["accuracy"]
             protocol["classifier_split"] = features.record.get("test_split", "test")
-        protocol.update(how)  # how the likelihood was measured, where it was
-        return Report(metrics, protocol)
+        return metrics, protocol
 
     def conditional_metrics(
         self,
@@ -394,45 +432,6 @@ class Evaluator:
             **{f"intra_fd/{c}": v for c, v in per_class.items()},
             "cas": cas,
         }
-
-    @torch.no_grad()
-    def class_metrics(
-        self, classifier: Classifier, fake: Tensor, labels: Tensor | None, device: torch.device
-    ) -> dict[str, float]:
-        """How many classes the samples cover, KL(classes || uniform), and the shares of the
-        rarest and the commonest class (uniform: 1 / classes each); for a conditional model also
-        the classifier's accuracy on the requested classes (overall and per class)."""
-        predicted = torch.cat(
-            [
-                classifier(normalize(b.to(device))).argmax(1).cpu()
-                for b in fake.split(self.batch_size)
-            ]
-        )
-        k = classifier.shape[2]
-        share = torch.bincount(predicted, minlength=k).double() / len(predicted)
-        covered = int((share >= COVERED / k).sum())
-        nonzero = share[share > 0]
-        kl = float((nonzero * (nonzero * k).log()).sum())
-        if covered < k:
-            log.warning(
-                "generated images cover %d of %d classes (%s): the generator may have collapsed",
-                covered,
-                k,
-                ", ".join(f"{c}: {100 * s:.0f}%" for c, s in enumerate(share.tolist())),
-            )
-        metrics = {
-            "classes_covered": covered,
-            "class_kl": kl,
-            "class_share_min": float(share.min()),
-            "class_share_max": float(share.max()),
-        }
-        if labels is not None:
-            hits = (predicted == labels).double()
-            metrics["class_accuracy"] = float(hits.mean())
-            metrics.update(
-                {f"class_accuracy/{c}": float(hits[labels == c].mean()) for c in range(k)}
-            )
-        return metrics
 
 
 def format_table(report: Report) -> str:

@@ -17,8 +17,9 @@ from genlab.data import (
     image_folder,
     mnist,
     mnist5k,
+    photos,
 )
-from genlab.data.datasets import read_only, resize
+from genlab.data.datasets import read_only, resize, tiles
 from genlab.errors import DataUnavailableError
 
 
@@ -74,6 +75,43 @@ def test_image_folder_flat_and_grey(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     data = image_folder(str(tmp_path), image_size=8, channels=1)
     assert data.images.shape == (4, 1, 8, 8) and data.labels is None and data.num_classes is None
+
+
+def test_tiles_cover_an_image_flush_with_its_edges():
+    image = torch.arange(24 * 40, dtype=torch.int32).view(1, 24, 40)
+    cut = tiles(image, 16, 8)  # rows start at 0, 8; columns at 0, 8, 16, 24
+    assert cut.shape == (8, 1, 16, 16)
+    assert torch.equal(cut[5], image[:, 8:24, 8:24]) and torch.equal(cut[-1], image[:, 8:, 24:])
+    assert tiles(image, 16, 16).shape == (6, 1, 16, 16)  # columns 0, 16 and the flush 24
+    small = tiles(torch.full((3, 6, 12), 7, dtype=torch.uint8), 8, 8)  # enlarged to 8 x 16
+    assert small.shape == (2, 3, 8, 8) and (small == 7).all()
+
+
+def test_image_folder_patches_each_image_at_its_own_resolution(tmp_path):
+    for i in range(10):
+        Image.fromarray(np.full((24, 40), 25 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    train = image_folder(str(tmp_path), image_size=16, channels=1, patch_stride=8)
+    test = image_folder(str(tmp_path), image_size=16, channels=1, patch_stride=8, split="test")
+    assert train.images.shape == (9 * 8, 1, 16, 16) and test.images.shape == (6, 1, 16, 16)
+    seen, held = ({int(t.unique()) for t in d.images} for d in (train, test))  # one level each
+    assert len(seen) == 9 and len(held) == 1 and not seen & held
+    with pytest.raises(ValueError, match="dataset.stream=true reads whole images"):
+        image_folder(str(tmp_path), image_size=16, stream=True, patch_stride=8)
+
+
+def test_photos_hold_out_the_middle_of_each_photograph():
+    train, test = photos(), photos(split="test")
+    assert train.images.shape == (1560, 3, 32, 32) and test.images.shape == (112, 3, 32, 32)
+    assert train.labels is None and test.images.dtype == torch.uint8
+    from sklearn.datasets import load_sample_images
+
+    china = torch.from_numpy(load_sample_images().images[0].copy()).permute(2, 0, 1)
+    assert torch.equal(test.images[0], china[:, :32, 256:288])  # the middle fifth: 256..384
+    assert torch.equal(train.images[0], china[:, :32, :32])
+    seen = {t.numpy().tobytes() for t in train.images}
+    assert not any(t.numpy().tobytes() in seen for t in test.images)
+    with pytest.raises(ValueError, match="image_size=200 is larger"):
+        photos(image_size=200, split="test")
 
 
 def test_an_image_folder_skips_what_is_not_a_regular_file(tmp_path, caplog):

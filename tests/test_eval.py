@@ -16,7 +16,7 @@ from genlab.commands.train import train
 from genlab.data import digits, mnist5k
 from genlab.errors import ConfigError, DataUnavailableError, GenlabError
 from genlab.evaluation import Evaluator
-from genlab.metrics.classifier import train_classifier
+from genlab.metrics.classifier import class_metrics, train_classifier
 from genlab.metrics.inception import inception_weights
 from tests.conftest import cli, make_cfg
 from tests.test_train import scalars
@@ -129,7 +129,7 @@ class Collapsed(nn.Module):
 def test_class_coverage_reports_a_collapse(caplog):
     fake = torch.zeros(50, 1, 32, 32, dtype=torch.uint8)
     with caplog.at_level(logging.WARNING):
-        out = Evaluator().class_metrics(Collapsed(), fake, None, CPU)
+        out = class_metrics(Collapsed(), fake, None, CPU)
     assert out["classes_covered"] == 1
     assert out["class_kl"] == pytest.approx(torch.log(torch.tensor(10.0)).item())
     assert "cover 1 of 10 classes" in caplog.text
@@ -189,7 +189,7 @@ def test_class_shares_are_the_rarest_and_commonest_fractions():
     labels = torch.tensor([0] * 2 + [c for c in range(1, 9) for _ in range(4)] + [9] * 6)
     fake = torch.zeros(40, 1, 32, 32, dtype=torch.uint8)
     fake[:, 0, 0, 0] = labels.to(torch.uint8) * 20
-    out = Evaluator().class_metrics(ByFirstPixel(), fake, None, CPU)
+    out = class_metrics(ByFirstPixel(), fake, None, CPU)
     assert out["classes_covered"] == 10
     assert out["class_share_min"] == pytest.approx(2 / 40)
     assert out["class_share_max"] == pytest.approx(6 / 40)
@@ -201,7 +201,7 @@ def test_a_conditional_models_class_shares_are_of_what_it_drew_beside_its_accura
     drawn = labels.clamp(max=8)
     fake = torch.zeros(40, 1, 32, 32, dtype=torch.uint8)
     fake[:, 0, 0, 0] = drawn.to(torch.uint8) * 20
-    out = Evaluator().class_metrics(ByFirstPixel(), fake, labels, CPU)
+    out = class_metrics(ByFirstPixel(), fake, labels, CPU)
     assert out["class_accuracy"] == pytest.approx(36 / 40)
     assert (out["class_accuracy/9"], out["class_accuracy/8"]) == (0.0, 1.0)
     assert out["classes_covered"] == 9

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from PIL import Image
 
 from genlab.commands.train import train
 from genlab.data.degrade import Grey, Lowres, Mask, Noise
 from genlab.errors import ConfigError
+from genlab.evaluation import Evaluator
 from genlab.images import enlarged
 from genlab.models.restoration import ESPCN, SRCNN
 from tests.conftest import cli, make_cfg
@@ -99,6 +101,47 @@ def test_a_few_steps_beat_bicubic_on_held_out_digits(model, tmp_path):
     assert values["eval/psnr"] > values["eval/baseline/psnr"] + 2
     assert 0 < values["eval/baseline/ssim"] < 1 and values["eval/baseline/fd"] > 0
     assert 30 < values["eval/baseline/psnr"] < 40  # bicubic x2 on these smooth digits
+
+
+class Bicubic:
+    """A stand-in upscaler that answers every condition with its bicubic enlargement."""
+
+    num_classes, abilities = None, set()
+
+    def generate(self, n, gen, condition):
+        return Lowres(2).baseline(condition, 3)
+
+    def sampling_protocol(self):
+        return {}
+
+
+def test_colour_photos_are_measured_on_their_y_channel_without_a_classifier(tmp_path):
+    """scikit-learn's photographs (colour, unlabelled) with evaluator.extractor=none: PSNR and
+    SSIM on the Y channel of the 112 held-out tiles, the baseline's equal to a model that is
+    bicubic enlargement; ESPCN trains on them; with the default classifier extractor, or with
+    `none` for a model that does not generate from an image, a run is refused before it
+    trains."""
+    dataset = OmegaConf.create({"_target_": "genlab.data.photos", "image_size": 32})
+    evaluator = Evaluator(extractor="none")
+    report = evaluator(Bicubic(), dataset, torch.device("cpu"), condition=Lowres(2))
+    assert set(report.metrics) == {"psnr", "ssim", "baseline/psnr", "baseline/ssim"}
+    assert report.metrics["psnr"] == report.metrics["baseline/psnr"]
+    assert 30 < report.metrics["psnr"] < 40  # the pagoda's and the flower's detail
+    assert report.protocol["features"] == "none" and report.protocol["num_generated"] == 112
+    assert "Y channel" in report.protocol["paired"] and "2 px cropped" in report.protocol["paired"]
+    common = ["trainer=smoke", "trainer.eval_every=0", "logger=none", "dataset=photos"]
+    values = train(
+        make_cfg("model=espcn", "trainer.max_steps=20", "evaluator.extractor=none", *common),
+        run_dir=tmp_path / "ok",
+    )
+    assert abs(values["eval/psnr"] - report.metrics["psnr"]) < 1  # it starts as bicubic
+    for overrides, refusal in [
+        (["model=espcn"], "extractor=classifier needs a labelled data set.*or none"),
+        (["model=dcgan", "evaluator.extractor=none"], "extractor=none measures only"),
+    ]:
+        with pytest.raises(ConfigError, match=refusal):
+            train(make_cfg(*overrides, *common), run_dir=tmp_path / "refused")
+        assert not (tmp_path / "refused" / "checkpoints").exists()
 
 
 def test_sample_upscales_a_folder_of_odd_sizes_and_refuses_an_unreadable_file(tmp_path):

