@@ -76,13 +76,40 @@ def shown_as(condition: Tensor, channels: int, size: int) -> Tensor:
     )
 
 
-def paired_grid(condition: Tensor, made: Tensor, real: Tensor) -> Tensor:
-    """Rows of conditions (their pixels), what a model made of them and the targets, 8 to a
-    row: the grid of a model that generates from images."""
-    nrow = min(8, len(real))
+def paired_rows(condition: Tensor, made: Tensor, real: Tensor, nrow: int) -> Tensor:
+    """Rows of `nrow` conditions (their pixels), what a model made of them and the targets, in
+    turn, as one batch of images (len(real) a multiple of nrow)."""
     shown = shown_as(condition, real.shape[1], real.shape[-1])
     rows = torch.stack([t.view(-1, nrow, *real.shape[1:]) for t in (shown, made, real)], 1)
-    return to_grid(rows.flatten(0, 2), nrow)
+    return rows.flatten(0, 2)
+
+
+PAIRED_ROW = 8  # pairs per row of a training grid of a model that generates from images
+
+
+def paired_count(num: int, available: int) -> int:
+    """How many pairs such a grid shows: at most `num` of the `available`, in whole rows."""
+    n = min(num, available)
+    return n // PAIRED_ROW * PAIRED_ROW or n
+
+
+def paired_grid(condition: Tensor, made: Tensor, real: Tensor) -> Tensor:
+    """`paired_rows` PAIRED_ROW to a row as a grid: the grid of a model that generates from
+    images."""
+    nrow = min(PAIRED_ROW, len(real))
+    return to_grid(paired_rows(condition, made, real, nrow), nrow)
+
+
+def padded(make: Callable[[Tensor], Tensor], condition: Tensor, multiple: int, scale: int):
+    """`make` (conditions to images `scale` times their size) on a condition padded at its
+    bottom and right edges (repeating them) to whole multiples of `multiple` pixels, the output
+    cut back to `scale` times the condition's size."""
+    h, w = condition.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not pad_h and not pad_w:
+        return make(condition)
+    made = make(torch.nn.functional.pad(condition, (0, pad_w, 0, pad_h), mode="replicate"))
+    return made[..., : h * scale, : w * scale]
 
 
 def tiled(

@@ -11,7 +11,7 @@ from genlab.data.datasets import ImageData
 from genlab.data.degrade import Degradation
 from genlab.data.loader import normalize
 from genlab.errors import require_at_least
-from genlab.images import shown_as, square_side
+from genlab.images import paired_rows, square_side
 from genlab.models.base import Family, require
 from genlab.models.common import eval_mode
 
@@ -188,9 +188,7 @@ class Sampler:
             x = normalize(real[spread[start : start + rows_per_batch * nrow]].to(gen.device))
             condition = degrade(x, degrading)
             made = model.generate(len(x), gen, condition)
-            shown = shown_as(condition, x.shape[1], x.shape[-1])
-            rows = torch.stack([t.view(-1, nrow, *x.shape[1:]) for t in (shown, made, x)], 1)
-            yield rows.flatten(0, 2).cpu()
+            yield paired_rows(condition, made, x, nrow).cpu()
 
     @torch.no_grad()
     def _reconstructions(self, model, device, real, nrow: int, count: int):

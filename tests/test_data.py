@@ -101,17 +101,19 @@ def test_image_folder_patches_each_image_at_its_own_resolution(tmp_path):
 
 def test_photos_hold_out_the_middle_of_each_photograph():
     train, test = photos(), photos(split="test")
-    assert train.images.shape == (1560, 3, 32, 32) and test.images.shape == (112, 3, 32, 32)
+    assert train.images.shape == (1560, 3, 32, 32) and test.images.shape == (8, 3, 128, 128)
     assert train.labels is None and test.images.dtype == torch.uint8
     from sklearn.datasets import load_sample_images
 
     china = torch.from_numpy(load_sample_images().images[0].copy()).permute(2, 0, 1)
-    assert torch.equal(test.images[0], china[:, :32, 256:288])  # the middle fifth: 256..384
+    assert torch.equal(test.images[0], china[:, :128, 256:384])  # the middle fifth
+    assert torch.equal(test.images[3], china[:, -128:, 256:384])  # flush with the edge
+    assert torch.equal(photos(split="test", test_size=32).images[1], china[:, :32, 288:320])
     assert torch.equal(train.images[0], china[:, :32, :32])
     seen = {t.numpy().tobytes() for t in train.images}
     assert not any(t.numpy().tobytes() in seen for t in test.images)
-    with pytest.raises(ValueError, match="image_size=200 is larger"):
-        photos(image_size=200, split="test")
+    with pytest.raises(ValueError, match="test_size=200 is larger"):
+        photos(test_size=200, split="test")
 
 
 def test_an_image_folder_skips_what_is_not_a_regular_file(tmp_path, caplog):

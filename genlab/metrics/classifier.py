@@ -150,9 +150,12 @@ def save_classifier(model: Classifier, record: dict, folder: Path, key: str) -> 
     return record
 
 
-def load_classifier(folder: Path, key: str, device: torch.device) -> tuple[Classifier, dict] | None:
-    """The cached classifier and its record, or None when absent; a file whose hash differs from
-    its record is refused."""
+def load_classifier(
+    folder: Path, key: str, device: torch.device, steps: int
+) -> tuple[Classifier, dict] | None:
+    """The stored classifier trained for `steps` and its record, or None when absent (a cache
+    from before the key named the steps may hold one trained for other steps); a file whose hash
+    differs from its record is refused."""
     weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
     if not (weights.is_file() and meta.is_file()):
         return None
@@ -160,6 +163,8 @@ def load_classifier(folder: Path, key: str, device: torch.device) -> tuple[Class
         record = json.loads(meta.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         log.warning("retraining the classifier: its record %s is unreadable (%s)", meta, e)
+        return None
+    if isinstance(record, dict) and record.get("steps") != steps:
         return None
     if not isinstance(record, dict) or sha256(weights) != record.get("sha256"):
         raise GenlabError(
@@ -209,7 +214,7 @@ def classifier_for(
     steps = steps or default_steps(train)
     folder, key = Path(cache_dir).expanduser() / "classifiers", cache_key(train, steps)
     for stored in (SHIPPED, folder):
-        if _stored(stored, key, steps) and (found := load_classifier(stored, key, device)):
+        if found := load_classifier(stored, key, device, steps):
             return found
     log.info(
         "Evaluation: training a classifier on %s once (%d steps; cached in %s) for the metrics' "

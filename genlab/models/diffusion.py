@@ -25,7 +25,7 @@ from genlab.data.loader import Batch
 from genlab.ema import EMA
 from genlab.errors import require_at_least, writing
 from genlab.files import Outputs, as_the_user_makes, join, temporary_name
-from genlab.images import enlarged, paired_grid, to_grid
+from genlab.images import enlarged, padded, paired_count, paired_grid, to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
 from genlab.models.base import (
@@ -221,16 +221,24 @@ class Diffusion(OneNetwork):
             denoise = self.denoiser(labels, solver.guidance)
             return solver.solve(denoise, noise, self.noise_schedule.config, gen, keep)
 
-    def _noise(self, n: int, gen: torch.Generator | None) -> Tensor:
+    def _noise(self, n: int, gen: torch.Generator | None, height: int = 0, width: int = 0):
         c, s = self.shape["channels"], self.shape["image_size"]
         device = self.alpha_bar.device
-        return torch.randn(n, c, s, s, device=device, generator=gen)
+        return torch.randn(n, c, height or s, width or s, device=device, generator=gen)
 
     @torch.no_grad()
     def generate(self, n: int, gen: torch.Generator, condition: Condition = None) -> Tensor:
         """`n` images in [-1, 1] by the model's sampler (of classes `condition`), its noise from
-        `gen`."""
-        return self.solve(self._noise(n, gen), condition, gen)[0]
+        `gen`; from image conditions of any size, padded to whole multiples of the size it was
+        trained on (which its network takes) and cut back (`padded`)."""
+        if self.condition.kind != "image" or condition is None:
+            return self.solve(self._noise(n, gen), condition, gen)[0]
+
+        def make(c: Tensor) -> Tensor:
+            noise = self._noise(len(c), gen, c.shape[-2] * self.scale, c.shape[-1] * self.scale)
+            return self.solve(noise, c, gen)[0]
+
+        return padded(make, condition, self.condition.shape[-1], self.scale)
 
     def interpolation_solver(self) -> Solver:
         """The solver that maps noise to images deterministically (the probability-flow ODE): the
@@ -259,7 +267,7 @@ class Diffusion(OneNetwork):
         gen = torch.Generator(device=device).manual_seed(seed)
         if self.condition.kind == "image":
             images, conditions = examples
-            num = min(num, len(images)) // 8 * 8 or min(num, len(images))  # whole rows of 8
+            num = paired_count(num, len(images))
             noise = self._noise(num, gen).to(device)
             return GridInputs(noise, conditions[:num], real=images[:num], seed=seed)
         labels = class_rows(self.num_classes, num, device)

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from genlab.images import as_image, enlarged, paired_grid
+from genlab.images import as_image, enlarged, paired_count, paired_grid
 from genlab.losses import PixelLoss
 from genlab.models.base import Condition, Exported, GridInputs, OneNetwork, standalone_node
 from genlab.models.common import eval_mode
@@ -164,7 +164,7 @@ class Restoration(OneNetwork):
 
     def fixed_inputs(self, num: int, examples: tuple, seed: int) -> GridInputs:
         images, condition = examples
-        n = min(num, len(images)) // 8 * 8 or len(images)  # whole rows of 8
+        n = paired_count(num, len(images))
         return GridInputs(images.new_zeros(n, 0), condition[:n], real=images[:n])
 
     @torch.no_grad()
