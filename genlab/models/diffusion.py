@@ -18,40 +18,20 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from genlab.data.loader import Batch
-from genlab.ema import EMA
 from genlab.errors import require_at_least, writing
 from genlab.files import Outputs, as_the_user_makes, join, temporary_name
-from genlab.images import enlarged, padded, paired_count, paired_grid, to_grid
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
-from genlab.models.base import (
-    Condition,
-    Exported,
-    GridInputs,
-    OneNetwork,
-    SampleSettings,
-    standalone_node,
-)
-from genlab.models.common import (
-    class_rows,
-    conditional_classes,
-    eval_mode,
-    guidance_labels,
-    guided,
-    row_length,
-)
+from genlab.models.common import eval_mode
+from genlab.models.noise_to_image import PIPELINE, Denoiser, NoiseToImage
 from genlab.models.solvers import DDIM, Solver, training_schedule
 from genlab.optim import Updater
 
-PIPELINE = "diffusers"  # the export's folder holding a diffusers pipeline (U-Net models)
-TRAJECTORY_ROWS = 8  # timesteps shown by the trajectory grid, the last one the result
 
-
-class Diffusion(OneNetwork):
+class Diffusion(NoiseToImage):
     """A denoising `network` (x_t, t, labels) -> the `prediction` target (`eps`, `v` or `x0`),
     trained on the `schedule` (`linear` from `beta_start` to `beta_end`, or `cosine`) of
     `timesteps` steps with `objective` (the loss group's denoising loss; none for a model that
@@ -61,10 +41,8 @@ class Diffusion(OneNetwork):
     samples come from an exponential moving average of the network (null: the network itself).
     Grids show at most `grid_images` images (each a solver run)."""
 
-    roles: ClassVar[dict[str, str]] = {"model": "denoiser"}
-    conditions: ClassVar[frozenset[str]] = frozenset({"none", "labels", "image"})
     abilities: ClassVar[frozenset[str]] = frozenset({"interpolate", "likelihood"})
-    sample_modes: ClassVar[frozenset[str]] = frozenset({"trajectory"})
+    family = "diffusion model"
 
     def __init__(
         self,
@@ -94,54 +72,36 @@ class Diffusion(OneNetwork):
         if schedule not in ("linear", "cosine"):
             raise ValueError(f"schedule must be linear or cosine, got {schedule!r}")
         require_at_least(2, timesteps=timesteps)
-        require_at_least(1, grid_images=grid_images)
         if not 0 < beta_start < beta_end < 1:
             raise ValueError(
                 f"beta_start and beta_end need 0 < beta_start < beta_end < 1, got {beta_start} "
                 f"and {beta_end}"
             )
-        if not 0 <= label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
-        if conditional and condition_shape is not None:
-            raise ValueError(
-                "model.conditional=true generates from class labels; with a condition= the model "
-                "generates from images: choose one"
-            )
-        classes = conditional_classes(conditional, num_classes, "diffusion model")
-        if sampler.guidance != 1 and not classes:
-            raise ValueError(
-                f"solver.guidance={sampler.guidance} needs a class-conditional model "
-                "(model.conditional=true); an unconditional one samples with guidance 1"
-            )
-        latent_dim = channels * image_size * image_size
-        super().__init__(latent_dim, classes, channels, image_size, condition_shape)
-        shape: dict[str, Any] = dict(self.shape)
-        self.scale = 1
-        if self.condition.shape is not None:  # SR3: the enlarged condition beside the noisy image
-            self.scale = image_size // self.condition.shape[1]
-            shape["condition_channels"] = self.condition.shape[0]
-            self.abilities = frozenset({"interpolate"})  # a bound would need each image's condition
-        self.prediction, self.label_dropout = prediction, label_dropout
-        self.sampler, self.objective = sampler, objective
-        self.grid_images = grid_images
+        super().__init__(
+            network,
+            sampler,
+            conditional,
+            label_dropout,
+            ema_decay,
+            ema_start,
+            grid_images,
+            init_from,
+            freeze,
+            channels=channels,
+            image_size=image_size,
+            num_classes=num_classes,
+            condition_shape=condition_shape,
+        )
+        self.prediction, self.objective = prediction, objective
         self.noise_schedule = training_schedule(
             timesteps, schedule, prediction, beta_start, beta_end
         )
         alpha_bar = self.noise_schedule.alphas_cumprod.float()
         self.register_buffer("alpha_bar", alpha_bar, persistent=False)
-        self.network = network(num_classes=classes, **shape)
-        self.finish(init_from, freeze)
-        self.network_ema = None if ema_decay is None else EMA(self.network, ema_decay, ema_start)
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @property
     def timesteps(self) -> int:
         return len(self.alpha_bar)
-
-    def sampling_network(self) -> nn.Module:
-        """The network that samples: its EMA once averaging has begun, else itself."""
-        ema = self.network_ema
-        return self.network if ema is None else ema.or_network(self.network)
 
     # --- training -------------------------------------------------------------------------------
 
@@ -158,14 +118,7 @@ class Diffusion(OneNetwork):
         t = torch.randint(0, self.timesteps, (n,), device=device)
         eps = torch.randn_like(x0)
         x_t = denoising.add_noise(x0, eps, t, self.alpha_bar)
-        seen = x_t
-        if self.condition.kind == "image":  # labels: the images' conditions
-            seen, labels = torch.cat([x_t, enlarged(labels, self.scale)], 1), None
-        elif self.num_classes:
-            dropped = torch.rand(n, device=device) < self.label_dropout
-            labels = torch.where(dropped, self.num_classes, labels)
-        else:
-            labels = None
+        seen, labels = self.network_input(x_t, labels)
         target = denoising.target(self.prediction, x0, eps, t, self.alpha_bar)
         weight = denoising.loss_weight(
             self.prediction, denoising.snr(self.alpha_bar)[t], loss.weighting, loss.gamma
@@ -174,9 +127,7 @@ class Diffusion(OneNetwork):
             out = self.trained("network")(seen, t, labels)
             value = loss(out.float(), target, weight)
         norm = update(value, "model", measure=metrics)
-        self.updates += 1
-        if self.network_ema is not None:
-            self.network_ema.update(self.network, self.updates)
+        self.averaged()
         values = {"loss/denoising": value.detach()}
         if metrics:
             values["grad_norm/model"] = norm
@@ -184,61 +135,16 @@ class Diffusion(OneNetwork):
 
     # --- sampling -------------------------------------------------------------------------------
 
-    def denoiser(
-        self, labels: Tensor | None, guidance: float
-    ) -> Callable[[Tensor, Tensor], Tensor]:
-        """(x_t, t) -> the sampling network's output, with classifier-free guidance: the
-        unconditional output + `guidance` * (conditional - unconditional); for an image
-        condition (`labels`: the conditions), the noisy image beside its enlarged condition."""
-        net = self.sampling_network()
-        if self.condition.kind == "image":
-            beside = enlarged(labels, self.scale)
-            return lambda x, t: net(torch.cat([x, beside.to(x.dtype)], 1), t, None)
-        seen = guidance_labels(labels, self.num_classes, guidance)
-        if seen is None or len(seen) == len(labels):
-            return lambda x, t: net(x, t, seen)
-
-        def denoise(x: Tensor, t: Tensor) -> Tensor:
-            cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), seen).chunk(2)
-            return guided(cond, uncond, guidance)
-
-        return denoise
-
-    def solve(
+    def run_solver(
         self,
+        solver: Solver,
+        denoise: Denoiser,
         noise: Tensor,
-        labels: Tensor | None,
         gen: torch.Generator | None,
-        solver: Solver | None = None,
-        keep: int = 0,
+        keep: int,
     ) -> tuple[Tensor, list[tuple[int, Tensor]]]:
-        """Images from noise by `solver` (the model's sampler by default), in eval mode."""
-        solver = solver or self.sampler
-        if self.condition.kind != "none" and labels is None:
-            raise ValueError(f"this diffusion model generates from {self.condition.describe()}")
-        labels = labels if self.condition.kind != "none" else None
-        with eval_mode(self):
-            denoise = self.denoiser(labels, solver.guidance)
-            return solver.solve(denoise, noise, self.noise_schedule.config, gen, keep)
-
-    def _noise(self, n: int, gen: torch.Generator | None, height: int = 0, width: int = 0):
-        c, s = self.shape["channels"], self.shape["image_size"]
-        device = self.alpha_bar.device
-        return torch.randn(n, c, height or s, width or s, device=device, generator=gen)
-
-    @torch.no_grad()
-    def generate(self, n: int, gen: torch.Generator, condition: Condition = None) -> Tensor:
-        """`n` images in [-1, 1] by the model's sampler (of classes `condition`), its noise from
-        `gen`; from image conditions of any size, padded to whole multiples of the size it was
-        trained on (which its network takes) and cut back (`padded`)."""
-        if self.condition.kind != "image" or condition is None:
-            return self.solve(self._noise(n, gen), condition, gen)[0]
-
-        def make(c: Tensor) -> Tensor:
-            noise = self._noise(len(c), gen, c.shape[-2] * self.scale, c.shape[-1] * self.scale)
-            return self.solve(noise, c, gen)[0]
-
-        return padded(make, condition, self.condition.shape[-1], self.scale)
+        """The solver through the training schedule's timesteps."""
+        return solver.solve(denoise, noise, self.noise_schedule.config, gen, keep)
 
     def interpolation_solver(self) -> Solver:
         """The solver that maps noise to images deterministically (the probability-flow ODE): the
@@ -248,78 +154,9 @@ class Diffusion(OneNetwork):
         steps = self.sampler.steps_for(self.noise_schedule.config)
         return DDIM(steps=steps, guidance=self.sampler.guidance, clip=self.sampler.clip)
 
-    @torch.no_grad()
-    def decode_latents(self, z: Tensor, condition: Condition = None) -> Tensor:
-        """Images for flattened noise `z` (of classes `condition`) by the deterministic solver:
-        nearby noise gives nearby images, so latents interpolate."""
-        noise = z.view(len(z), self.shape["channels"], *[self.shape["image_size"]] * 2)
-        return self.solve(noise, condition, None, self.interpolation_solver())[0]
-
-    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """An exported diffusion model samples: flattened noise (and labels) to images."""
-        return self.decode_latents(z, labels)
-
-    def fixed_inputs(self, num: int, examples: Batch, seed: int) -> GridInputs:
-        """Noise (and labels: one row per class for a conditional model; held-out images and
-        their conditions for an image-conditional one) for at most `grid_images` samples,
-        reused at every grid."""
-        num, device = min(num, self.grid_images), examples[0].device
-        gen = torch.Generator(device=device).manual_seed(seed)
-        if self.condition.kind == "image":
-            images, conditions = examples
-            num = paired_count(num, len(images))
-            noise = self._noise(num, gen).to(device)
-            return GridInputs(noise, conditions[:num], real=images[:num], seed=seed)
-        labels = class_rows(self.num_classes, num, device)
-        num = num if labels is None else len(labels)
-        return GridInputs(self._noise(num, gen).to(device), labels, seed=seed)
-
-    @torch.no_grad()
-    def sample_grids(self, fixed: GridInputs) -> dict[str, Tensor]:
-        """The samples, and the denoising trajectory of the first images (a row per timestep,
-        from noise to the result)."""
-        gen = torch.Generator(device=fixed.latents.device).manual_seed(fixed.seed)
-        images, trajectory = self.solve(fixed.latents, fixed.condition, gen, keep=TRAJECTORY_ROWS)
-        nrow = row_length(len(images), self.num_classes)
-        if fixed.real is not None:  # an image condition: conditions, outputs and targets
-            grid, nrow = paired_grid(fixed.condition, images.clamp(-1, 1), fixed.real), 8
-        else:
-            grid = to_grid(images, nrow)
-        return {"samples": grid, "trajectory": _trajectory_grid(trajectory, nrow)}
-
-    def sample_mode(
-        self, mode: str, sampler: SampleSettings, gen: torch.Generator, real: Callable
-    ) -> tuple[Iterator[Tensor], int]:
-        """`trajectory`: `sampler.num_images` images (at most a row of 16), a row per timestep
-        from noise to the result."""
-        if self.condition.kind == "image":
-            raise ValueError(
-                "sampler.mode=trajectory draws from noise alone; this model generates from "
-                "images (genlab sample input=FOLDER)"
-            )
-        n = min(sampler.num_images, 16)
-        labels = sampler.labels(self, n, self.alpha_bar.device)
-        n = n if labels is None else len(labels)
-        _, trajectory = self.solve(self._noise(n, gen), labels, gen, keep=TRAJECTORY_ROWS)
-        rows = torch.cat([x.clamp(-1, 1).cpu() for _, x in trajectory])
-        return iter([rows]), n
-
     def sampling_protocol(self) -> dict[str, Any]:
         """The solver, its steps and guidance."""
         return self.sampler.protocol(self.noise_schedule.config)
-
-    def export_sampler(self, node: DictConfig) -> Exported:
-        """The model without its EMA, holding the sampling network's weights: its `forward` maps
-        noise to images with the deterministic solver."""
-        built = standalone_node(node, **self.shape, num_classes=self.num_classes)
-        if self.condition.shape is not None:
-            built["condition_shape"] = list(self.condition.shape)
-        built.update(ema_decay=None, init_from=None, freeze=[])
-        built.pop("objective", None)  # it samples only
-        exported = nn.Module()  # the state_dict keys of a model without EMA
-        exported.network = self.sampling_network()
-        exported.register_buffer("updates", self.updates)
-        return Exported(exported, built, "image", self._write_pipeline, PIPELINE)
 
     def _write_pipeline(self, outputs: Outputs, folder: str) -> str:
         """A diffusers `DDPMPipeline` in `folder/diffusers` for a U-Net: the sampling network and
@@ -412,8 +249,3 @@ class Diffusion(OneNetwork):
             if strata < self.timesteps - 1
             else "all",
         }
-
-
-def _trajectory_grid(trajectory: list[tuple[int, Tensor]], nrow: int) -> Tensor:
-    """A row per kept timestep of the first `nrow` images."""
-    return to_grid(torch.cat([x[:nrow].clamp(-1, 1) for _, x in trajectory]), nrow)
