@@ -140,6 +140,20 @@ def weighted_mse(out: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     return (weight * ((out - target) ** 2).flatten(1).mean(1)).mean()
 
 
+# --- flow matching: the straight path of rectified flow (Liu et al. 2023) ------------------------
+
+
+def straight_path(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """x_t = (1 - t) x0 + t noise, for one time t in [0, 1] per image."""
+    t = t.view(-1, *[1] * (x0.ndim - 1))
+    return (1 - t) * x0 + t * noise
+
+
+def path_velocity(x0: Tensor, noise: Tensor) -> Tensor:
+    """d x_t / dt of the straight path: noise - x0, the same at every t."""
+    return noise - x0
+
+
 # --- autoregressive: discrete likelihoods of the 8-bit values, per image in nats ----------------
 
 LEVELS = 256  # the values of an 8-bit sub-pixel
@@ -339,6 +353,35 @@ class DenoisingLoss:
         self.weighting, self.gamma = weighting, float(gamma)
 
     __call__ = staticmethod(weighted_mse)
+
+
+class FlowMatchingLoss:
+    """The flow family's objective (conditional flow matching, Lipman et al. 2023): the mean
+    squared error of the network's velocity against the straight path's, at times drawn
+    `uniform` in [0, 1] or `logit_normal` (Esser et al. 2024: sigmoid of a normal of `mean` and
+    `std`, which puts more of them mid-path, where the velocity is hardest to guess)."""
+
+    def __init__(
+        self,
+        times: Literal["uniform", "logit_normal"] = "uniform",
+        mean: float = 0.0,
+        std: float = 1.0,
+    ) -> None:
+        if times not in ("uniform", "logit_normal"):
+            raise ValueError(f"times must be 'uniform' or 'logit_normal', got {times!r}")
+        if not std > 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        self.times, self.mean, self.std = times, float(mean), float(std)
+
+    def draw(self, n: int, device: torch.device) -> Tensor:
+        """`n` training times in [0, 1], from torch's global generator."""
+        if self.times == "uniform":
+            return torch.rand(n, device=device)
+        return torch.sigmoid(self.mean + self.std * torch.randn(n, device=device))
+
+    @staticmethod
+    def __call__(velocity: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(velocity, target)
 
 
 class ExactNLL:

@@ -53,6 +53,12 @@ TINY_NETWORKS = {
         "model.grid_images=4",
         "dataset.image_size=12",
     ],
+    "flow": [
+        "model.network.features=[8,16]",
+        "model.network.attention=[false,true]",
+        "model.network.groups=4",
+        "solver.steps=4",
+    ],
     "sr3": [
         "model.network.features=[8,16]",
         "model.network.attention=[false,true]",

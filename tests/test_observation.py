@@ -45,7 +45,9 @@ def test_grids_and_evaluations_do_not_change_the_weights(model, tmp_path):
         assert_identical(weights(tmp_path / "none"), weights(tmp_path / name))
 
 
-@pytest.mark.parametrize("model", tiered(MODELS, fast=set(MODELS) - {"sr3"}))  # sr3: ddpm's family
+@pytest.mark.parametrize(
+    "model", tiered(MODELS, fast=set(MODELS) - {"sr3", "flow"})
+)  # ddpm's family
 def test_a_finished_run_resumed_equals_one_run(model, tmp_path):
     """20 steps that finish normally (a grid and an evaluation at the end), resumed to 40, give
     the weights of 40 steps in one go."""

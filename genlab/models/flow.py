@@ -1,0 +1,117 @@
+"""The flow family: conditional flow matching (Lipman et al. 2023) on the straight path of
+rectified flow (Liu et al. 2023), x_t = (1 - t) x0 + t noise, the network regressing its
+velocity noise - x0; an ODE solver (`genlab.models.flow_solvers`) carries noise at t = 1 to an
+image at t = 0 in `solver.steps` network evaluations.
+
+`model=flow` takes the diffusion family's networks (diffusers' U-Net, or the DiT), its classes
+with classifier-free guidance, its image condition and its moving average (`NoiseToImage`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from genlab.data.loader import Batch
+from genlab.files import Outputs
+from genlab.losses import FlowMatchingLoss, path_velocity, straight_path
+from genlab.models.flow_solvers import FlowSolver
+from genlab.models.noise_to_image import Denoiser, NoiseToImage
+from genlab.optim import Updater
+
+# the network's time input is t times this: the range of diffusion timesteps its sinusoidal
+# embedding was made for (as Stable Diffusion 3 feeds sigma * 1000)
+TIME_SCALE = 1000.0
+
+
+class Flow(NoiseToImage):
+    """A velocity `network` (x_t, t * TIME_SCALE, labels) trained with `objective` (the loss
+    group's flow matching; none for a model that only samples, as an export) and sampled by
+    `sampler` (the solver group's ODE solvers: euler, heun, midpoint). The other keys are the
+    diffusion family's (`NoiseToImage`)."""
+
+    abilities: ClassVar[frozenset[str]] = frozenset({"interpolate"})
+    family = "flow model"
+
+    def __init__(
+        self,
+        network: Callable[..., nn.Module],
+        sampler: FlowSolver,
+        objective: FlowMatchingLoss | None = None,
+        conditional: bool = False,
+        label_dropout: float = 0.1,
+        ema_decay: float | None = 0.999,
+        ema_start: int = 0,
+        grid_images: int = 16,
+        init_from: str | None = None,
+        freeze: Sequence[str] = (),
+        *,
+        channels: int,
+        image_size: int,
+        num_classes: int | None = None,
+        condition_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(
+            network,
+            sampler,
+            conditional,
+            label_dropout,
+            ema_decay,
+            ema_start,
+            grid_images,
+            init_from,
+            freeze,
+            channels=channels,
+            image_size=image_size,
+            num_classes=num_classes,
+            condition_shape=condition_shape,
+        )
+        self.objective = objective
+
+    def train_step(
+        self, batches: Iterator[Batch], update: Updater, metrics: bool = True
+    ) -> dict[str, Tensor]:
+        """One update: each image moved along its straight path to noise, to a time the
+        objective draws; the network's velocity there against the path's."""
+        loss = self.objective
+        if loss is None:
+            raise ValueError("this flow model only samples: it was built without objective")
+        x0, labels = next(batches)
+        t = loss.draw(len(x0), x0.device)
+        noise = torch.randn_like(x0)
+        seen, labels = self.network_input(straight_path(x0, noise, t), labels)
+        with update.autocast():
+            out = self.trained("network")(seen, t * TIME_SCALE, labels)
+            value = loss(out.float(), path_velocity(x0, noise))
+        norm = update(value, "model", measure=metrics)
+        self.averaged()
+        values = {"loss/flow_matching": value.detach()}
+        if metrics:
+            values["grad_norm/model"] = norm
+        return values
+
+    def run_solver(
+        self,
+        solver: FlowSolver,
+        denoise: Denoiser,
+        noise: Tensor,
+        gen: torch.Generator | None,
+        keep: int,
+    ) -> tuple[Tensor, list[tuple[Any, Tensor]]]:
+        """The ODE from t = 1 to 0 (deterministic: `gen` is not drawn from)."""
+        return solver.solve(lambda x, t: denoise(x, t * TIME_SCALE), noise, keep)
+
+    def interpolation_solver(self) -> FlowSolver:
+        return self.sampler  # every ODE solver is deterministic
+
+    def sampling_protocol(self) -> dict[str, Any]:
+        """The solver and its network evaluations (NFE) and guidance."""
+        return self.sampler.protocol()
+
+    def _write_pipeline(self, outputs: Outputs, folder: str) -> str:
+        return (
+            "No diffusers pipeline: genlab's export above samples it (load_generator(folder)(z))."
+        )
