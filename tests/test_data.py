@@ -19,7 +19,8 @@ from genlab.data import (
     mnist5k,
     photos,
 )
-from genlab.data.datasets import read_only, resize, tiles
+from genlab.data.datasets import read_only, resize
+from genlab.data.tiles import tiles
 from genlab.errors import DataUnavailableError
 
 

@@ -9,9 +9,9 @@ from genlab.data.datasets import (
     image_folder,
     mnist,
     mnist5k,
-    photos,
 )
 from genlab.data.loader import DeviceLoader, StreamLoader
+from genlab.data.tiles import photos
 
 __all__ = [
     "DeviceLoader",

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TEST_FRACTION = 0.1
-PHOTO_TEST_FRACTION = 0.2  # of each photograph's width, in its middle: a strip 128 px wide
 Split = Literal["train", "test"]
 
 
@@ -208,69 +207,6 @@ def digits(image_size: int = 32, split: Split = "train") -> ImageData:
         return _labelled("digits", images, d.target, image_size, split, own_split=True)
 
     return cached(cache_dir(), f"digits-{split}-{image_size}px", make, 1, image_size, split)
-
-
-def tiles(image: Tensor, size: int, stride: int) -> Tensor:
-    """The size x size tiles of a (C, H, W) image every `stride` pixels, the last row and column
-    of tiles flush with its edges, as (N, C, size, size); an image smaller than a tile is first
-    enlarged (bicubic) until its shorter side is one tile."""
-    h, w = image.shape[-2:]
-    if min(h, w) < size:
-        grow = size / min(h, w)
-        image = (
-            F.interpolate(
-                image[None].float(),
-                size=(max(size, round(h * grow)), max(size, round(w * grow))),
-                mode="bicubic",
-                antialias=True,
-            )[0]
-            .round()
-            .clamp(0, 255)
-            .to(image.dtype)
-        )
-        h, w = image.shape[-2:]
-
-    def starts(length: int) -> list[int]:
-        first = list(range(0, length - size + 1, stride))
-        return first + ([length - size] if first[-1] != length - size else [])
-
-    return torch.stack([image[:, t : t + size, s : s + size] for t in starts(h) for s in starts(w)])
-
-
-def photos(
-    image_size: int = 32, split: Split = "train", stride: int = 16, test_size: int = 128
-) -> ImageData:
-    """scikit-learn's two sample photographs (china.jpg, flower.jpg: 640 x 427 RGB) as tiles, an
-    offline colour set for super-resolution and restoration (unlabelled). The parts left and
-    right of the middle PHOTO_TEST_FRACTION of each photograph's width are `train`, a tile of
-    image_size every `stride` pixels. The middle strip (the pagoda, the flower) is `test`, in
-    tiles of `test_size` (by default the strip's width: whole images, as the SR papers measure,
-    since a mean of PSNRs over small tiles is ruled by the flat ones)."""
-    _check_size(image_size)
-    _check_size(test_size)
-    _check_split(split)
-    require_at_least(1, stride=stride)
-    from sklearn.datasets import load_sample_images
-
-    key, size, every = ("test_size", test_size, test_size)
-    if split == "train":
-        key, size, every = ("image_size", image_size, stride)
-    parts = []
-    for photo in load_sample_images().images:
-        image = torch.from_numpy(photo.copy()).permute(2, 0, 1)
-        width = image.shape[-1]
-        left = round(width * (1 - PHOTO_TEST_FRACTION) / 2)
-        right = left + round(width * PHOTO_TEST_FRACTION)
-        middle = [image[..., left:right]]
-        for region in middle if split == "test" else [image[..., :left], image[..., right:]]:
-            if size > min(region.shape[-2:]):
-                raise ValueError(
-                    f"dataset.{key}={size} is larger than a part of the photographs' {split} "
-                    f"split ({region.shape[-1]} x {region.shape[-2]} px): choose at most "
-                    f"{min(region.shape[-2:])}"
-                )
-            parts.append(tiles(region, size, every))
-    return ImageData("photos", torch.cat(parts).contiguous(), None, None, split)
 
 
 def _cached_under(root: str, key: str, make: Callable[[], ImageData], *shape) -> ImageData:
@@ -471,6 +407,8 @@ def image_folder(
     paths = [files[i][0] for i in keep.tolist()]
     labels = None if labels is None else labels[keep]
     if patch_stride is not None:
+        from genlab.data.tiles import tiles
+
         stride = image_size if split == "test" else patch_stride
         cut = [tiles(read_image(f, channels), image_size, stride) for f in paths]
         counts = torch.tensor([len(c) for c in cut])
