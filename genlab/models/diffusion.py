@@ -127,11 +127,7 @@ class Diffusion(NoiseToImage):
             out = self.trained("network")(seen, t, labels)
             value = loss(out.float(), target, weight)
         norm = update(value, "model", measure=metrics)
-        self.averaged()
-        values = {"loss/denoising": value.detach()}
-        if metrics:
-            values["grad_norm/model"] = norm
-        return values
+        return self.stepped("denoising", value, norm, metrics)
 
     # --- sampling -------------------------------------------------------------------------------
 

@@ -87,11 +87,7 @@ class Flow(NoiseToImage):
             out = self.trained("network")(seen, t * TIME_SCALE, labels)
             value = loss(out.float(), path_velocity(x0, noise))
         norm = update(value, "model", measure=metrics)
-        self.averaged()
-        values = {"loss/flow_matching": value.detach()}
-        if metrics:
-            values["grad_norm/model"] = norm
-        return values
+        return self.stepped("flow_matching", value, norm, metrics)
 
     def run_solver(
         self,

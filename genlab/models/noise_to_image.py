@@ -120,11 +120,16 @@ class NoiseToImage(OneNetwork):
         dropped = torch.rand(len(x_t), device=x_t.device) < self.label_dropout
         return x_t, torch.where(dropped, self.num_classes, labels)
 
-    def averaged(self) -> None:
-        """After an update: count it, and move the network's moving average."""
+    def stepped(self, loss: str, value: Tensor, norm: Tensor, metrics: bool) -> dict[str, Tensor]:
+        """After an update: count it, move the network's moving average, and return the step's
+        values (`loss/<loss>`, and the gradient norm where `metrics`)."""
         self.updates += 1
         if self.network_ema is not None:
             self.network_ema.update(self.network, self.updates)
+        values = {f"loss/{loss}": value.detach()}
+        if metrics:
+            values["grad_norm/model"] = norm
+        return values
 
     # --- sampling -------------------------------------------------------------------------------
 
