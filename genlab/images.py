@@ -146,3 +146,30 @@ def enlarged(condition: Tensor, scale: int) -> Tensor:
     return torch.nn.functional.interpolate(
         condition, scale_factor=scale, mode="bicubic", antialias=True
     )
+
+
+def tiles(image: Tensor, size: int, stride: int) -> Tensor:
+    """The size x size tiles of a (C, H, W) image every `stride` pixels, the last row and column
+    of tiles flush with its edges, as (N, C, size, size); an image smaller than a tile is first
+    enlarged (bicubic) until its shorter side is one tile."""
+    h, w = image.shape[-2:]
+    if min(h, w) < size:
+        grow = size / min(h, w)
+        image = (
+            torch.nn.functional.interpolate(
+                image[None].float(),
+                size=(max(size, round(h * grow)), max(size, round(w * grow))),
+                mode="bicubic",
+                antialias=True,
+            )[0]
+            .round()
+            .clamp(0, 255)
+            .to(image.dtype)
+        )
+        h, w = image.shape[-2:]
+
+    def starts(length: int) -> list[int]:
+        first = list(range(0, length - size + 1, stride))
+        return first + ([length - size] if first[-1] != length - size else [])
+
+    return torch.stack([image[:, t : t + size, s : s + size] for t in starts(h) for s in starts(w)])

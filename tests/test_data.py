@@ -20,8 +20,8 @@ from genlab.data import (
     photos,
 )
 from genlab.data.datasets import read_only, resize
-from genlab.data.tiles import tiles
 from genlab.errors import DataUnavailableError
+from genlab.images import tiles
 
 
 def test_mnist5k_is_5000_real_digits_held_out_by_class():

@@ -11,7 +11,7 @@ from genlab.data.datasets import (
     mnist5k,
 )
 from genlab.data.loader import DeviceLoader, StreamLoader
-from genlab.data.tiles import photos
+from genlab.data.photos import photos
 
 __all__ = [
     "DeviceLoader",

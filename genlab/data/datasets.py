@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genlab.errors import DataUnavailableError, GenlabError, require_at_least
+from genlab.images import tiles
 
 log = logging.getLogger(__name__)
 
@@ -407,8 +408,6 @@ def image_folder(
     paths = [files[i][0] for i in keep.tolist()]
     labels = None if labels is None else labels[keep]
     if patch_stride is not None:
-        from genlab.data.tiles import tiles
-
         stride = image_size if split == "test" else patch_stride
         cut = [tiles(read_image(f, channels), image_size, stride) for f in paths]
         counts = torch.tensor([len(c) for c in cut])

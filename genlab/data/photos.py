@@ -1,44 +1,15 @@
-"""Large images as tiles: `tiles` cuts them (for `image_folder`'s `patch_stride`), and `photos`
-is scikit-learn's two sample photographs so cut, an offline colour data set for
+"""`photos`: scikit-learn's two sample photographs cut into tiles, an offline colour data set for
 super-resolution and restoration."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from genlab.data.datasets import ImageData, Split, _check_size, _check_split
 from genlab.errors import require_at_least
+from genlab.images import tiles
 
 PHOTO_TEST_FRACTION = 0.2  # of each photograph's width, in its middle: a strip 128 px wide
-
-
-def tiles(image: Tensor, size: int, stride: int) -> Tensor:
-    """The size x size tiles of a (C, H, W) image every `stride` pixels, the last row and column
-    of tiles flush with its edges, as (N, C, size, size); an image smaller than a tile is first
-    enlarged (bicubic) until its shorter side is one tile."""
-    h, w = image.shape[-2:]
-    if min(h, w) < size:
-        grow = size / min(h, w)
-        image = (
-            F.interpolate(
-                image[None].float(),
-                size=(max(size, round(h * grow)), max(size, round(w * grow))),
-                mode="bicubic",
-                antialias=True,
-            )[0]
-            .round()
-            .clamp(0, 255)
-            .to(image.dtype)
-        )
-        h, w = image.shape[-2:]
-
-    def starts(length: int) -> list[int]:
-        first = list(range(0, length - size + 1, stride))
-        return first + ([length - size] if first[-1] != length - size else [])
-
-    return torch.stack([image[:, t : t + size, s : s + size] for t in starts(h) for s in starts(w)])
 
 
 def photos(
