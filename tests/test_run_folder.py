@@ -184,7 +184,9 @@ def test_run_json_says_running_then_how_the_run_ended(tmp_path):
     proc = start()
     wait_running(proc)
     assert lock_holder(run) == proc.pid
-    while "steps of" not in (run / "train.log").read_text():  # the loop has begun
+    log, deadline = run / "train.log", time.time() + 120
+    while not log.is_file() or "steps of" not in log.read_text():  # the loop has begun
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     finish(proc)
