@@ -59,8 +59,12 @@ def start(device: torch.device) -> tuple[Processes, torch.device]:
     return procs, device
 
 
-def stop() -> None:
+def stop(finished: bool = False) -> None:
+    """Leave the process group. A finished run first waits for every rank: a rank that tears
+    down its gloo connections while another still writes the run's last files can abort."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

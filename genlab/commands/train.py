@@ -76,7 +76,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
         try:
             if procs.distributed:
                 run_dir = _follow_rank0(run_dir, procs)
-            return _train(cfg, trainer, device, procs, run_dir, folder)
+            values = _train(cfg, trainer, device, procs, run_dir, folder)
+            distributed.stop(finished=True)
+            return values
         except Exception:  # a run that failed after it began: how to go on from its checkpoint
             if folder.started and (run_dir / "checkpoints" / "last.pt").is_file():
                 log.info("%s", _what_next(run_dir))
