@@ -32,7 +32,8 @@ class Speed:
 
 # the units of values whose name does not say it, by the name's last part: likelihoods and their
 # terms are means per image (evaluated: of the 8-bit values)
-UNITS = dict.fromkeys(("neg_elbo", "nll", "nll_is", "recon", "kl"), "nats/image") | {"psnr": "dB"}
+UNITS = dict.fromkeys(("neg_elbo", "nll", "nll_is", "nll_ode", "recon", "kl"), "nats/image")
+UNITS["psnr"] = "dB"
 
 
 def unit(name: str) -> str:

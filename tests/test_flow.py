@@ -1,14 +1,19 @@
 """The flow family: its ODE solvers checked against exact solutions and by their order, its
-path, velocity and training times by value, and an exact resume."""
+path, velocity and training times by value, its likelihood against exact densities, its
+diffusers export against genlab's sampler, and an exact resume."""
 
 import math
+import socket
 
 import pytest
 import torch
 
+from genlab.config import build, build_model
+from genlab.files import Outputs
 from genlab.losses import FlowMatchingLoss, path_velocity, straight_path
-from genlab.models.flow_solvers import Euler, Heun, Midpoint
-from tests.conftest import TINY_NETWORKS
+from genlab.metrics.likelihood import BIN_NATS, dequantize
+from genlab.models.flow_solvers import Euler, Heun, Midpoint, log_density
+from tests.conftest import TINY_NETWORKS, make_cfg
 from tests.test_resume import FAST, assert_resume_is_bit_identical
 
 SOLVERS = (Euler, Heun, Midpoint)
@@ -91,3 +96,92 @@ def test_a_conditional_flow_resumes_bit_identically(tmp_path):
     setup = ["model=flow", "model.conditional=true", "loss.times=logit_normal"]
     setup += ["model.ema_start=1", "dataset=digits", *TINY_NETWORKS["flow"], *FAST]
     assert_resume_is_bit_identical(setup, tmp_path)
+
+
+def _gaussian_log_density(x: torch.Tensor, var: float) -> torch.Tensor:
+    d = x[0].numel()
+    return -0.5 * x.flatten(1).pow(2).sum(1) / var - 0.5 * d * math.log(2 * math.pi * var)
+
+
+def test_the_ode_likelihood_of_gaussian_data_is_its_density():
+    """For data N(0, s^2 I) the straight path's marginal at t is N(0, v_t I), v_t = (1 - t)^2 s^2
+    + t^2, and the exact velocity is x (dv_t/dt) / (2 v_t): the ODE's log density is the
+    Gaussian's (the probe is exact on this diagonal Jacobian), with Heun's second-order error."""
+    s2 = 0.3**2
+    x0 = torch.randn(5, 1, 3, 3, dtype=torch.float64) * 0.3
+
+    def velocity(x, t):
+        t = t.view(-1, 1, 1, 1)
+        return x * (t - (1 - t) * s2) / ((1 - t) ** 2 * s2 + t**2)
+
+    exact = _gaussian_log_density(x0, s2)
+
+    def error(intervals: int) -> float:
+        got = log_density(velocity, x0, intervals, torch.Generator().manual_seed(0))
+        return float((got - exact).abs().max())
+
+    assert error(100) < 2e-3 and error(100) / error(200) == pytest.approx(4, rel=0.1)
+
+
+def test_the_divergence_estimate_is_unbiased_on_a_field_that_mixes_pixels():
+    """v = M x (M not diagonal) carries x0 to exp(M) x0 with log p(x0) = log N(exp(M) x0) +
+    tr M. Each image's estimate uses probe e: e^T M e; the mean over images is tr M."""
+    gen = torch.Generator().manual_seed(1)
+    m = 0.3 * torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    x0 = torch.full((20_000, 1, 2, 2), 0.1, dtype=torch.float64)
+
+    def velocity(x, t):
+        return (x.flatten(1) @ m.T).view_as(x)
+
+    got = log_density(velocity, x0, 40, gen)
+    x1 = (x0.flatten(1) @ torch.linalg.matrix_exp(m).T).view_as(x0)
+    exact = _gaussian_log_density(x1, 1.0) + torch.trace(m)
+    assert float(got.std()) > 0.1  # single estimates scatter...
+    assert float(got.mean()) == pytest.approx(float(exact[0]), abs=0.02)  # ...about tr M
+
+
+def _tiny_flow(*overrides: str):
+    cfg = make_cfg("model=flow", "dataset=digits", *TINY_NETWORKS["flow"], *overrides)
+    torch.manual_seed(0)
+    return build_model(cfg, build(cfg.dataset, "dataset")).eval(), cfg
+
+
+def test_the_flow_likelihood_adds_the_bins_to_the_dequantized_density():
+    """A network of zero velocity leaves noise where it is: the density is the standard
+    normal's, of the dequantized images, and each dimension's bin adds log 128."""
+    model, _ = _tiny_flow()
+    for p in model.network.parameters():
+        torch.nn.init.zeros_(p)
+    images = torch.randint(0, 256, (6, 1, 8, 8)).float() / 127.5 - 1
+    values, protocol = model.likelihood(images, 4, seed=3)
+    x = dequantize(images, torch.Generator().manual_seed(3))
+    expected = float(-_gaussian_log_density(x.double(), 1.0).mean()) + 64 * BIN_NATS
+    assert values["nll_ode"] == pytest.approx(expected, rel=1e-5)
+    assert values["nll_ode_bits_per_dim"] == pytest.approx(expected / (64 * math.log(2)))
+    assert protocol["likelihood_evaluations"] == 4
+    assert model.likelihood(images, 0, seed=3) == ({}, {})
+
+
+def test_the_export_loads_in_diffusers_offline_and_steps_as_genlab_euler(tmp_path, monkeypatch):
+    """diffusers' FlowMatchEulerDiscreteScheduler in one step is genlab's Euler in one step:
+    the same time scale, velocity sign and output range."""
+    from diffusers import DDPMPipeline
+
+    from genlab.export import export
+
+    model, cfg = _tiny_flow("solver=euler", "solver.steps=1")
+    messages = export(model, cfg, {"step": 0}, Outputs(tmp_path))
+    assert "FlowMatchEulerDiscreteScheduler" in messages[1]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("diffusers tried to reach the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    pipe = DDPMPipeline.from_pretrained(str(tmp_path / "diffusers"))
+    gen = torch.Generator().manual_seed(4)
+    out = pipe(batch_size=2, generator=gen, num_inference_steps=1, output_type="np").images
+    ours = model.generate(2, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(
+        torch.from_numpy(out).permute(0, 3, 1, 2), (ours + 1) / 2, atol=1e-5, rtol=0
+    )

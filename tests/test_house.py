@@ -32,7 +32,14 @@ LAYERS = [
 ]
 LEVEL = {prefix: i for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes.split()}
 # the only modules that import diffusers: the diffusion family's
-DIFFUSERS = {"genlab.models.diffusion", "genlab.models.solvers", "genlab.models.unet"}
+# the noise-to-image families (diffusion, flow): their U-Net, schedules and exported pipelines
+DIFFUSERS = {
+    "genlab.models.diffusion",
+    "genlab.models.flow",
+    "genlab.models.noise_to_image",
+    "genlab.models.solvers",
+    "genlab.models.unet",
+}
 MAX_LINES = 450
 
 

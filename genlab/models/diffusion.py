@@ -10,23 +10,20 @@ diffusers' DDPM scheduler, so the exported diffusers pipeline samples exactly as
 
 from __future__ import annotations
 
-import copy
 import math
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
 from genlab.data.loader import Batch
-from genlab.errors import require_at_least, writing
-from genlab.files import Outputs, as_the_user_makes, join, temporary_name
+from genlab.errors import require_at_least
 from genlab.losses import DenoisingLoss
 from genlab.models import denoising
 from genlab.models.common import eval_mode
-from genlab.models.noise_to_image import PIPELINE, Denoiser, NoiseToImage
+from genlab.models.noise_to_image import Denoiser, NoiseToImage
 from genlab.models.solvers import DDIM, Solver, training_schedule
 from genlab.optim import Updater
 
@@ -154,47 +151,9 @@ class Diffusion(NoiseToImage):
         """The solver, its steps and guidance."""
         return self.sampler.protocol(self.noise_schedule.config)
 
-    def _write_pipeline(self, outputs: Outputs, folder: str) -> str:
-        """A diffusers `DDPMPipeline` in `folder/diffusers` for a U-Net: the sampling network and
-        the training schedule, loadable offline with `DDPMPipeline.from_pretrained`. It is
-        written beside, then replaces the pipeline genlab wrote there before."""
-        unet = getattr(self.sampling_network(), "unet", None)
-        if self.condition.kind == "image":
-            return (
-                "No diffusers pipeline: DDPMPipeline does not take an image condition (genlab's "
-                "export above samples it: load_generator(folder)(z, conditions))."
-            )
-        if not isinstance(unet, UNet2DModel):
-            return (
-                "No diffusers pipeline: diffusers has no class for this network (genlab's "
-                "export above samples it)."
-            )
-        target = join(folder, PIPELINE)
-        tmp = outputs.folder(join(folder, temporary_name(PIPELINE)))
-        try:
-            scheduler = DDPMScheduler.from_config(self.noise_schedule.config)
-            pipe = DDPMPipeline(unet=copy.deepcopy(unet).eval(), scheduler=scheduler)
-            with writing(outputs.path(target)):
-                pipe.save_pretrained(tmp)
-                as_the_user_makes(tmp)  # diffusers writes its weights 0600
-            written = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
-            outputs.record(f"{target}/{p}" for p in written)
-            outputs.clear(below=target)  # the earlier pipeline, all genlab's (checked first)
-            outputs.rename(tmp.relative_to(outputs.root).as_posix(), target)
-        finally:
-            if tmp.is_dir():
-                shutil.rmtree(tmp)
-        target = outputs.path(target)
-        note = ""
-        if self.num_classes:
-            note = (
-                f" (class-conditional: DDPMPipeline passes no labels; sample with "
-                f"pipe.unet(x, t, class_labels=labels), label {self.num_classes} unconditional)"
-            )
-        return (
-            f"Wrote {target}: from diffusers import DDPMPipeline; "
-            f"pipe = DDPMPipeline.from_pretrained({str(target)!r}){note}"
-        )
+    def pipeline_scheduler(self) -> DDPMScheduler:
+        """The training schedule, as diffusers' DDPMPipeline samples it."""
+        return DDPMScheduler.from_config(self.noise_schedule.config)
 
     # --- likelihood -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ with classifier-free guidance, its image condition and its moving average (`Nois
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -16,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from genlab.data.loader import Batch
-from genlab.files import Outputs
 from genlab.losses import FlowMatchingLoss, path_velocity, straight_path
-from genlab.models.flow_solvers import FlowSolver
+from genlab.metrics.likelihood import BIN_NATS, dequantize
+from genlab.models.common import eval_mode
+from genlab.models.flow_solvers import FlowSolver, log_density
 from genlab.models.noise_to_image import Denoiser, NoiseToImage
 from genlab.optim import Updater
 
@@ -33,7 +35,7 @@ class Flow(NoiseToImage):
     `sampler` (the solver group's ODE solvers: euler, heun, midpoint). The other keys are the
     diffusion family's (`NoiseToImage`)."""
 
-    abilities: ClassVar[frozenset[str]] = frozenset({"interpolate"})
+    abilities: ClassVar[frozenset[str]] = frozenset({"interpolate", "likelihood"})
     family = "flow model"
 
     def __init__(
@@ -98,7 +100,7 @@ class Flow(NoiseToImage):
         keep: int,
     ) -> tuple[Tensor, list[tuple[Any, Tensor]]]:
         """The ODE from t = 1 to 0 (deterministic: `gen` is not drawn from)."""
-        return solver.solve(lambda x, t: denoise(x, t * TIME_SCALE), noise, keep)
+        return solver.solve(_scaled(denoise), noise, keep)
 
     def interpolation_solver(self) -> FlowSolver:
         return self.sampler  # every ODE solver is deterministic
@@ -107,7 +109,48 @@ class Flow(NoiseToImage):
         """The solver and its network evaluations (NFE) and guidance."""
         return self.sampler.protocol()
 
-    def _write_pipeline(self, outputs: Outputs, folder: str) -> str:
-        return (
-            "No diffusers pipeline: genlab's export above samples it (load_generator(folder)(z))."
-        )
+    def pipeline_scheduler(self) -> Any:
+        """diffusers' Euler for flow matching, on our time scale (its timestep is sigma * 1000,
+        sigma our t, the velocity's sign and direction ours): the export's `DDPMPipeline`
+        samples with it (its grid of N steps: N times from 1 to 1/1000, then 0)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(TIME_SCALE), shift=1.0)
+
+    # --- likelihood -----------------------------------------------------------------------------
+
+    def likelihood(
+        self, images: Tensor, k: int, seed: int, batch_size: int = 250
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """The flow's density through its ODE (`log_density`: Heun's method in `k` network
+        evaluations, each with a divergence) of uniformly dequantized `images`, plus log 128 per
+        dimension: an upper bound on the 8-bit values' NLL, as the VAE's. A class-conditional
+        model is scored unconditionally (the null label). k = 0: none (the evaluation during
+        training skips it)."""
+        if not k:
+            return {}, {}
+        gen = torch.Generator(device=images.device).manual_seed(seed)
+        total = 0.0
+        intervals = max(k // 2, 1)
+        with eval_mode(self):
+            for x in images.split(batch_size):
+                labels = None
+                if self.num_classes:
+                    labels = torch.full((len(x),), self.num_classes, device=x.device)
+                x = dequantize(x.float(), gen)
+                velocity = self.denoiser(labels, 1.0)
+                total += float(-log_density(_scaled(velocity), x, intervals, gen).sum())
+        dims = images[0].numel()
+        nats = total / len(images) + dims * BIN_NATS
+        protocol = {
+            "likelihood": "bound on the 8-bit values: the flow's density by its ODE (Heun; "
+            "Hutchinson's divergence, one Rademacher probe per image), of uniformly dequantized "
+            "images, + log 128 per dimension",
+            "likelihood_evaluations": 2 * intervals,
+        }
+        return {"nll_ode": nats, "nll_ode_bits_per_dim": nats / (dims * math.log(2))}, protocol
+
+
+def _scaled(denoise: Denoiser) -> Callable[[Tensor, Tensor], Tensor]:
+    """The network's output at flow time t (it sees t * TIME_SCALE)."""
+    return lambda x, t: denoise(x, t * TIME_SCALE)

@@ -4,11 +4,13 @@ evaluations (NFE), the number every protocol reports.
 
 Euler spends one evaluation per interval. Heun (the trapezoidal rule's predictor-corrector, as
 EDM samples) and midpoint spend two; given an odd NFE their last interval is an Euler step, so any
-NFE from 1 up works and is spent exactly.
+NFE from 1 up works and is spent exactly. `log_density` runs the ODE the other way, from an image
+to noise, for the flow's likelihood.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -70,6 +72,34 @@ class FlowSolver:
 
 def _at(velocity: Velocity, x: Tensor, t: float) -> Tensor:
     return velocity(x, torch.full((len(x),), t, device=x.device, dtype=x.dtype)).to(x.dtype)
+
+
+def log_density(velocity: Velocity, x0: Tensor, intervals: int, gen: torch.Generator) -> Tensor:
+    """log p(x0) per image, in nats, of the density the flow carries from the standard normal at
+    t = 1: x0 is carried to t = 1 along dx/dt = velocity by Heun's method in `intervals`
+    intervals, and log p(x0) = log N(x1) + the integral of the velocity's divergence (the
+    instantaneous change of variables, Chen et al. 2018). The divergence is Hutchinson's
+    estimate with one Rademacher probe per image held along the path (FFJORD's): unbiased, and
+    exact for a field whose Jacobian is diagonal."""
+    probe = torch.randint(0, 2, x0.shape, generator=gen, device=x0.device).to(x0.dtype) * 2 - 1
+
+    def slope(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            v = _at(velocity, x, t)
+            (probed,) = torch.autograd.grad(v, x, probe)
+        return v.detach(), (probed * probe).flatten(1).sum(1)
+
+    times = torch.linspace(0.0, 1.0, intervals + 1).tolist()
+    x, divergence = x0, torch.zeros(len(x0), device=x0.device, dtype=x0.dtype)
+    for t, u in zip(times[:-1], times[1:], strict=True):
+        h = u - t
+        v, d = slope(x, t)
+        v_end, d_end = slope(x + h * v, u)
+        x, divergence = x + h * (v + v_end) / 2, divergence + h * (d + d_end) / 2
+    dims = x0[0].numel()
+    prior = -0.5 * x.flatten(1).pow(2).sum(1) - 0.5 * dims * math.log(2 * math.pi)
+    return prior + divergence
 
 
 class Euler(FlowSolver):

@@ -10,6 +10,8 @@ its export's extras (`_write_pipeline`); `NoiseToImage` holds the rest of the co
 
 from __future__ import annotations
 
+import copy
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -18,8 +20,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from genlab.ema import EMA
-from genlab.errors import require_at_least
-from genlab.files import Outputs
+from genlab.errors import require_at_least, writing
+from genlab.files import Outputs, as_the_user_makes, join, temporary_name
 from genlab.images import enlarged, padded, paired_count, paired_grid, to_grid
 from genlab.models.base import (
     Condition,
@@ -266,9 +268,55 @@ class NoiseToImage(OneNetwork):
         exported.register_buffer("updates", self.updates)
         return Exported(exported, built, "image", self._write_pipeline, PIPELINE)
 
-    def _write_pipeline(self, outputs: Outputs, folder: str) -> str:
-        """A pipeline other tools load, written into `folder`; what was written, or why none."""
+    def pipeline_scheduler(self) -> Any:
+        """The diffusers scheduler that samples the exported U-Net in a `DDPMPipeline`."""
         raise NotImplementedError
+
+    def _write_pipeline(self, outputs: Outputs, folder: str) -> str:
+        """A diffusers `DDPMPipeline` in `folder/diffusers` for a U-Net: the sampling network and
+        the family's scheduler (`pipeline_scheduler`), loadable offline with
+        `DDPMPipeline.from_pretrained`. It is written beside, then replaces the pipeline genlab
+        wrote there before. What was written, or why nothing was."""
+        from diffusers import DDPMPipeline, UNet2DModel
+
+        unet = getattr(self.sampling_network(), "unet", None)
+        if self.condition.kind == "image":
+            return (
+                "No diffusers pipeline: DDPMPipeline does not take an image condition (genlab's "
+                "export above samples it: load_generator(folder)(z, conditions))."
+            )
+        if not isinstance(unet, UNet2DModel):
+            return (
+                "No diffusers pipeline: diffusers has no class for this network (genlab's "
+                "export above samples it)."
+            )
+        target = join(folder, PIPELINE)
+        tmp = outputs.folder(join(folder, temporary_name(PIPELINE)))
+        try:
+            scheduler = self.pipeline_scheduler()
+            pipe = DDPMPipeline(unet=copy.deepcopy(unet).eval(), scheduler=scheduler)
+            with writing(outputs.path(target)):
+                pipe.save_pretrained(tmp)
+                as_the_user_makes(tmp)  # diffusers writes its weights 0600
+            written = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
+            outputs.record(f"{target}/{p}" for p in written)
+            outputs.clear(below=target)  # the earlier pipeline, all genlab's (checked first)
+            outputs.rename(tmp.relative_to(outputs.root).as_posix(), target)
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+        target = outputs.path(target)
+        note = ""
+        if self.num_classes:
+            note = (
+                f" (class-conditional: DDPMPipeline passes no labels; sample with "
+                f"pipe.unet(x, t, class_labels=labels), label {self.num_classes} unconditional)"
+            )
+        return (
+            f"Wrote {target}: from diffusers import DDPMPipeline; "
+            f"pipe = DDPMPipeline.from_pretrained({str(target)!r}), sampling by "
+            f"{type(scheduler).__name__}{note}"
+        )
 
 
 def _trajectory_grid(trajectory: list[tuple[Any, Tensor]], nrow: int) -> Tensor:
