@@ -305,9 +305,19 @@ def test_the_discretized_decoder_is_a_distribution_over_256_values():
     assert float(p.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_the_export_loads_in_diffusers_offline_and_samples_as_genlab(tmp_path, monkeypatch):
+def load_offline(folder, monkeypatch):
+    """diffusers' DDPMPipeline from an exported `folder`, with the network refused."""
     from diffusers import DDPMPipeline
 
+    def refuse(*args, **kwargs):
+        raise AssertionError("diffusers tried to reach the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return DDPMPipeline.from_pretrained(str(folder))
+
+
+def test_the_export_loads_in_diffusers_offline_and_samples_as_genlab(tmp_path, monkeypatch):
     from genlab.export import export
 
     cfg = make_cfg("model=ddpm", "dataset=digits", "solver=ddpm", "solver.steps=5")
@@ -316,13 +326,7 @@ def test_the_export_loads_in_diffusers_offline_and_samples_as_genlab(tmp_path, m
     model = build_model(cfg, data).eval()
     messages = export(model, cfg, {"step": 0}, Outputs(tmp_path))
     assert "DDPMPipeline.from_pretrained" in messages[1]
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("diffusers tried to reach the network")
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    pipe = DDPMPipeline.from_pretrained(str(tmp_path / "diffusers"))
+    pipe = load_offline(tmp_path / "diffusers", monkeypatch)
     out = pipe(
         batch_size=2,
         generator=torch.Generator().manual_seed(4),

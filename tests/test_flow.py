@@ -3,7 +3,6 @@ path, velocity and training times by value, its likelihood against exact densiti
 diffusers export against genlab's sampler, and an exact resume."""
 
 import math
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from genlab.losses import FlowMatchingLoss, path_velocity, straight_path
 from genlab.metrics.likelihood import BIN_NATS, dequantize
 from genlab.models.flow_solvers import Euler, Heun, Midpoint, log_density
 from tests.conftest import TINY_NETWORKS, make_cfg
+from tests.test_diffusion import load_offline
 from tests.test_resume import FAST, assert_resume_is_bit_identical
 
 SOLVERS = (Euler, Heun, Midpoint)
@@ -165,20 +165,12 @@ def test_the_flow_likelihood_adds_the_bins_to_the_dequantized_density():
 def test_the_export_loads_in_diffusers_offline_and_steps_as_genlab_euler(tmp_path, monkeypatch):
     """diffusers' FlowMatchEulerDiscreteScheduler in one step is genlab's Euler in one step:
     the same time scale, velocity sign and output range."""
-    from diffusers import DDPMPipeline
-
     from genlab.export import export
 
     model, cfg = _tiny_flow("solver=euler", "solver.steps=1")
     messages = export(model, cfg, {"step": 0}, Outputs(tmp_path))
     assert "FlowMatchEulerDiscreteScheduler" in messages[1]
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("diffusers tried to reach the network")
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    pipe = DDPMPipeline.from_pretrained(str(tmp_path / "diffusers"))
+    pipe = load_offline(tmp_path / "diffusers", monkeypatch)
     gen = torch.Generator().manual_seed(4)
     out = pipe(batch_size=2, generator=gen, num_inference_steps=1, output_type="np").images
     ours = model.generate(2, torch.Generator().manual_seed(4))

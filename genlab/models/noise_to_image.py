@@ -5,7 +5,8 @@ an exponential moving average of the network.
 
 A family of this kind owns its training step (`train_step`: what it adds to the images and what
 the network regresses), its solvers (`solve`, `interpolation_solver`, `sampling_protocol`) and
-its export's extras (`_write_pipeline`); `NoiseToImage` holds the rest of the contract.
+the scheduler its exported diffusers pipeline samples with (`pipeline_scheduler`);
+`NoiseToImage` holds the rest of the contract, the pipeline's writing included.
 """
 
 from __future__ import annotations
