@@ -44,6 +44,16 @@ def test_steps_are_network_evaluations(solver):
         assert calls[0] == 1.0 and all(0 <= t <= 1 for t in calls)
 
 
+def test_heun_never_evaluates_at_the_image_time():
+    """EDM's Heun: its last interval is an Euler step (no velocity at t = 0), and the first too
+    when the NFE is even, so that the NFE is spent exactly."""
+    plans = [[1], [1, 1], [2, 1], [1, 2, 1], [1, 2, 2, 2, 2, 1]]
+    assert [Heun(n).plan() for n in (1, 2, 3, 4, 10)] == plans
+    calls = []
+    Heun(7).solve(lambda x, t: calls.append(float(t[0])) or torch.zeros_like(x), torch.zeros(1, 2))
+    assert len(calls) == 7 and min(calls) == pytest.approx(0.25)  # 4 intervals: 1, .75, .5, .25
+
+
 @pytest.mark.parametrize(("solver", "order"), [(Euler, 1), (Heun, 2), (Midpoint, 2)])
 def test_each_solver_has_its_order_on_a_smooth_field(solver, order):
     """dx/dt = x from x(1) = 0.5: x(0) = 0.5 / e. Doubling the evaluations divides the error by
@@ -59,7 +69,7 @@ def test_each_solver_has_its_order_on_a_smooth_field(solver, order):
 
 
 def test_the_trajectory_ends_at_the_image():
-    x, trajectory = Heun(8).solve(lambda x, t: torch.ones_like(x) * 0.1, torch.zeros(2, 1), keep=3)
+    x, trajectory = Heun(6).solve(lambda x, t: torch.ones_like(x) * 0.1, torch.zeros(2, 1), keep=3)
     assert [t for t, _ in trajectory] == [1.0, 0.5, 0.0]
     assert torch.equal(trajectory[-1][1], x) and torch.allclose(x, torch.full((2, 1), -0.1))
     with pytest.raises(ValueError, match="steps must be >= 1"):

@@ -2,10 +2,13 @@
 integrate a learnt velocity field from noise (t = 1) to an image (t = 0) in `steps` network
 evaluations (NFE), the number every protocol reports.
 
-Euler spends one evaluation per interval. Heun (the trapezoidal rule's predictor-corrector, as
-EDM samples) and midpoint spend two; given an odd NFE their last interval is an Euler step, so any
-NFE from 1 up works and is spent exactly. `log_density` runs the ODE the other way, from an image
-to noise, for the flow's likelihood.
+Euler spends one evaluation per interval. Midpoint spends two (given an odd NFE its last
+interval is an Euler step). Heun (the trapezoidal rule's predictor-corrector) spends two, but, as
+EDM's sampler (Karras et al. 2022, Algorithm 1), its last interval is an Euler step: its corrector
+would evaluate the velocity at t = 0, where a point off the data has none (the learnt field there
+grows as 1/t), and that left speckles on the images. Any NFE from 1 up works and is spent
+exactly. `log_density` runs the ODE the other way, from an image to noise, for the flow's
+likelihood.
 """
 
 from __future__ import annotations
@@ -30,15 +33,15 @@ class FlowSolver:
     models (1: the conditional model alone, 0: the unconditional one)."""
 
     name: ClassVar[str]
-    evaluations: ClassVar[int]  # network evaluations per interval
     deterministic: ClassVar[bool] = True  # the same noise always gives the same image
 
     def __init__(self, steps: int = 10, guidance: float = 1.0) -> None:
         require_at_least(1, steps=steps)
         self.steps, self.guidance = steps, check_guidance(guidance)
 
-    def intervals(self) -> int:
-        return -(-self.steps // self.evaluations)
+    def plan(self) -> list[int]:
+        """Network evaluations per interval, from t = 1; they sum to `steps`."""
+        return [1] * self.steps
 
     @torch.no_grad()
     def solve(
@@ -46,17 +49,16 @@ class FlowSolver:
     ) -> tuple[Tensor, list[tuple[float, Tensor]]]:
         """Images from `noise` (x at t = 1), and `keep` evenly spaced (t, x_t) pairs of the
         trajectory ending with the result at t = 0."""
-        n = self.intervals()
+        plan = self.plan()
+        n = len(plan)
         times = torch.linspace(1.0, 0.0, n + 1).tolist()
         marks = {round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep - 1)}
-        x, trajectory, left = noise, [], self.steps
-        for i in range(n):
+        x, trajectory = noise, []
+        for i, spent in enumerate(plan):
             if i in marks:
                 trajectory.append((times[i], x))
             t, h = times[i], times[i + 1] - times[i]  # h < 0: towards the image
-            spent = min(left, self.evaluations)
             x = self.step(velocity, x, t, h, spent)
-            left -= spent
         if keep:
             trajectory.append((0.0, x))
         return x.clamp(-1, 1), trajectory
@@ -105,14 +107,21 @@ def log_density(velocity: Velocity, x0: Tensor, intervals: int, gen: torch.Gener
 class Euler(FlowSolver):
     """Euler's method: one evaluation per interval (first order)."""
 
-    name, evaluations = "euler", 1
+    name = "euler"
 
 
 class Heun(FlowSolver):
     """Heun's method: an Euler step, then the mean of the slopes at its two ends (second
-    order)."""
+    order); the last interval, ending at t = 0, an Euler step (EDM's), and so is the first when
+    the NFE is even."""
 
-    name, evaluations = "heun", 2
+    name = "heun"
+
+    def plan(self) -> list[int]:
+        plan = [2] * (self.steps // 2) + [1]
+        if self.steps % 2 == 0:
+            plan[0] = 1
+        return plan
 
     def step(self, velocity: Velocity, x: Tensor, t: float, h: float, spent: int) -> Tensor:
         d = _at(velocity, x, t)
@@ -124,7 +133,10 @@ class Heun(FlowSolver):
 class Midpoint(FlowSolver):
     """The midpoint method: the slope half an interval ahead (second order)."""
 
-    name, evaluations = "midpoint", 2
+    name = "midpoint"
+
+    def plan(self) -> list[int]:
+        return [2] * (self.steps // 2) + [1] * (self.steps % 2)
 
     def step(self, velocity: Velocity, x: Tensor, t: float, h: float, spent: int) -> Tensor:
         d = _at(velocity, x, t)
