@@ -108,6 +108,7 @@ class Evaluator:
             raise ValueError(
                 f"extractor must be 'classifier', 'inception' or 'none', got {extractor!r}"
             )
+        require_at_least(0, nll_samples=nll_samples)
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         require_at_least(
@@ -122,7 +123,6 @@ class Evaluator:
             kid_subsets=kid_subsets,
             pr_k=pr_k,
             dc_k=dc_k,
-            nll_samples=nll_samples,
             classifier_steps=classifier_steps or None,  # null or 0: the default
         )
         self.extractor, self.split, self.seed = extractor, split, seed

@@ -91,6 +91,11 @@ def test_vae_eval_reports_likelihoods(runs):
     )
     assert 0 < m["ssim"] <= 1 and m["psnr"] > 0 and m["recon_mse"] > 0
     assert report.protocol["binarised"] is False and report.protocol["nll_samples"] == 8
+    cheap = Evaluator(num_generated=100, kid_subset_size=50, nll_samples=0, classifier_steps=200)
+    bound = cheap(model, cfg.dataset, CPU).metrics  # 0: the ELBO alone, as during training
+    assert "nll_is" not in bound and bound["neg_elbo"] == pytest.approx(m["neg_elbo"], rel=0.02)
+    with pytest.raises(ValueError, match="nll_samples must be >= 0, got -1"):
+        Evaluator(nll_samples=-1)
 
 
 def test_conditional_metrics_separate_a_model_that_follows_its_labels_from_one_that_ignores_them():
