@@ -72,6 +72,9 @@ TINY_NETWORKS = {
         "solver.steps=4",
     ],
 }
+# settings that keep a model's training quick whatever its network (reflow's pairs from its teacher)
+QUICK = {"reflow": ["model.pairs=16", "model.teacher.steps=2"]}
+TINY_NETWORKS["reflow"] = [*TINY_NETWORKS["flow"], *QUICK["reflow"]]
 
 
 def tiered(values: list[str], fast: set[str]) -> list:

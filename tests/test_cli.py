@@ -34,8 +34,8 @@ def test_unknown_command_is_refused():
 
 def test_train_help_lists_groups_and_options():
     out = cli("train", "--help").stdout
-    models = "cdcgan, cgan, dcgan, ddpm, dit, espcn, flow, gan, pixelcnn, sngan, sngan_projection"
-    assert f"model: {models}, sr3, srcnn, vae, vae_mlp" in out
+    models = "cdcgan, cgan, dcgan, ddpm, dit, espcn, flow, gan, pixelcnn, reflow, sngan"
+    assert f"model: {models}, sngan_projection, sr3, srcnn, vae, vae_mlp" in out
     assert "model/network: dit, unet" in out
     assert "solver: autoregressive, ddim, ddpm, dpm_solver, euler, heun, midpoint" in out
     assert "loss: bce, denoising, elbo, flow_matching, hinge, lsgan, nll, pixel, wgan_gp" in out

@@ -14,7 +14,7 @@ from genlab.checkpoint import load_checkpoint
 from genlab.commands.train import train
 from genlab.config import CONF_DIR
 from genlab.models.base import Family
-from tests.conftest import make_cfg, tiered
+from tests.conftest import QUICK, make_cfg, tiered
 
 SIZES = {"mnist5k": 28, "digits": 32}
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -34,7 +34,8 @@ def scalars(run_dir):
 @pytest.mark.parametrize("dataset", tiered(list(SIZES), fast={"mnist5k"}))  # digits: contract
 @pytest.mark.parametrize("model", MODELS)
 def test_model_trains_and_leaves_a_run(model, dataset, tmp_path):
-    cfg = make_cfg(f"model={model}", f"dataset={dataset}", "trainer=smoke", "trainer.max_steps=4")
+    setup = [f"model={model}", f"dataset={dataset}", *QUICK.get(model, [])]
+    cfg = make_cfg(*setup, "trainer=smoke", "trainer.max_steps=4")
     values = train(cfg, run_dir=tmp_path)
     size = SIZES[dataset]
     family = get_object(cfg.model._target_)

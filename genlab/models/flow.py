@@ -81,15 +81,23 @@ class Flow(NoiseToImage):
         loss = self.objective
         if loss is None:
             raise ValueError("this flow model only samples: it was built without objective")
-        x0, labels = next(batches)
+        x0, noise, labels = self.pair(batches)
         t = loss.draw(len(x0), x0.device)
-        noise = torch.randn_like(x0)
+        if noise is None:
+            noise = torch.randn_like(x0)
         seen, labels = self.network_input(straight_path(x0, noise, t), labels)
         with update.autocast():
             out = self.trained("network")(seen, t * TIME_SCALE, labels)
             value = loss(out.float(), path_velocity(x0, noise))
         norm = update(value, "model", measure=metrics)
         return self.stepped("flow_matching", value, norm, metrics)
+
+    def pair(self, batches: Iterator[Batch]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The images, the noise at the other end of their paths (None: fresh noise, drawn
+        from torch's generator after the times), and their labels (or conditions): here the next
+        batch's images and labels."""
+        x0, labels = next(batches)
+        return x0, None, labels
 
     def run_solver(
         self,
@@ -100,7 +108,7 @@ class Flow(NoiseToImage):
         keep: int,
     ) -> tuple[Tensor, list[tuple[Any, Tensor]]]:
         """The ODE from t = 1 to 0 (deterministic: `gen` is not drawn from)."""
-        return solver.solve(_scaled(denoise), noise, keep)
+        return solver.solve(scaled(denoise), noise, keep)
 
     def interpolation_solver(self) -> FlowSolver:
         return self.sampler  # every ODE solver is deterministic
@@ -139,7 +147,7 @@ class Flow(NoiseToImage):
                     labels = torch.full((len(x),), self.num_classes, device=x.device)
                 x = dequantize(x.float(), gen)
                 velocity = self.denoiser(labels, 1.0)
-                total += float(-log_density(_scaled(velocity), x, intervals, gen).sum())
+                total += float(-log_density(scaled(velocity), x, intervals, gen).sum())
         dims = images[0].numel()
         nats = total / len(images) + dims * BIN_NATS
         protocol = {
@@ -151,6 +159,6 @@ class Flow(NoiseToImage):
         return {"nll_ode": nats, "nll_ode_bits_per_dim": nats / (dims * math.log(2))}, protocol
 
 
-def _scaled(denoise: Denoiser) -> Callable[[Tensor, Tensor], Tensor]:
+def scaled(denoise: Denoiser) -> Callable[[Tensor, Tensor], Tensor]:
     """The network's output at flow time t (it sees t * TIME_SCALE)."""
     return lambda x, t: denoise(x, t * TIME_SCALE)

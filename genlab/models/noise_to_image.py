@@ -136,11 +136,14 @@ class NoiseToImage(OneNetwork):
 
     # --- sampling -------------------------------------------------------------------------------
 
-    def denoiser(self, labels: Tensor | None, guidance: float) -> Denoiser:
-        """(x_t, t) -> the sampling network's output, with classifier-free guidance: the
-        unconditional output + `guidance` * (conditional - unconditional); for an image
-        condition (`labels`: the conditions), the noisy image beside its enlarged condition."""
-        net = self.sampling_network()
+    def denoiser(
+        self, labels: Tensor | None, guidance: float, net: nn.Module | None = None
+    ) -> Denoiser:
+        """(x_t, t) -> the output of `net` (the sampling network by default), with
+        classifier-free guidance: the unconditional output + `guidance` * (conditional -
+        unconditional); for an image condition (`labels`: the conditions), the noisy image beside
+        its enlarged condition."""
+        net = self.sampling_network() if net is None else net
         if self.condition.kind == "image":
             beside = enlarged(labels, self.scale)
             return lambda x, t: net(torch.cat([x, beside.to(x.dtype)], 1), t, None)

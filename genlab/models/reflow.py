@@ -1,0 +1,115 @@
+"""Reflow (Liu et al. 2023, "Flow straight and fast"): a trained flow model (the teacher,
+`model.init_from`) carries noise to images along curved paths; a flow model trained on the
+straight paths between that noise and the teacher's own images learns a straighter field, so that
+a few Euler steps, or one, land where the teacher's many did.
+
+`model=reflow` is the flow family with other training pairs. The student starts from the
+teacher's sampling weights (its moving average). At its first training step it draws `pairs`
+noise-image pairs from the teacher by `teacher` (an ODE solver and its NFE), from seed
+`pair_seed` (with uniform labels for a class-conditional model), and keeps them in memory; each
+step then takes a random batch of them (torch's generator, so a resume is exact: it draws the
+same pairs again from the teacher). The data set's batches only keep the loader in step.
+Without `init_from` the pairs come from the model's own starting weights, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from genlab.checkpoint import find_resume, load_checkpoint
+from genlab.data.loader import Batch
+from genlab.errors import require_at_least
+from genlab.models.flow import Flow, scaled
+from genlab.models.flow_solvers import FlowSolver
+
+log = logging.getLogger(__name__)
+
+EMA_PREFIX = "network_ema.module."  # the moving average's weights in a checkpoint's model
+
+
+class Reflow(Flow):
+    """A flow model trained on `pairs` (noise, image) pairs of the teacher at `init_from`, drawn
+    by the ODE solver `teacher` from seed `pair_seed`, `pair_batch` at a time. The other keys are
+    the flow family's."""
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher: FlowSolver,
+        pairs: int = 10_000,
+        pair_seed: int = 0,
+        pair_batch: int = 250,
+        **kwargs: Any,
+    ) -> None:
+        require_at_least(1, pairs=pairs, pair_batch=pair_batch)
+        self.__dict__.update(_teacher=None, _pairs=None)  # not the model's state: drawn anew
+        self.teacher_solver, self.num_pairs, self.pair_seed = teacher, pairs, pair_seed
+        self.pair_batch = pair_batch
+        super().__init__(*args, **kwargs)
+        if self.condition.kind == "image":
+            raise ValueError("model=reflow draws its pairs from noise or class labels, not images")
+
+    def finish(self, init_from: str | None, freeze: Any) -> None:
+        """The student starts as the teacher samples: from its moving average where it has one
+        (`Family.finish` copies the network's own weights)."""
+        super().finish(init_from, freeze)
+        if init_from:
+            ckpt = find_resume(str(init_from), Path(init_from), key="model.init_from")
+            weights = load_checkpoint(ckpt)["model"]
+            if int(weights.get("network_ema.n_averaged", 0)):
+                own = self.network.state_dict()
+                ema = {k.removeprefix(EMA_PREFIX): v for k, v in weights.items()}
+                fits = {k: v for k, v in ema.items() if k in own and own[k].shape == v.shape}
+                self.network.load_state_dict(fits, strict=False)
+        teacher = copy.deepcopy(self.network).requires_grad_(False).eval()
+        self.__dict__.update(_teacher=teacher, _taught=bool(init_from))
+
+    def pair(self, batches: Iterator[Batch]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """A random batch of the teacher's pairs (drawn at the first step)."""
+        x0, _ = next(batches)
+        if self._pairs is None:
+            self.__dict__["_pairs"] = self.draw_pairs(x0.device)
+        images, noise, labels = self._pairs
+        i = torch.randint(len(images), (len(x0),), device=x0.device)
+        return images[i], noise[i], None if labels is None else labels[i]
+
+    @torch.no_grad()
+    def draw_pairs(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+        """`pairs` noise tensors from seed `pair_seed`, the teacher's images of them (and the
+        labels they were drawn with)."""
+        teacher: nn.Module = self._teacher.to(device)
+        if not self._taught:
+            log.warning(
+                "model.init_from is null: the pairs come from this model's untrained weights. "
+                "Reflow trains on a trained flow model's own images: name its run folder or "
+                "checkpoint as model.init_from=PATH"
+            )
+        gen = torch.Generator(device=device).manual_seed(self.pair_seed)
+        solver, out = self.teacher_solver, ([], [], [])
+        what = (
+            f"Reflow: {self.num_pairs:,} pairs from the teacher ({solver.name}, {solver.steps} NFE)"
+        )
+        log.info("%s: drawing (at every start, resumes too) ...", what)
+        began = time.perf_counter()
+        for start in range(0, self.num_pairs, self.pair_batch):
+            n = min(self.pair_batch, self.num_pairs - start)
+            noise = self._noise(n, gen).to(device)
+            labels = None
+            if self.num_classes:
+                labels = torch.randint(self.num_classes, (n,), device=device, generator=gen)
+            velocity = scaled(self.denoiser(labels, solver.guidance, teacher))
+            images, _ = solver.solve(velocity, noise)
+            for kept, x in zip(out, (images, noise, labels), strict=True):
+                kept.append(x)
+        log.info("%s drawn in %.0f s", what, time.perf_counter() - began)
+        self.__dict__["_teacher"] = None  # its work is done
+        images, noise, labels = (torch.cat(x) if x[0] is not None else None for x in out)
+        return images, noise, labels
