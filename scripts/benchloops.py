@@ -279,8 +279,8 @@ def training(variant: str, case: tuple, steps: int, device_name: str, root, queu
 
 
 def diffusion_sampling(variant: str, case: tuple, images: int, device_name: str, root, queue):
-    """Images per second of a freshly built diffusion model's `generate` with one solver
-    (`variant`: name:steps)."""
+    """Images per second of a freshly built diffusion or flow model's `generate` with one
+    solver (`variant`: name:steps)."""
     import torch
 
     from genlab.config import build, build_model

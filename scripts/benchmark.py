@@ -58,14 +58,19 @@ from benchloops import (  # scripts/benchloops.py
 )
 
 MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
+MODELS.remove("reflow")  # flow's step, on pairs its teacher drew first (a trained run)
 CASES = {  # name: (model, dataset, image size, batch size): every conf/model, and DCGAN at 64 px
     **{m: (m, "mnist5k", 28, 64) for m in MODELS},
     "dcgan64": ("dcgan", "mnist5k", 64, 64),
 }
 
 
-DIFFUSION = ("ddpm", "dit")
 SOLVERS = (("ddpm", None), ("ddim", 50), ("ddim", 20), ("dpm_solver", 20), ("dpm_solver", 10))
+FLOW_SOLVERS = (("euler", 1), ("euler", 10), ("heun", 10), ("midpoint", 10))
+SAMPLED = {  # the sampling tables: family, its models, their solvers and steps (None: all)
+    "Diffusion": (("ddpm", "dit"), SOLVERS),
+    "Flow": (("flow",), FLOW_SOLVERS),
+}
 
 
 def run_rounds(case: tuple, steps: int, args, variants: list[str]) -> dict[str, list[dict]]:
@@ -254,14 +259,16 @@ def main() -> None:
     if args.features and args.training:
         print("\n".join(features), flush=True)
         lines += features
-    sampled = [c for c in cases.values() if c[0] in DIFFUSION]
-    if sampled and args.sample_images:
+    for family, (models, solvers) in SAMPLED.items():
+        sampled = [c for c in cases.values() if c[0] in models]
+        if not (sampled and args.sample_images):
+            continue
         table = [
             "",
-            f"Diffusion sampling, images/s ({args.sample_images} images in one batch):",
+            f"{family} sampling, images/s ({args.sample_images} images in one batch):",
             "",
-            "| model | " + " | ".join(f"{n} {s or 'all'}" for n, s in SOLVERS) + " |",
-            "|---|" + "---|" * len(SOLVERS),
+            "| model | " + " | ".join(f"{n} {s or 'all'}" for n, s in solvers) + " |",
+            "|---|" + "---|" * len(solvers),
         ]
         print("\n".join(table), flush=True)
         for case in sampled:
@@ -269,7 +276,7 @@ def main() -> None:
                 measure(
                     f"{n}:{s}", case, args.sample_images, args.device, args.root, diffusion_sampling
                 )["images_per_s"]
-                for n, s in SOLVERS
+                for n, s in solvers
             ]
             table.append(f"| {case[0]} | " + " | ".join(f"{v:.2f}" for v in speeds) + " |")
             print(table[-1], flush=True)
