@@ -69,6 +69,7 @@ class Reflow(Flow):
                 ema = {k.removeprefix(EMA_PREFIX): v for k, v in weights.items()}
                 fits = {k: v for k, v in ema.items() if k in own and own[k].shape == v.shape}
                 self.network.load_state_dict(fits, strict=False)
+                log.info("Reflow: teacher and student start from %s's moving average", ckpt)
         teacher = copy.deepcopy(self.network).requires_grad_(False).eval()
         self.__dict__.update(_teacher=teacher, _taught=bool(init_from))
 
