@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -123,6 +124,7 @@ def chart(
     ax.set(xscale="log", yscale="log", xlabel="network evaluations per image (NFE)")
     ax.set_ylabel("Fréchet distance (classifier features)")
     ax.set_xticks(nfes, [str(n) for n in nfes])
+    ax.tick_params(axis="x", which="minor", labelbottom=False)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -163,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         genlab_eval(curve, nfe, images, args.eval_args)
 
     reports = measure(args.curve, args.nfe, args.images, run_eval)
-    command = "python scripts/nfe_chart.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/nfe_chart.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = table(args.curve, args.nfe, reports, args.images) + f"\nRebuilt by `{command}`.\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write(args.out.with_suffix(".md"), text.encode())

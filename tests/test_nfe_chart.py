@@ -61,10 +61,23 @@ def test_the_script_writes_table_and_chart_and_refuses_a_bad_curve(runs, tmp_pat
     flow, _ = runs
     out = tmp_path / "docs" / "nfe"
     nfe_chart.main(
-        ["--curve", f"Euler={flow}:euler", "--nfe", "1", "2", "--images", "100", "--out", str(out)]
+        [
+            "--curve",
+            f"flow, Euler={flow}:euler",
+            "--nfe",
+            "1",
+            "2",
+            "--images",
+            "100",
+            "--out",
+            str(out),
+        ]
     )
     md = out.with_suffix(".md").read_text()
-    assert "| Euler | `flow` | 50 | 40 | 12.5 |" in md and "Rebuilt by `python scripts/nfe" in md
+    assert (
+        "| flow, Euler | `flow` | 50 | 40 | 12.5 |" in md and "Rebuilt by `python scripts/nfe" in md
+    )
+    assert f"--curve 'flow, Euler={flow}:euler'" in md  # as a shell takes it back
     with Image.open(out.with_suffix(".png")) as png:
         assert png.size == (720, 480) and len(png.getcolors(1 << 16)) > 10  # lines, not blank
     for bad, message in [
