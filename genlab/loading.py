@@ -20,12 +20,14 @@ from genlab.trust import check_targets
 
 def protocol_tag(p: Mapping[str, Any]) -> str:
     """The part of a file name that tells how images were made, from a sampling protocol `p`:
-    `_<solver><steps>[_eta<eta>][_g<guidance>][_noclip][_x<scale><upscaler hash>...]` ("" for a
-    family without a solver; a cascade adds its upscaler and the upscaler's sampling), so
-    that evaluations and grids made another way keep files of their own."""
+    `_<solver><steps>[_eta<eta>][_shift<shift>][_g<guidance>][_noclip][_x<scale><upscaler
+    hash>...]` ("" for a family without a solver; a cascade adds its upscaler and the
+    upscaler's sampling), so that evaluations and grids made another way keep files of their own."""
     tag = f"_{p['sampler']}{p['sampler_steps']}" if "sampler_steps" in p else ""
     if p.get("eta"):
         tag += f"_eta{p['eta']:g}"
+    if p.get("time_shift", 1) != 1:
+        tag += f"_shift{p['time_shift']:g}"
     if p.get("guidance", 1) != 1:
         tag += f"_g{p['guidance']:g}"
     if p.get("clip") is False:

@@ -9,6 +9,7 @@ import torch
 
 from genlab.config import build, build_model
 from genlab.files import Outputs
+from genlab.loading import protocol_tag
 from genlab.losses import FlowMatchingLoss, path_velocity, straight_path
 from genlab.metrics.likelihood import BIN_NATS, dequantize
 from genlab.models.flow_solvers import Euler, Heun, Midpoint, log_density
@@ -52,6 +53,19 @@ def test_heun_never_evaluates_at_the_image_time():
     calls = []
     Heun(7).solve(lambda x, t: calls.append(float(t[0])) or torch.zeros_like(x), torch.zeros(1, 2))
     assert len(calls) == 7 and min(calls) == pytest.approx(0.25)  # 4 intervals: 1, .75, .5, .25
+
+
+def test_the_shift_moves_the_time_grid_as_diffusers_does():
+    """shift 3 on 4 Euler steps: t = 3u / (1 + 2u) for u = 1, .75, .5, .25; the protocol and
+    the report's name say so, and a shift of 1 is the uniform grid, named as before."""
+    calls = []
+    solver = Euler(4, shift=3.0)
+    solver.solve(lambda x, t: calls.append(float(t[0])) or torch.zeros_like(x), torch.zeros(1, 2))
+    assert calls == pytest.approx([1.0, 0.9, 0.75, 0.5])
+    assert protocol_tag(solver.protocol()) == "_euler4_shift3"
+    assert protocol_tag(Euler(4).protocol()) == "_euler4"
+    with pytest.raises(ValueError, match="shift must be > 0, got 0"):
+        Euler(4, shift=0)
 
 
 @pytest.mark.parametrize(("solver", "order"), [(Euler, 1), (Heun, 2), (Midpoint, 2)])
@@ -177,10 +191,11 @@ def test_the_export_loads_in_diffusers_offline_and_steps_as_genlab_euler(tmp_pat
     the same time scale, velocity sign and output range."""
     from genlab.export import export
 
-    model, cfg = _tiny_flow("solver=euler", "solver.steps=1")
+    model, cfg = _tiny_flow("solver=euler", "solver.steps=1", "solver.shift=2")
     messages = export(model, cfg, {"step": 0}, Outputs(tmp_path))
     assert "FlowMatchEulerDiscreteScheduler" in messages[1]
     pipe = load_offline(tmp_path / "diffusers", monkeypatch)
+    assert pipe.scheduler.config.shift == 2.0  # one step goes from 1 to 0 whatever the shift
     gen = torch.Generator().manual_seed(4)
     out = pipe(batch_size=2, generator=gen, num_inference_steps=1, output_type="np").images
     ours = model.generate(2, torch.Generator().manual_seed(4))

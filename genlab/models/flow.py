@@ -120,10 +120,13 @@ class Flow(NoiseToImage):
     def pipeline_scheduler(self) -> Any:
         """diffusers' Euler for flow matching, on our time scale (its timestep is sigma * 1000,
         sigma our t, the velocity's sign and direction ours): the export's `DDPMPipeline`
-        samples with it (its grid of N steps: N times from 1 to 1/1000, then 0)."""
+        samples with it (its grid of N steps: N times from 1 to 1/1000, then 0), shifted as the
+        solver's (`shift`)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(TIME_SCALE), shift=1.0)
+        return FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=int(TIME_SCALE), shift=self.sampler.shift
+        )
 
     # --- likelihood -----------------------------------------------------------------------------
 

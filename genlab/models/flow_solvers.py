@@ -28,16 +28,21 @@ Velocity = Callable[[Tensor, Tensor], Tensor]
 
 
 class FlowSolver:
-    """Integrates dx/dt = velocity(x, t) from t = 1 to t = 0 on a uniform grid, spending `steps`
-    network evaluations, with classifier-free guidance scale `guidance` for class-conditional
-    models (1: the conditional model alone, 0: the unconditional one)."""
+    """Integrates dx/dt = velocity(x, t) from t = 1 to t = 0, spending `steps` network
+    evaluations, with classifier-free guidance scale `guidance` for class-conditional models (1:
+    the conditional model alone, 0: the unconditional one). The grid of times is uniform in u,
+    t = shift u / (1 + (shift - 1) u) (Stable Diffusion 3's and diffusers'
+    FlowMatchEulerDiscreteScheduler's `shift`): shift > 1 spends the steps nearer the noise,
+    shift < 1 nearer the image."""
 
     name: ClassVar[str]
     deterministic: ClassVar[bool] = True  # the same noise always gives the same image
 
-    def __init__(self, steps: int = 10, guidance: float = 1.0) -> None:
+    def __init__(self, steps: int = 10, guidance: float = 1.0, shift: float = 1.0) -> None:
         require_at_least(1, steps=steps)
-        self.steps, self.guidance = steps, check_guidance(guidance)
+        if not shift > 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        self.steps, self.guidance, self.shift = steps, check_guidance(guidance), float(shift)
 
     def plan(self) -> list[int]:
         """Network evaluations per interval, from t = 1; they sum to `steps`."""
@@ -51,7 +56,7 @@ class FlowSolver:
         trajectory ending with the result at t = 0."""
         plan = self.plan()
         n = len(plan)
-        times = torch.linspace(1.0, 0.0, n + 1).tolist()
+        times = [self.time(u) for u in torch.linspace(1.0, 0.0, n + 1).tolist()]
         marks = {round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep - 1)}
         x, trajectory = noise, []
         for i, spent in enumerate(plan):
@@ -63,13 +68,23 @@ class FlowSolver:
             trajectory.append((0.0, x))
         return x.clamp(-1, 1), trajectory
 
+    def time(self, u: float) -> float:
+        """The grid's time at `u` of the uniform grid from 1 to 0."""
+        return self.shift * u / (1 + (self.shift - 1) * u)
+
     def step(self, velocity: Velocity, x: Tensor, t: float, h: float, spent: int) -> Tensor:
         """x at t + h from x at t, in `spent` evaluations (one: Euler)."""
         return x + h * _at(velocity, x, t)
 
     def protocol(self) -> dict[str, Any]:
-        """How the images were made, written beside every metric."""
-        return {"sampler": self.name, "sampler_steps": self.steps, "guidance": self.guidance}
+        """How the images were made, written beside every metric (the shift where not 1)."""
+        shift = {"time_shift": self.shift} if self.shift != 1 else {}
+        return {
+            "sampler": self.name,
+            "sampler_steps": self.steps,
+            "guidance": self.guidance,
+            **shift,
+        }
 
 
 def _at(velocity: Velocity, x: Tensor, t: float) -> Tensor:
