@@ -4,14 +4,15 @@
         --curve "flow, Euler=outputs/flow:euler" --curve "flow, Heun=outputs/flow:heun" \\
         --curve "diffusion, DDPM=outputs/ddpm:ddpm" --curve "diffusion, DDIM=outputs/ddpm:ddim"
 
-A curve is a run folder and one of its solvers (`genlab eval`'s `solver=`). Each of its points,
+A curve is a run folder and one of its solvers (`genlab eval`'s `solver=`), optionally with the
+flow solvers' time shift (`RUN:heun,shift=2`: `solver.shift=2`). Each of its points,
 one per `--nfe`, is the Fréchet distance of `--images` generated images in the evaluator's
 classifier features against the held-out split: `genlab eval run=RUN solver=S solver.steps=N
 evaluator.num_generated=IMAGES evaluator.nll_samples=0`, whose report the run keeps
-(RUN/eval/classifier-*_<solver><nfe>_step<step>.json). A point whose report is there with this
-protocol is read, not measured again, so the script can be stopped and run again, and curves
-shared between charts cost nothing. Writes OUT.md (curves as rows, NFE as columns, with the
-protocol) and OUT.png (FD against NFE, both axes logarithmic).
+(RUN/eval/classifier-*_<solver><nfe>[_shift<shift>]_step<step>.json). A point whose report is
+there with this protocol is read, not measured again, so the script can be stopped and run
+again, and curves shared between charts cost nothing. Writes OUT.md (curves as rows, NFE as
+columns, with the protocol) and OUT.png (FD against NFE, both axes logarithmic).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from genlab.commands.report import figure_png
+from genlab.files import write_file
+
 NFE = (1, 2, 4, 8, 10, 16, 32, 100)
 
 
@@ -33,27 +37,33 @@ class Curve:
     label: str
     run: Path
     solver: str
+    shift: float = 1.0
 
     @classmethod
     def parse(cls, text: str) -> Curve:
-        """'LABEL=RUN:SOLVER'."""
+        """'LABEL=RUN:SOLVER[,shift=S]'."""
         label, sep, rest = text.partition("=")
-        run, colon, solver = rest.rpartition(":")
-        if not (sep and colon and label and run and solver):
-            raise SystemExit(f"--curve must be LABEL=RUN_FOLDER:SOLVER, got {text!r}")
-        return cls(label, Path(run), solver)
+        run, colon, spec = rest.rpartition(":")
+        solver, _, option = spec.partition(",")
+        key, _, value = option.partition("=")
+        if not (sep and colon and label and run and solver) or option and key != "shift":
+            raise SystemExit(f"--curve must be LABEL=RUN_FOLDER:SOLVER[,shift=S], got {text!r}")
+        try:
+            return cls(label, Path(run), solver, float(value) if option else 1.0)
+        except ValueError:
+            raise SystemExit(f"--curve {label}: shift must be a number, got {value!r}") from None
 
 
 def evaluation(curve: Curve, nfe: int, images: int) -> dict | None:
-    """The run's latest report (highest step) of `genlab eval` with this solver, NFE and number
-    of images (guidance 1, no eta), or None."""
+    """The run's latest report (highest step) of `genlab eval` with this solver, shift, NFE and
+    number of images (guidance 1, no eta), or None."""
     found = []
-    for path in (curve.run / "eval").glob(f"classifier-*_{curve.solver}{nfe}_step*.json"):
+    want = (curve.solver, nfe, curve.shift, images)
+    for path in (curve.run / "eval").glob(f"classifier-*_{curve.solver}{nfe}_*step*.json"):
         report = json.loads(path.read_text())
         p = report["protocol"]
-        if (p.get("sampler"), p.get("sampler_steps")) == (curve.solver, nfe) and p.get(
-            "num_generated"
-        ) == images:
+        how = ("sampler", "sampler_steps", "time_shift", "num_generated")
+        if tuple(p.get(k, 1.0 if k == "time_shift" else None) for k in how) == want:
             found.append(report)
     return max(found, key=lambda r: r["step"], default=None)
 
@@ -62,6 +72,7 @@ def genlab_eval(curve: Curve, nfe: int, images: int, extra: Sequence[str]) -> No
     """Measure one point with `genlab eval` (its report lands in the run folder)."""
     command = [sys.executable, "-m", "genlab", "eval", f"run={curve.run}"]
     command += [f"solver={curve.solver}", f"solver.steps={nfe}"]
+    command += [f"solver.shift={curve.shift:g}"] if curve.shift != 1 else []
     command += [f"evaluator.num_generated={images}", "evaluator.nll_samples=0", *extra]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -111,14 +122,12 @@ def chart(
     curves: Sequence[Curve], nfes: Sequence[int], reports: dict[tuple[str, int], dict]
 ) -> bytes:
     """FD against NFE, log-log, one line per curve, as PNG bytes."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for c in curves:
         ax.plot(nfes, [reports[c.label, n]["metrics"]["fd"] for n in nfes], "o-", label=c.label)
     ax.set(xscale="log", yscale="log", xlabel="network evaluations per image (NFE)")
@@ -127,20 +136,7 @@ def chart(
     ax.tick_params(axis="x", which="minor", labelbottom=False)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def write(path: Path, data: bytes) -> None:
-    """Temporary file + rename, never through a link."""
-    if path.is_symlink():
-        raise SystemExit(f"{path} is a link: not written through")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    return figure_png(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -150,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="append",
         required=True,
         type=Curve.parse,
-        help="LABEL=RUN_FOLDER:SOLVER (repeat: one per line of the chart)",
+        help="LABEL=RUN_FOLDER:SOLVER[,shift=S] (repeat: one per line of the chart)",
     )
     parser.add_argument("--nfe", type=int, nargs="+", default=NFE)
     parser.add_argument("--images", type=int, default=5000, help="generated images per point")
@@ -167,9 +163,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     reports = measure(args.curve, args.nfe, args.images, run_eval)
     command = "python scripts/nfe_chart.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = table(args.curve, args.nfe, reports, args.images) + f"\nRebuilt by `{command}`.\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write(args.out.with_suffix(".md"), text.encode())
-    write(args.out.with_suffix(".png"), chart(args.curve, args.nfe, reports))
+    write_file(args.out.with_suffix(".md"), text.encode())
+    write_file(args.out.with_suffix(".png"), chart(args.curve, args.nfe, reports))
     print(text)
 
 

@@ -7,21 +7,24 @@ import sys
 import pytest
 from PIL import Image
 
+from genlab.loading import protocol_tag
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import nfe_chart  # noqa: E402
 
 
-def report(solver: str, nfe: int, fd: float, images: int = 100, step: int = 50) -> dict:
+def report(
+    solver: str, nfe: int, fd: float, images: int = 100, step: int = 50, shift: float = 1.0
+) -> dict:
     protocol = {"features": "classifier-28px", "dataset": "digits", "num_real": 360}
     protocol |= {"num_generated": images, "sampler": solver, "sampler_steps": nfe, "guidance": 1.0}
+    protocol |= {"time_shift": shift} if shift != 1 else {}
     return {"step": step, "protocol": protocol, "metrics": {"fd": fd}}
 
 
 def save(run, r: dict) -> None:
-    p = r["protocol"]
-    name = f"classifier-28px_{p['sampler']}{p['sampler_steps']}_step{r['step']:07d}.json"
+    name = f"classifier-28px{protocol_tag(r['protocol'])}_step{r['step']:07d}.json"
     (run / "eval").mkdir(parents=True, exist_ok=True)
     (run / "eval" / name).write_text(json.dumps(r))
 
@@ -36,6 +39,7 @@ def runs(tmp_path):
         save(flow, report("euler", nfe, fd))
     save(flow, report("euler", 1, 99.0, step=10))  # an older checkpoint's: not read
     save(flow, report("euler", 2, 77.0, images=1000, step=60))  # other images: not read
+    save(flow, report("euler", 1, 8.0, shift=2.0))  # another time grid: its own curve
     save(ddpm, report("ddim", 1, 150.0))
     return flow, ddpm
 
@@ -46,13 +50,18 @@ def test_only_missing_points_are_measured_and_the_table_has_every_point(runs, tm
 
     def fake_eval(curve, nfe, images):
         measured.append((curve.label, nfe, images))
-        save(curve.run, report(curve.solver, nfe, 3.25))
+        save(curve.run, report(curve.solver, nfe, 3.25, shift=curve.shift))
 
-    curves = [nfe_chart.Curve("flow, Euler", flow, "euler"), nfe_chart.Curve("DDIM", ddpm, "ddim")]
+    curves = [
+        nfe_chart.Curve("flow, Euler", flow, "euler"),
+        nfe_chart.Curve.parse(f"flow, Euler, shift 2={flow}:euler,shift=2"),
+        nfe_chart.Curve("DDIM", ddpm, "ddim"),
+    ]
     reports = nfe_chart.measure(curves, [1, 2], 100, fake_eval)
-    assert measured == [("DDIM", 2, 100)]
+    assert measured == [("flow, Euler, shift 2", 2, 100), ("DDIM", 2, 100)]
     text = nfe_chart.table(curves, [1, 2], reports, 100)
     assert "| flow, Euler | `flow` | 50 | 40 | 12.5 |" in text
+    assert "| flow, Euler, shift 2 | `flow` | 50 | 8 | 3.25 |" in text
     assert "| DDIM | `ddpm` | 50 | 150 | 3.25 |" in text
     assert "100 generated images against the 360 held-out images of digits" in text
 
@@ -79,9 +88,11 @@ def test_the_script_writes_table_and_chart_and_refuses_a_bad_curve(runs, tmp_pat
     )
     assert f"--curve 'flow, Euler={flow}:euler'" in md  # as a shell takes it back
     with Image.open(out.with_suffix(".png")) as png:
-        assert png.size == (720, 480) and len(png.getcolors(1 << 16)) > 10  # lines, not blank
+        assert png.size == (700, 450) and len(png.getcolors(1 << 16)) > 10  # lines, not blank
     for bad, message in [
         (f"{flow}", "LABEL=RUN_FOLDER:SOLVER"),
+        (f"x={flow}:ddim,eta=1", "LABEL=RUN_FOLDER:SOLVER\\[,shift=S\\]"),
+        (f"x={flow}:heun,shift=two", "shift must be a number, got 'two'"),
         (f"x={tmp_path}:euler", "is not a run folder"),
     ]:
         with pytest.raises(SystemExit, match=message):

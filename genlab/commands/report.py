@@ -180,7 +180,7 @@ def plot(finished: list[dict], swept: list[str], metric: str) -> bytes:
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def best_grids(
@@ -213,10 +213,10 @@ def best_grids(
         ax.set_title(f"#{i} {_fmt(g)}\n{title}", fontsize=8)
         ax.axis("off")
     fig.suptitle(f"{metric}" + (f" ({'; '.join(protocols)})" if protocols else ""), fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (closed)."""
     import matplotlib.pyplot as plt
 
