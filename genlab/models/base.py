@@ -174,9 +174,14 @@ class Family(nn.Module, ABC):
                 "num_classes, channels, image_size)"
             )
         if init_from:
-            finetune.init_from(self, init_from)
+            finetune.init_from(self, init_from, self.starting_weights)
         finetune.freeze(self, freeze)
         self._finished = True
+
+    def starting_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What `model.init_from` copies from another run's model `state`: the state itself
+        (a family whose samples come from other weights than it trains says so)."""
+        return state
 
     # --- training (the trainer) ------------------------------------------------------------------
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from genlab.checkpoint import find_resume, load_checkpoint
 from genlab.errors import GenlabError
@@ -14,12 +14,18 @@ from genlab.errors import GenlabError
 log = logging.getLogger(__name__)
 
 
-def init_from(model: nn.Module, path: str) -> dict[str, object]:
+Weights = dict[str, Tensor]
+
+
+def init_from(
+    model: nn.Module, path: str, choose: Callable[[Weights], Weights] = dict
+) -> dict[str, object]:
     """Copy every weight of the checkpoint (or run folder's last checkpoint) at `path` whose
-    name and shape match; return where they came from. Layers that differ (another image size or
+    name and shape match, from the model state `choose` makes of it (the family's
+    `starting_weights`); return where they came from. Layers that differ (another image size or
     class count) keep their fresh initialisation and are listed in the log."""
     ckpt = find_resume(str(path), Path(path), key="model.init_from")
-    source = load_checkpoint(ckpt)["model"]
+    source = choose(load_checkpoint(ckpt)["model"])
     own = model.state_dict()
     matching = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     if not matching:

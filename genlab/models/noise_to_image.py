@@ -12,6 +12,7 @@ the scheduler its exported diffusers pipeline samples with (`pipeline_scheduler`
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
@@ -40,6 +41,8 @@ from genlab.models.common import (
     guided,
     row_length,
 )
+
+log = logging.getLogger(__name__)
 
 PIPELINE = "diffusers"  # the export's folder holding a diffusers pipeline
 TRAJECTORY_ROWS = 8  # steps shown by the trajectory grid, the last one the result
@@ -109,6 +112,18 @@ class NoiseToImage(OneNetwork):
         """The network that samples: its EMA once averaging has begun, else itself."""
         ema = self.network_ema
         return self.network if ema is None else ema.or_network(self.network)
+
+    def starting_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A fine-tune starts from the network that sampled the run's images: its moving
+        average where averaging had begun (the average then starts from it too)."""
+        if not int(state.get("network_ema.n_averaged", 0)):
+            return state
+        prefix = "network_ema.module."
+        averaged = {
+            f"network.{k.removeprefix(prefix)}": v for k, v in state.items() if k.startswith(prefix)
+        }
+        log.info("model.init_from: the network starts from the run's moving average")
+        return {k: averaged.get(k, v) for k, v in state.items()}
 
     # --- training -------------------------------------------------------------------------------
 

@@ -18,21 +18,17 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from genlab.checkpoint import find_resume, load_checkpoint
 from genlab.data.loader import Batch
 from genlab.errors import require_at_least
 from genlab.models.flow import Flow, scaled
 from genlab.models.flow_solvers import FlowSolver
 
 log = logging.getLogger(__name__)
-
-EMA_PREFIX = "network_ema.module."  # the moving average's weights in a checkpoint's model
 
 
 class Reflow(Flow):
@@ -58,18 +54,9 @@ class Reflow(Flow):
             raise ValueError("model=reflow draws its pairs from noise or class labels, not images")
 
     def finish(self, init_from: str | None, freeze: Any) -> None:
-        """The student starts as the teacher samples: from its moving average where it has one
-        (`Family.finish` copies the network's own weights)."""
+        """The teacher is the network the student starts as (from `init_from`, by its moving
+        average: `starting_weights`), kept before a resume loads the student."""
         super().finish(init_from, freeze)
-        if init_from:
-            ckpt = find_resume(str(init_from), Path(init_from), key="model.init_from")
-            weights = load_checkpoint(ckpt)["model"]
-            if int(weights.get("network_ema.n_averaged", 0)):
-                own = self.network.state_dict()
-                ema = {k.removeprefix(EMA_PREFIX): v for k, v in weights.items()}
-                fits = {k: v for k, v in ema.items() if k in own and own[k].shape == v.shape}
-                self.network.load_state_dict(fits, strict=False)
-                log.info("Reflow: teacher and student start from %s's moving average", ckpt)
         teacher = copy.deepcopy(self.network).requires_grad_(False).eval()
         self.__dict__.update(_teacher=teacher, _taught=bool(init_from))
 
