@@ -206,11 +206,12 @@ class Trainer:
             # a frozen network, or a skipped update, steps its scheduler without its optimizer
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             bar = self._progress(run, procs)
-            began = time.perf_counter()
             for step in range(run.start + 1, run.total + 1):
                 last = step == run.total
                 log_step = self._due(step, self.log_every, last)
                 metrics = self._train_step(run, step, log_step)
+                if step == run.start + 1:  # the time left: from the steps after the first,
+                    began = time.perf_counter()  # which may build (compile, reflow's pairs)
                 if procs.distributed and step == run.start + 1:
                     check_replicas(run.model)  # every network ran through its DDP wrapper
                 if log_step and metrics is not None:
@@ -222,7 +223,7 @@ class Trainer:
                         log.info(
                             "%s",
                             log_line(
-                                step, run.start, run.total, values, time.perf_counter() - began
+                                step, run.start + 1, run.total, values, time.perf_counter() - began
                             ),
                         )
                 if procs.main and self._due(step, self.sample_every, last):

@@ -299,3 +299,29 @@ def test_a_run_says_at_its_start_that_its_evaluation_trains_a_classifier(tmp_pat
     assert re.search(r"Evaluation: generated 50 images in [\d.]+ s", out)
     assert re.search(r"Evaluation: features of 50 generated images in [\d.]+ s", out)
     assert re.search(r"Evaluation: likelihood of \d+ held-out images in [\d.]+ s", out)
+
+
+def test_the_time_left_leaves_out_a_slow_first_step(tmp_path, monkeypatch, caplog):
+    """A first step that builds (compile, reflow's pairs) would make the first estimates hours:
+    the time left comes from the steps after it."""
+    import logging
+    import time
+
+    from genlab.commands.train import train
+    from genlab.models.vae import VAE
+
+    step = VAE.train_step
+
+    def slow_first(self, *args, **kwargs):
+        if not self.__dict__.get("_slowed"):
+            self.__dict__["_slowed"] = True
+            time.sleep(3.0)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(VAE, "train_step", slow_first)
+    cfg = make_cfg("model=vae_mlp", "dataset=digits", "trainer=smoke", "trainer.log_every=5")
+    cfg.trainer.update(max_steps=10, eval_every=None, sample_every=0, progress=False)
+    with caplog.at_level(logging.INFO, logger="genlab.trainer"):
+        train(cfg, run_dir=tmp_path)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 5/")]
+    assert line.endswith("; 0 s left")  # not 3 s: the first step is not in the rate
