@@ -66,7 +66,13 @@ CASES = {  # name: (model, dataset, image size, batch size): every conf/model, a
 
 
 SOLVERS = (("ddpm", None), ("ddim", 50), ("ddim", 20), ("dpm_solver", 20), ("dpm_solver", 10))
-FLOW_SOLVERS = (("euler", 1), ("euler", 10), ("heun", 10), ("midpoint", 10))
+FLOW_SOLVERS = (
+    ("euler", 1),
+    ("euler", 10),
+    ("heun", 10),
+    ("midpoint", 10),
+    ("flow_dpm_solver", 10),
+)
 SAMPLED = {  # the sampling tables: family, its models, their solvers and steps (None: all)
     "Diffusion": (("ddpm", "dit"), SOLVERS),
     "Flow": (("flow",), FLOW_SOLVERS),

@@ -12,7 +12,7 @@ from genlab.files import Outputs
 from genlab.loading import protocol_tag
 from genlab.losses import FlowMatchingLoss, path_velocity, straight_path
 from genlab.metrics.likelihood import BIN_NATS, dequantize
-from genlab.models.flow_solvers import Euler, Heun, Midpoint, log_density
+from genlab.models.flow_solvers import DPMSolver, Euler, Heun, Midpoint, log_density
 from tests.conftest import TINY_NETWORKS, make_cfg
 from tests.test_diffusion import load_offline
 from tests.test_resume import FAST, assert_resume_is_bit_identical
@@ -80,6 +80,44 @@ def test_each_solver_has_its_order_on_a_smooth_field(solver, order):
 
     ratio = error(16) / error(32)
     assert ratio == pytest.approx(2**order, rel=0.1)
+
+
+def test_dpm_solver_lands_a_curved_flow_closer_than_heun():
+    """Data N(m, s^2): the straight path's exact velocity E[e - x0 | x_t] carries noise e to
+    m + s e. DPM-Solver++ 2M (diffusers', on flow sigmas) in 20 evaluations lands within 0.01,
+    several times closer than Heun or Euler in as many, and spends exactly its NFE."""
+    m, s = 0.5, 0.2
+    calls = []
+
+    def velocity(x, t):
+        calls.append(float(t[0]))
+        t = t.view(-1, 1).double()
+        var, d = (1 - t) ** 2 * s**2 + t**2, x - (1 - t) * m
+        return t / var * d - (m + (1 - t) * s**2 / var * d)
+
+    e = torch.linspace(-2, 2, 9, dtype=torch.float64).view(9, 1)
+
+    def error(solver) -> float:
+        x, _ = solver.solve(velocity, e)
+        return float((x - (m + s * e)).abs().max())
+
+    ours = error(DPMSolver(20))
+    assert len(calls) == 20 and calls == sorted(calls, reverse=True) and calls[0] < 1
+    assert ours < 0.01 and ours < error(Heun(20)) / 5 and ours < error(Euler(20)) / 5
+    x, trajectory = DPMSolver(6).solve(velocity, e, keep=3)
+    assert [t for t, _ in trajectory] == pytest.approx([0.999, 0.666, 0.0])  # diffusers grid
+    assert torch.equal(trajectory[-1][1], x)
+    model, _ = _tiny_flow("solver=flow_dpm_solver", "solver.steps=3", "solver.shift=3")
+    images = model.generate(2, torch.Generator().manual_seed(1))
+    assert images.shape == (2, 1, 32, 32) and torch.equal(
+        images, model.generate(2, torch.Generator().manual_seed(1))
+    )
+    assert model.sampling_protocol() == {
+        "sampler": "flow_dpm_solver",
+        "sampler_steps": 3,
+        "guidance": 1.0,
+        "time_shift": 3.0,
+    }
 
 
 def test_the_trajectory_ends_at_the_image():

@@ -36,6 +36,7 @@ LEVEL = {prefix: i for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefi
 DIFFUSERS = {
     "genlab.models.diffusion",
     "genlab.models.flow",
+    "genlab.models.flow_solvers",
     "genlab.models.noise_to_image",
     "genlab.models.solvers",
     "genlab.models.unet",
