@@ -9,10 +9,10 @@ flow solvers' time shift (`RUN:heun,shift=2`: `solver.shift=2`). Each of its poi
 one per `--nfe`, is the Fréchet distance of `--images` generated images in the evaluator's
 classifier features against the held-out split: `genlab eval run=RUN solver=S solver.steps=N
 evaluator.num_generated=IMAGES evaluator.nll_samples=0`, whose report the run keeps
-(RUN/eval/classifier-*_<solver><nfe>[_shift<shift>]_step<step>.json). A point whose report is
-there with this protocol is read, not measured again, so the script can be stopped and run
-again, and curves shared between charts cost nothing. Writes OUT.md (curves as rows, NFE as
-columns, with the protocol) and OUT.png (FD against NFE, both axes logarithmic).
+(RUN/eval/classifier-*_n<images>_<solver><nfe>[_shift<shift>]_step<step>.json). A point
+whose report is there with this protocol is read, not measured again, so the script can be
+stopped and run again, and curves shared between charts cost nothing. Writes OUT.md (curves
+as rows, NFE as columns, with the protocol) and OUT.png (FD against NFE, both axes logarithmic).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from genlab.commands.eval import report_stem
 from genlab.commands.report import figure_png
 from genlab.files import write_file
 
@@ -56,15 +57,13 @@ class Curve:
 
 def evaluation(curve: Curve, nfe: int, images: int) -> dict | None:
     """The run's latest report (highest step) of `genlab eval` with this solver, shift, NFE and
-    number of images (guidance 1, no eta), or None."""
-    found = []
-    want = (curve.solver, nfe, curve.shift, images)
-    for path in (curve.run / "eval").glob(f"classifier-*_{curve.solver}{nfe}_*step*.json"):
-        report = json.loads(path.read_text())
-        p = report["protocol"]
-        how = ("sampler", "sampler_steps", "time_shift", "num_generated")
-        if tuple(p.get(k, 1.0 if k == "time_shift" else None) for k in how) == want:
-            found.append(report)
+    number of images (guidance 1, no eta, clipped), or None."""
+    p = {"features": "classifier-*", "num_generated": images, "sampler": curve.solver}
+    p |= {"sampler_steps": nfe, "time_shift": curve.shift}
+    found = [
+        json.loads(path.read_text())
+        for path in (curve.run / "eval").glob(f"{report_stem(p)}_step*.json")
+    ]
     return max(found, key=lambda r: r["step"], default=None)
 
 

@@ -409,16 +409,18 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     assert report.protocol["guidance"] == 2.0 and "class_accuracy" in report.metrics
     assert report.metrics["neg_elbo_bits_per_dim"] > 0
     assert "3 of 999" in report.protocol["bound_timesteps"]
-    assert (run / "eval" / "classifier-32px_dpm_solver2_g2_step0000005.json").is_file()
+    assert (run / "eval" / "classifier-32px_n20_dpm_solver2_g2_step0000005.json").is_file()
     # another solver setting keeps a file of its own
     from genlab.commands.eval import save_report
     from genlab.evaluation import Report
 
     protocol = {**report.protocol, "sampler": "ddim", "sampler_steps": 50, "eta": 1.0}
     out = save_report(Report(report.metrics, protocol), run, 5, "x")
-    assert out.name == "classifier-32px_ddim50_eta1_g2_step0000005.json"
+    assert out.name == "classifier-32px_n20_ddim50_eta1_g2_step0000005.json"
     out = save_report(Report(report.metrics, {**protocol, "clip": False}), run, 5, "x")
-    assert out.name == "classifier-32px_ddim50_eta1_g2_noclip_step0000005.json"
+    assert out.name == "classifier-32px_n20_ddim50_eta1_g2_noclip_step0000005.json"
+    out = save_report(Report(report.metrics, {**protocol, "num_generated": 1000}), run, 5, "x")
+    assert out.name == "classifier-32px_n1000_ddim50_eta1_g2_step0000005.json"
 
     out = sample(
         make_cfg(

@@ -57,7 +57,7 @@ def test_eval_writes_metrics_with_their_protocol(runs):
     result = cli("eval", f"run={runs / 'cgan'}", *SMALL)
     assert result.returncode == 0, result.stderr
     assert "class_accuracy" in result.stdout and "features_sha256" in result.stdout
-    (out,) = (runs / "cgan" / "eval").glob("classifier-32px_step*.json")
+    (out,) = (runs / "cgan" / "eval").glob("classifier-32px_n*_step*.json")
     record = json.loads(out.read_text())
     metrics, protocol = record["metrics"], record["protocol"]
     assert record["step"] == 20

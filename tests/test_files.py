@@ -199,7 +199,7 @@ def test_runs_must_be_a_list(finished):
 def test_eval_never_writes_through_a_planted_link(finished, tmp_path, victim):
     run = copy_of(finished, tmp_path)
     (run / "eval").symlink_to(victim)
-    report = Report(metrics={"fd": 1.0}, protocol={"features": "classifier"})
+    report = Report(metrics={"fd": 1.0}, protocol={"features": "classifier", "num_generated": 9})
     with pytest.raises(NotOursError, match=f"{run / 'eval'} is a link"):
         save_report(report, run, 2, "x")
     assert intact(victim)
@@ -207,7 +207,7 @@ def test_eval_never_writes_through_a_planted_link(finished, tmp_path, victim):
     out = save_report(report, run, 2, "x")
     assert (
         out.parent == run / "eval"
-        and "eval/classifier_step0000002.json" in (run / MANIFEST).read_text().splitlines()
+        and "eval/classifier_n9_step0000002.json" in (run / MANIFEST).read_text().splitlines()
     )
 
 

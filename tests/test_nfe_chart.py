@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from genlab.loading import protocol_tag
+from genlab.commands.eval import report_stem
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -15,16 +15,23 @@ import nfe_chart  # noqa: E402
 
 
 def report(
-    solver: str, nfe: int, fd: float, images: int = 100, step: int = 50, shift: float = 1.0
+    solver: str,
+    nfe: int,
+    fd: float,
+    images: int = 100,
+    step: int = 50,
+    shift: float = 1.0,
+    guidance: float = 1.0,
 ) -> dict:
     protocol = {"features": "classifier-28px", "dataset": "digits", "num_real": 360}
-    protocol |= {"num_generated": images, "sampler": solver, "sampler_steps": nfe, "guidance": 1.0}
+    protocol |= {"num_generated": images, "sampler": solver, "sampler_steps": nfe}
+    protocol |= {"guidance": guidance}
     protocol |= {"time_shift": shift} if shift != 1 else {}
     return {"step": step, "protocol": protocol, "metrics": {"fd": fd}}
 
 
 def save(run, r: dict) -> None:
-    name = f"classifier-28px{protocol_tag(r['protocol'])}_step{r['step']:07d}.json"
+    name = f"{report_stem(r['protocol'])}_step{r['step']:07d}.json"
     (run / "eval").mkdir(parents=True, exist_ok=True)
     (run / "eval" / name).write_text(json.dumps(r))
 
@@ -39,6 +46,7 @@ def runs(tmp_path):
         save(flow, report("euler", nfe, fd))
     save(flow, report("euler", 1, 99.0, step=10))  # an older checkpoint's: not read
     save(flow, report("euler", 2, 77.0, images=1000, step=60))  # other images: not read
+    save(flow, report("euler", 2, 66.0, guidance=2.0, step=60))  # guided: not read
     save(flow, report("euler", 1, 8.0, shift=2.0))  # another time grid: its own curve
     save(ddpm, report("ddim", 1, 150.0))
     return flow, ddpm

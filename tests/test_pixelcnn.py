@@ -433,7 +433,7 @@ def test_genlab_eval_and_sample_guide_a_conditional_pixelcnn(tmp_path):
     own += ["evaluator.classifier_steps=20"]
     report = evaluate(make_cfg(f"run={run}", "+solver.guidance=3", *own, config_name="eval"))
     assert report.protocol["sampler"] == "autoregressive" and report.protocol["guidance"] == 3
-    assert [p.name for p in (run / "eval").iterdir()] == ["classifier-12px_g3_step0000005.json"]
+    assert [p.name for p in (run / "eval").iterdir()] == ["classifier-12px_n20_g3_step0000005.json"]
     sampled = ["sampler.label=5", "sampler.num_images=4", "sampler.temperature=0.9"]
     out = sample(make_cfg(f"run={run}", "+solver.guidance=0", *sampled, config_name="sample"))
     assert out == run / "samples" / "samples_g0_label5_temp0.9_seed0.png"  # the grid's settings

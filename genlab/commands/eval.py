@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -19,12 +21,16 @@ from genlab.loading import load_run, protocol_tag, run_of
 log = logging.getLogger(__name__)
 
 
+def report_stem(protocol: Mapping[str, Any]) -> str:
+    """`<features>_n<generated images>[_<solver><steps>][_eta<eta>][_shift<shift>][_g<guidance>]
+    [_noclip]`: evaluations with other features, another number of images, another solver or
+    guidance keep files of their own (`genlab.loading.protocol_tag`)."""
+    return f"{protocol['features']}_n{protocol['num_generated']}{protocol_tag(protocol)}"
+
+
 def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Path:
-    """RUN/eval/<features>[_<solver><steps>][_eta<eta>][_g<guidance>][_noclip]_step<step>.json:
-    evaluations with other features, another diffusion solver or guidance keep files of their
-    own."""
-    p = report.protocol
-    name = f"eval/{p['features']}{protocol_tag(p)}_step{step:07d}.json"
+    """RUN/eval/<report_stem>_step<step>.json."""
+    name = f"eval/{report_stem(report.protocol)}_step{step:07d}.json"
     record = {"step": step, "checkpoint": checkpoint, **report.__dict__}
     return Outputs(run_dir).write(name, json.dumps(record, indent=2).encode())
 
