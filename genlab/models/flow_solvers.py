@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -54,19 +55,28 @@ class FlowSolver:
     ) -> tuple[Tensor, list[tuple[float, Tensor]]]:
         """Images from `noise` (x at t = 1), and `keep` evenly spaced (t, x_t) pairs of the
         trajectory ending with the result at t = 0."""
-        plan = self.plan()
-        n = len(plan)
-        times = [self.time(u) for u in torch.linspace(1.0, 0.0, n + 1).tolist()]
+        intervals = self.intervals(velocity, noise.device)
+        n = len(intervals)
         marks = {round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep - 1)}
         x, trajectory = noise, []
-        for i, spent in enumerate(plan):
+        for i, (t, advance) in enumerate(intervals):
             if i in marks:
-                trajectory.append((times[i], x))
-            t, h = times[i], times[i + 1] - times[i]  # h < 0: towards the image
-            x = self.step(velocity, x, t, h, spent)
+                trajectory.append((t, x))
+            x = advance(x)
         if keep:
             trajectory.append((0.0, x))
         return x.clamp(-1, 1), trajectory
+
+    def intervals(
+        self, velocity: Velocity, device: torch.device
+    ) -> list[tuple[float, Callable[[Tensor], Tensor]]]:
+        """The intervals from t = 1 to 0: each one's start and the step across it."""
+        plan = self.plan()
+        times = [self.time(u) for u in torch.linspace(1.0, 0.0, len(plan) + 1).tolist()]
+        return [
+            (t, partial(self.step, velocity, t=t, h=end - t, spent=spent))  # h < 0: to the image
+            for t, end, spent in zip(times[:-1], times[1:], plan, strict=True)
+        ]
 
     def time(self, u: float) -> float:
         """The grid's time at `u` of the uniform grid from 1 to 0."""
@@ -175,10 +185,9 @@ class DPMSolver(FlowSolver):
 
     name = "flow_dpm_solver"
 
-    @torch.no_grad()
-    def solve(
-        self, velocity: Velocity, noise: Tensor, keep: int = 0
-    ) -> tuple[Tensor, list[tuple[float, Tensor]]]:
+    def intervals(
+        self, velocity: Velocity, device: torch.device
+    ) -> list[tuple[float, Callable[[Tensor], Tensor]]]:
         from diffusers import DPMSolverMultistepScheduler
 
         scheduler = DPMSolverMultistepScheduler(
@@ -187,15 +196,13 @@ class DPMSolver(FlowSolver):
             use_flow_sigmas=True,
             flow_shift=self.shift,
         )
-        scheduler.set_timesteps(self.steps, device=noise.device)
-        n = len(scheduler.timesteps)
-        marks = {round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep - 1)}
-        x, trajectory = noise, []
-        for i, timestep in enumerate(scheduler.timesteps):
-            t = float(scheduler.sigmas[i])
-            if i in marks:
-                trajectory.append((t, x))
-            x = scheduler.step(_at(velocity, x, t), timestep, x).prev_sample
-        if keep:
-            trajectory.append((0.0, x))
-        return x.clamp(-1, 1), trajectory
+        scheduler.set_timesteps(self.steps, device=device)
+
+        def step(x: Tensor, t: float, timestep: Tensor) -> Tensor:
+            return scheduler.step(_at(velocity, x, t), timestep, x).prev_sample
+
+        sigmas = scheduler.sigmas.tolist()
+        return [
+            (sigma, partial(step, t=sigma, timestep=timestep))
+            for sigma, timestep in zip(sigmas, scheduler.timesteps, strict=False)
+        ]
