@@ -21,9 +21,12 @@ from genlab.trust import check_targets
 def protocol_tag(p: Mapping[str, Any]) -> str:
     """The part of a file name that tells how images were made, from a sampling protocol `p`:
     `_<solver><steps>[_eta<eta>][_shift<shift>][_g<guidance>][_noclip][_x<scale><upscaler
-    hash>...]` ("" for a family without a solver; a cascade adds its upscaler and the
-    upscaler's sampling), so that evaluations and grids made another way keep files of their own."""
+    hash>...]` (`_<solver>_tol<tolerance>` for an adaptive solver, "" for a family without a
+    solver; a cascade adds its upscaler and the upscaler's sampling), so that evaluations and
+    grids made another way keep files of their own."""
     tag = f"_{p['sampler']}{p['sampler_steps']}" if "sampler_steps" in p else ""
+    if "tolerance" in p:  # an adaptive solver: its NFE is measured, its tolerance chosen
+        tag = f"_{p['sampler']}_tol{p['tolerance']:g}"
     if p.get("eta"):
         tag += f"_eta{p['eta']:g}"
     if p.get("time_shift", 1) != 1:

@@ -37,10 +37,8 @@ def test_train_help_lists_groups_and_options():
     models = "cdcgan, cgan, dcgan, ddpm, dit, espcn, flow, gan, pixelcnn, reflow, sngan"
     assert f"model: {models}, sngan_projection, sr3, srcnn, vae, vae_mlp" in out
     assert "model/network: dit, unet" in out
-    assert (
-        "solver: autoregressive, ddim, ddpm, dpm_solver, euler, flow_dpm_solver, heun, midpoint"
-        in out
-    )
+    solvers = "autoregressive, ddim, ddpm, dopri5, dpm_solver, euler, flow_dpm_solver, heun"
+    assert f"solver: {solvers}, midpoint" in out
     assert "loss: bce, denoising, elbo, flow_matching, hinge, lsgan, nll, pixel, wgan_gp" in out
     assert "dataset: cifar10, digits, fashion_mnist, image_folder, mnist, mnist5k, photos" in out
     assert "optimizer: adam, adamw, rmsprop, sgd" in out

@@ -12,7 +12,7 @@ from genlab.files import Outputs
 from genlab.loading import protocol_tag
 from genlab.losses import FlowMatchingLoss, path_velocity, straight_path
 from genlab.metrics.likelihood import BIN_NATS, dequantize
-from genlab.models.flow_solvers import DPMSolver, Euler, Heun, Midpoint, log_density
+from genlab.models.flow_solvers import Dopri5, DPMSolver, Euler, Heun, Midpoint, log_density
 from tests.conftest import TINY_NETWORKS, make_cfg
 from tests.test_diffusion import load_offline
 from tests.test_resume import FAST, assert_resume_is_bit_identical
@@ -82,12 +82,9 @@ def test_each_solver_has_its_order_on_a_smooth_field(solver, order):
     assert ratio == pytest.approx(2**order, rel=0.1)
 
 
-def test_dpm_solver_lands_a_curved_flow_closer_than_heun():
-    """Data N(m, s^2): the straight path's exact velocity E[e - x0 | x_t] carries noise e to
-    m + s e. DPM-Solver++ 2M (diffusers', on flow sigmas) in 20 evaluations lands within 0.01,
-    several times closer than Heun or Euler in as many, and spends exactly its NFE."""
-    m, s = 0.5, 0.2
-    calls = []
+def _gaussian_flow(m: float, s: float, calls: list[float]):
+    """Data N(m, s^2): the straight path's exact velocity E[e - x0 | x_t], which carries noise e
+    to m + s e; each call's time appended to `calls`."""
 
     def velocity(x, t):
         calls.append(float(t[0]))
@@ -95,6 +92,16 @@ def test_dpm_solver_lands_a_curved_flow_closer_than_heun():
         var, d = (1 - t) ** 2 * s**2 + t**2, x - (1 - t) * m
         return t / var * d - (m + (1 - t) * s**2 / var * d)
 
+    return velocity
+
+
+def test_dpm_solver_lands_a_curved_flow_closer_than_heun():
+    """On the Gaussian's exact flow DPM-Solver++ 2M (diffusers', on flow sigmas) in 20
+    evaluations lands within 0.01 of m + s e, several times closer than Heun or Euler in as
+    many, and spends exactly its NFE."""
+    m, s = 0.5, 0.2
+    calls = []
+    velocity = _gaussian_flow(m, s, calls)
     e = torch.linspace(-2, 2, 9, dtype=torch.float64).view(9, 1)
 
     def error(solver) -> float:
@@ -118,6 +125,30 @@ def test_dpm_solver_lands_a_curved_flow_closer_than_heun():
         "guidance": 1.0,
         "time_shift": 3.0,
     }
+
+
+def test_dopri5_meets_its_tolerance_and_reports_the_evaluations_it_spent():
+    """torchdiffeq's dopri5 on the Gaussian's exact flow: near m + s e as its tolerance, more
+    evaluations for a tighter one; and the protocol's NFE is the mean of what it spent."""
+    m, s = 0.5, 0.2
+    e = torch.linspace(-2, 2, 9, dtype=torch.float64).view(9, 1)
+    loose, tight = Dopri5(tolerance=1e-3), Dopri5(tolerance=1e-7)
+    assert loose.protocol() == {"sampler": "dopri5", "tolerance": 1e-3, "guidance": 1.0}
+    spent, error = {}, {}
+    for solver in (loose, tight):
+        calls = []
+        x, trajectory = solver.solve(_gaussian_flow(m, s, calls), e, keep=3)
+        spent[solver.tolerance] = len(calls)
+        error[solver.tolerance] = float((x - (m + s * e)).abs().max())
+        assert [t for t, _ in trajectory] == [1.0, 0.5, 0.0] and torch.equal(trajectory[0][1], e)
+    assert error[1e-7] < 1e-5 < error[1e-3] < 0.05  # the global error: a few times the local
+    assert spent[1e-7] > 2 * spent[1e-3] and tight.protocol()["sampler_nfe"] == spent[1e-7]
+    _, (last,) = tight.solve(_gaussian_flow(m, s, []), e, keep=1)
+    assert last[0] == 0.0
+    assert tight.protocol()["sampler_nfe"] == spent[1e-7]  # the same batch, the same cost
+    assert protocol_tag(loose.protocol()) == "_dopri5_tol0.001"
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        Dopri5(tolerance=0)
 
 
 def test_the_trajectory_ends_at_the_image():

@@ -82,9 +82,7 @@ class Reflow(Flow):
             )
         gen = torch.Generator(device=device).manual_seed(self.pair_seed)
         solver, out = self.teacher_solver, ([], [], [])
-        what = (
-            f"Reflow: {self.num_pairs:,} pairs from the teacher ({solver.name}, {solver.steps} NFE)"
-        )
+        what = f"Reflow: {self.num_pairs:,} pairs from the teacher ({solver.name}, {solver.cost()})"
         log.info("%s: drawing (at every start, resumes too) ...", what)
         began = time.perf_counter()
         for start in range(0, self.num_pairs, self.pair_batch):
