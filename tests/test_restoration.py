@@ -243,7 +243,9 @@ def test_a_cascade_samples_and_is_evaluated_like_a_generator(tmp_path):
     result = cli("eval", f"run={gen}", f"upscaler={x2}", *small)
     assert result.returncode == 0, result.stderr
     (saved,) = (gen / "eval").glob("*.json")
-    assert saved.name.startswith("classifier-32px_x2") and saved.name.endswith("_step0000005.json")
+    assert saved.name.startswith("classifier-32px_n100_x2") and saved.name.endswith(
+        "_step0000005.json"
+    )
     protocol = json.loads(saved.read_text())["protocol"]
     assert protocol["cascade"] == "x2" and protocol["upscaler"].startswith(str(x2))
     assert protocol["feature_dim"] == 128 and protocol["num_real"] == 179  # digits at 32 px
