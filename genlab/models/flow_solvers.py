@@ -1,6 +1,7 @@
-"""The flow family's samplers (the `solver` group for `model=flow`): fixed-step ODE solvers that
-integrate a learnt velocity field from noise (t = 1) to an image (t = 0) in `steps` network
-evaluations (NFE), the number every protocol reports.
+"""The flow family's samplers (the `solver` group for `model=flow`): ODE solvers that integrate a
+learnt velocity field from noise (t = 1) to an image (t = 0). The fixed-step ones spend `steps`
+network evaluations (NFE), the number every protocol reports; `Dopri5` adapts its steps to a
+tolerance and reports the NFE it spent.
 
 Euler spends one evaluation per interval. Midpoint spends two (given an odd NFE its last
 interval is an Euler step). Heun (the trapezoidal rule's predictor-corrector) spends two, but, as
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,24 +27,49 @@ from genlab.models.common import check_guidance
 
 # (x_t, t) -> dx/dt at time t (one per image, in [0, 1]), guided
 Velocity = Callable[[Tensor, Tensor], Tensor]
+State = TypeVar("State", Tensor, tuple[Tensor, ...])
 
 
 class FlowSolver:
-    """Integrates dx/dt = velocity(x, t) from t = 1 to t = 0, spending `steps` network
-    evaluations, with classifier-free guidance scale `guidance` for class-conditional models (1:
-    the conditional model alone, 0: the unconditional one). The grid of times is uniform in u,
+    """Integrates dx/dt = velocity(x, t) from t = 1 to t = 0, with classifier-free guidance
+    scale `guidance` for class-conditional models (1: the conditional model alone, 0: the
+    unconditional one). Deterministic: the same noise always gives the same image."""
+
+    name: ClassVar[str]
+    deterministic: ClassVar[bool] = True
+    shift: float = 1.0  # the time grid's shift (FixedSteps), 1 for none
+
+    def __init__(self, guidance: float = 1.0) -> None:
+        self.guidance = check_guidance(guidance)
+
+    def solve(
+        self, velocity: Velocity, noise: Tensor, keep: int = 0
+    ) -> tuple[Tensor, list[tuple[float, Tensor]]]:
+        """Images from `noise` (x at t = 1), and `keep` evenly spaced (t, x_t) pairs of the
+        trajectory ending with the result at t = 0."""
+        raise NotImplementedError
+
+    def cost(self) -> str:
+        """The network evaluations per image, in words."""
+        raise NotImplementedError
+
+    def protocol(self) -> dict[str, Any]:
+        """How the images were made, written beside every metric."""
+        raise NotImplementedError
+
+
+class FixedSteps(FlowSolver):
+    """A solver spending `steps` network evaluations on a grid of times uniform in u,
     t = shift u / (1 + (shift - 1) u) (Stable Diffusion 3's and diffusers'
     FlowMatchEulerDiscreteScheduler's `shift`): shift > 1 spends the steps nearer the noise,
     shift < 1 nearer the image."""
 
-    name: ClassVar[str]
-    deterministic: ClassVar[bool] = True  # the same noise always gives the same image
-
     def __init__(self, steps: int = 10, guidance: float = 1.0, shift: float = 1.0) -> None:
+        super().__init__(guidance)
         require_at_least(1, steps=steps)
         if not shift > 0:
             raise ValueError(f"shift must be > 0, got {shift}")
-        self.steps, self.guidance, self.shift = steps, check_guidance(guidance), float(shift)
+        self.steps, self.shift = steps, float(shift)
 
     def plan(self) -> list[int]:
         """Network evaluations per interval, from t = 1; they sum to `steps`."""
@@ -53,8 +79,6 @@ class FlowSolver:
     def solve(
         self, velocity: Velocity, noise: Tensor, keep: int = 0
     ) -> tuple[Tensor, list[tuple[float, Tensor]]]:
-        """Images from `noise` (x at t = 1), and `keep` evenly spaced (t, x_t) pairs of the
-        trajectory ending with the result at t = 0."""
         intervals = self.intervals(velocity, noise.device)
         n = len(intervals)
         marks = {round(i * (n - 1) / max(keep - 1, 1)) for i in range(keep - 1)}
@@ -87,11 +111,10 @@ class FlowSolver:
         return x + h * _at(velocity, x, t)
 
     def cost(self) -> str:
-        """The network evaluations per image, in words."""
         return f"{self.steps} NFE"
 
     def protocol(self) -> dict[str, Any]:
-        """How the images were made, written beside every metric (the shift where not 1)."""
+        """The solver, its NFE and guidance, and the shift where not 1."""
         shift = {"time_shift": self.shift} if self.shift != 1 else {}
         return {
             "sampler": self.name,
@@ -105,6 +128,25 @@ def _at(velocity: Velocity, x: Tensor, t: float) -> Tensor:
     return velocity(x, torch.full((len(x),), t, device=x.device, dtype=x.dtype)).to(x.dtype)
 
 
+def _adaptive(
+    slope: Callable[[Tensor, State], State], start: State, times: Tensor, tolerance: float
+) -> tuple[State, int]:
+    """The ODE d state/dt = slope(t, state) solved from `start` at times[0] by torchdiffeq's
+    Dormand-Prince (dopri5) to relative and absolute `tolerance`, its states at `times`, and the
+    slope's evaluations it spent."""
+    from torchdiffeq import odeint
+
+    evaluations = 0
+
+    def counted(t: Tensor, state: State) -> State:
+        nonlocal evaluations
+        evaluations += 1
+        return slope(t, state)
+
+    states = odeint(counted, start, times, rtol=tolerance, atol=tolerance, method="dopri5")
+    return states, evaluations
+
+
 def log_density(
     velocity: Velocity, x0: Tensor, gen: torch.Generator, tolerance: float = 1e-5
 ) -> tuple[Tensor, int]:
@@ -116,14 +158,9 @@ def log_density(
     exact for a field whose Jacobian is diagonal. The ODE is solved by torchdiffeq's Dormand-Prince
     (dopri5) to relative and absolute `tolerance` (1e-5: FFJORD's and Song et al. 2021's): the
     field is steep near t = 0, where a fixed grid misses it."""
-    from torchdiffeq import odeint
-
     probe = torch.randint(0, 2, x0.shape, generator=gen, device=x0.device).to(x0.dtype) * 2 - 1
-    evaluations = 0
 
-    def slope(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        nonlocal evaluations
-        evaluations += 1
+    def slope(t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         with torch.enable_grad():
             x = state[0].detach().requires_grad_(True)
             v = _at(velocity, x, float(t))
@@ -133,19 +170,19 @@ def log_density(
     start = (x0, torch.zeros(len(x0), device=x0.device, dtype=x0.dtype))
     ends = torch.tensor([0.0, 1.0], device=x0.device, dtype=x0.dtype)
     with torch.no_grad():
-        xs, divergences = odeint(slope, start, ends, rtol=tolerance, atol=tolerance)
+        (xs, divergences), evaluations = _adaptive(slope, start, ends, tolerance)
     x, dims = xs[-1], x0[0].numel()
     prior = -0.5 * x.flatten(1).pow(2).sum(1) - 0.5 * dims * math.log(2 * math.pi)
     return prior + divergences[-1], evaluations
 
 
-class Euler(FlowSolver):
+class Euler(FixedSteps):
     """Euler's method: one evaluation per interval (first order)."""
 
     name = "euler"
 
 
-class Heun(FlowSolver):
+class Heun(FixedSteps):
     """Heun's method: an Euler step, then the mean of the slopes at its two ends (second
     order); the last interval, ending at t = 0, an Euler step (EDM's), and so is the first when
     the NFE is even."""
@@ -165,7 +202,7 @@ class Heun(FlowSolver):
         return x + h * (d + _at(velocity, x + h * d, t + h)) / 2
 
 
-class Midpoint(FlowSolver):
+class Midpoint(FixedSteps):
     """The midpoint method: the slope half an interval ahead (second order)."""
 
     name = "midpoint"
@@ -180,7 +217,7 @@ class Midpoint(FlowSolver):
         return x + h * _at(velocity, x + h / 2 * d, t + h / 2)
 
 
-class DPMSolver(FlowSolver):
+class DPMSolver(FixedSteps):
     """DPM-Solver++ 2M (Lu et al. 2022) on the flow's straight path: diffusers'
     `DPMSolverMultistepScheduler` with flow sigmas and flow prediction (as Wan and SANA sample),
     one evaluation per step, second order from the second step on by reusing the previous
@@ -221,7 +258,7 @@ class Dopri5(FlowSolver):
     name = "dopri5"
 
     def __init__(self, tolerance: float = 1e-5, guidance: float = 1.0) -> None:
-        super().__init__(guidance=guidance)
+        super().__init__(guidance)
         if not 0 < tolerance < 1:
             raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
         self.tolerance, self.spent = float(tolerance), []
@@ -230,17 +267,11 @@ class Dopri5(FlowSolver):
     def solve(
         self, velocity: Velocity, noise: Tensor, keep: int = 0
     ) -> tuple[Tensor, list[tuple[float, Tensor]]]:
-        from torchdiffeq import odeint
-
-        evaluations = 0
-
         def slope(t: Tensor, x: Tensor) -> Tensor:
-            nonlocal evaluations
-            evaluations += 1
             return _at(velocity, x, float(t))
 
         times = torch.linspace(1.0, 0.0, max(keep, 2), device=noise.device, dtype=noise.dtype)
-        xs = odeint(slope, noise, times, rtol=self.tolerance, atol=self.tolerance)
+        xs, evaluations = _adaptive(slope, noise, times, self.tolerance)
         self.spent.append(evaluations)
         trajectory = list(zip(times.tolist(), xs, strict=True))[-keep:] if keep else []
         return xs[-1].clamp(-1, 1), trajectory
