@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from genlab.errors import GenlabError, writing
 from genlab.record import read_records
 from genlab.run_folder import made_here
+from genlab.search import SWEEPER
 
 
 class RunChecks(Callback):
@@ -28,9 +29,11 @@ class RunChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
         sweep = _make(config, "hydra.sweep.dir")
-        continues = OmegaConf.select(config, "trainer.resume") is not None or OmegaConf.select(
-            config, "trainer.overwrite", default=False
-        )
+        continues = (
+            OmegaConf.select(config, "trainer.resume") is not None
+            or OmegaConf.select(config, "trainer.overwrite", default=False)
+            or OmegaConf.select(config, "hydra.sweeper._target_") == SWEEPER  # joins a study:
+        )  # its trials' folders are new, or it is refused for another study's (genlab.search)
         held = [r["run_dir"] for r in read_records(sweep)]
         if held and not continues:
             raise SystemExit(
@@ -44,7 +47,7 @@ class RunChecks(Callback):
         """After every job ran: one error naming the jobs of this sweep that did not finish."""
         sweep = Path(OmegaConf.select(config, "hydra.sweep.dir"))
         records = [r for r in read_records(sweep) if r.get("updated", 0) >= self.started]
-        failed = [r for r in records if r.get("status") != "finished"]
+        failed = [r for r in records if r.get("status") not in ("finished", "pruned", "running")]
         if failed:
             lines = "\n".join(
                 f"  {Path(r['run_dir']).name}: {r.get('status')}: {r.get('reason')}" for r in failed

@@ -37,6 +37,11 @@ class DataUnavailableError(GenlabError):
     """A data set that is neither on disk nor downloadable."""
 
 
+class TrialPruned(Exception):  # noqa: N818 (Optuna's name)
+    """A search's pruner stopped the run after an evaluation (`genlab.search`): its run.json
+    says `pruned`."""
+
+
 class WriteError(GenlabError):
     """A file that could not be written: a full disk, a read-only folder, a name too long."""
 

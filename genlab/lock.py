@@ -1,11 +1,14 @@
-"""A run folder's lock: an OS lock on `RUN/.lock`, which the OS drops when the process ends (a
-killed run leaves no stale lock), held by the run that writes the folder (`run_folder.RunFolder`)
-and asked by whoever needs to know whether a run is still alive (`record.read_records`)."""
+"""OS locks on files, which the OS drops when the process ends (a killed process leaves no stale
+lock). A run folder's is `RUN/.lock`, held by the run that writes the folder
+(`run_folder.RunFolder`) and asked by whoever needs to know whether a run is still alive
+(`record.read_records`); a search's study holds its own (`genlab.search`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from genlab.errors import GenlabError
@@ -45,13 +48,39 @@ def hold(folder: Path) -> int | None:
     return fd
 
 
+@contextlib.contextmanager
+def held(path: Path) -> Iterator[None]:
+    """Hold the lock on file `path` (made if missing) while the block runs, waiting for another
+    process to release it; the holder's pid is written in it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise refused(path, e, "lock") from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # the pid is the holder's only while it holds
+        os.close(fd)
+
+
 def lock_holder(folder: str | Path) -> int | None:
     """The pid of the process that holds `folder`'s lock (-1 if it wrote none), or None when no
     process does."""
+    return holder(Path(folder) / LOCK)
+
+
+def holder(path: Path) -> int | None:
+    """The pid of the process that holds the lock on file `path` (-1 if it wrote none), or
+    None when no process does (or there is no such file)."""
     if fcntl is None:
         return None
     try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.errors import GenlabError, writing
+from genlab.errors import GenlabError, TrialPruned, writing
 from genlab.files import MANIFEST, Outputs
 from genlab.lock import LOCK, hold
 from genlab.record import RECORD, write_record
@@ -220,6 +220,8 @@ def outcome(error: BaseException) -> tuple[str, str]:
             "interrupted",
             f"{str(error) or 'SIGINT'} outside the training loop, or a second signal",
         )
+    if isinstance(error, TrialPruned):
+        return "pruned", str(error)
     if isinstance(error, SystemExit):
         return "interrupted", str(getattr(error, "reason", None) or f"exit code {error.code}")
     return "failed", str(error).strip() or type(error).__name__

@@ -53,13 +53,12 @@ class Trainer:
     `stop` ends the run at the first NaN or infinite loss or gradient, `skip` leaves that step
     out (weights, buffers and EMA as before it: `guard.StepUndo`) and goes on (and fails the run
     if every update of a network in its last logging window was left out). `precision`: 32,
-    `bf16` or `16-mixed` (see `optim.Updater`); `channels_last`
-    stores images and convolution weights NHWC; `compile` runs the networks through `torch.compile`
-    (true: inductor, or a backend's name). `deterministic` selects deterministic kernels (torch
+    `bf16` or `16-mixed` (see `optim.Updater`); `channels_last` stores images and convolution
+    weights NHWC; `compile` runs the networks through `torch.compile` (true: inductor, or a
+    backend's name). `deterministic` selects deterministic kernels (torch
     warns about any op that has none), which exact resume on CUDA needs; otherwise cuDNN
     benchmarks its convolution algorithms. `num_workers` DataLoader processes read data sets that
-    stream from disk (`image_folder` with `stream`). Under torchrun, `batch_size` is per process.
-    """
+    stream from disk (`image_folder` with `stream`). Under torchrun, `batch_size` is per process."""
 
     def __init__(
         self,
@@ -188,12 +187,14 @@ class Trainer:
         resume_hint: str = "",
         evaluate: Callable[[], dict[str, float]] | None = None,
         on_start: Callable[[int], None] | None = None,
+        on_evaluated: Callable[[int, dict[str, float], bool], None] | None = None,
     ) -> dict[str, float]:
         """Train on `loader`'s device (from `state`, a loaded checkpoint, when given), writing
         grids to `samples/` and checkpoints to `checkpoints/` (rank 0 only); return the last
         logged values, the last evaluation's metrics (`eval/...`) and the `step`. `evaluate` runs
         the cheap metrics at `eval_every`; `on_start(step)` is called once the checkpoint is
-        restored, before the loop writes anything; the caller closes `logger`."""
+        restored, before the loop writes anything, `on_evaluated(step, scores, last)` after each
+        logged evaluation (a search's pruner may stop it there); the caller closes `logger`."""
         procs = procs or Processes()
         run = self._setup(model, optimizers, schedulers, loader, run_dir, logger, procs)
         run.training.extra = extra_state or {}  # written into every checkpoint
@@ -235,6 +236,8 @@ class Trainer:
                     values.update(scores)
                     if run.best is not None:
                         run.best.offer(step, scores, run.checkpoints)
+                    if on_evaluated and scores:
+                        on_evaluated(step, scores, last)
                 bar.update(1)
                 if not last and self._stopping(stop, procs, run.device, log_step):
                     bar.close()

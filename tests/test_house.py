@@ -21,7 +21,7 @@ LAYERS = [
         "genlab.guard",
     ),
     ("data and metrics", "genlab.data genlab.metrics"),
-    ("run folders", "genlab.run_folder genlab.loading genlab.callbacks"),
+    ("run folders", "genlab.run_folder genlab.loading genlab.callbacks genlab.search"),
     ("model families", "genlab.models"),
     (  # what drives a family through the contract
         "drivers",

@@ -152,7 +152,7 @@ def test_tensorboard_run_names_and_hparams(sweep):
 
 
 def test_optuna_sweep_finishes_and_reports_its_best(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     result = cli(
         "train",
         "hparams_search=vae_optuna",
@@ -165,7 +165,7 @@ def test_optuna_sweep_finishes_and_reports_its_best(tmp_path):
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Best parameters" in result.stdout + result.stderr
+    assert "Best trial" in result.stdout + result.stderr
     best = (tmp_path / "optimization_results.yaml").read_text()
     assert "model.latent_dim" in best and "best_value" in best
     assert len(list(tmp_path.glob("*/run.json"))) == 3
@@ -217,7 +217,7 @@ def test_launcher_presets_compose(launcher, target):
     [("dcgan_optuna", "eval/fd", "dcgan"), ("vae_optuna", "eval/neg_elbo", "vae")],
 )
 def test_search_presets_set_their_objective(preset, metric, model):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", [f"hparams_search={preset}"], return_hydra_config=True)
     assert cfg.optimized_metric == metric and cfg.trainer.eval_every == 0

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shlex
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from genlab import distributed
+from genlab import distributed, search
 from genlab import record as record_lib
 from genlab.checkpoint import seed_everything
 from genlab.config import (
@@ -33,7 +34,7 @@ from genlab.config import (
     named,
 )
 from genlab.distributed import Processes
-from genlab.errors import ConfigError, one_message
+from genlab.errors import ConfigError, TrialPruned, one_message
 from genlab.logger import NullLogger
 from genlab.optim import autocast_dtype
 from genlab.run_folder import RunFolder, made_here
@@ -147,6 +148,7 @@ def _train(
             extra_state={"config": OmegaConf.to_yaml(cfg, resolve=True)},
             resume_hint=_resume_command(run_dir),
             evaluate=lambda: evaluator(model, cfg.dataset, device, True, degrade).metrics,
+            on_evaluated=partial(search.report, cfg.get("optimized_metric")),
             on_start=lambda step: folder.start(
                 cfg if HydraConfig.initialized() else None,
                 **({"resumed_from": str(resume_from), "resumed_at": step} if resume_from else {}),
@@ -317,6 +319,9 @@ def run_and_record(cfg: DictConfig, run_dir: str | Path | None = None) -> float 
     """
     try:
         values = train(cfg, run_dir)
+    except TrialPruned as e:
+        log.info("The run was pruned: %s", e)
+        return math.nan
     except Exception as e:
         if not _multirun():
             raise

@@ -1,0 +1,367 @@
+"""genlab's Optuna search (`hydra/sweeper=optuna`, the `hparams_search=` presets): one study in a
+storage that any number of workers share, run trial by trial through Optuna's ask-and-tell API,
+each trial a genlab run in `hydra.sweep.dir/<trial number>`; and the trial a run reports its
+evaluations to, so that the study's pruner can stop a hopeless one.
+
+A worker is one `genlab train hparams_search=...` process: it asks the study for a trial, trains
+it in this process, tells the study its objective, and goes on until the study holds `n_trials`
+trials. Workers that share `storage` and the sweep folder run one study's trials side by side,
+each at its own pace (none waits for a batch). Asking is serialised by a lock file in the sweep
+folder (`.study/ask.lock`), so `n_trials` is exact and a grid sampler never hands one point to two
+workers; each worker holds `.study/trial-N.lock` while its trial N runs. A running trial whose
+lock nobody holds was left by a worker that died (killed, its machine lost): the next worker to
+ask records it failed, or runs its parameters again (`retry_failed`).
+
+Optuna is imported only here, by a search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from genlab.errors import ConfigError, TrialPruned, cannot_write
+from genlab.lock import held, holder
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+STUDY_DIR = ".study"  # in the sweep folder: the locks of asking and of each running trial
+SQLITE = (".db", ".sqlite", ".sqlite3")
+SWEEPER = "hydra_plugins.genlab_optuna.optuna_sweeper.OptunaSweeper"
+
+_active: optuna.Trial | None = None  # the trial the run in this process trains
+
+
+def storage(spec: str | None) -> Any:
+    """Optuna's storage for `hydra.sweeper.storage`: None (this process only), an RDB URL
+    (`postgresql://...`, `mysql+pymysql://...`, `sqlite:///...`), a path ending .db, .sqlite or
+    .sqlite3 (SQLite, one machine), or any other path: Optuna's journal file (a shared file
+    system, NFS included)."""
+    if spec is None:
+        return None
+    if "://" in spec:
+        return spec
+    path = Path(spec).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(path.parent, e) from None
+    if path.suffix in SQLITE:
+        return f"sqlite:///{path.resolve()}"
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def search_space(
+    params: Mapping[str, str], arguments: list[str]
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Optuna's distributions of the sweep's parameters (`hydra.sweeper.params` and command-line
+    overrides in sweep syntax), the override key of each (with its + or ++), and the fixed
+    overrides every trial gets. choice(a, b) and a,b: categorical; interval(lo, hi): uniform,
+    int(interval(lo, hi)) on the integers, tag(log, interval(...)): log-uniform; range(a, b, s):
+    the integers (or floats) from a up to b, b excluded."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    lines = [f"{key}={value}" for key, value in params.items()] + list(arguments)
+    space: dict[str, Any] = {}
+    keys: dict[str, str] = {}
+    fixed: list[str] = []
+    for override in parser.parse_overrides(lines):
+        if override.is_sweep_override():
+            name = override.key_or_group
+            space[name], keys[name] = _distribution(override), override.get_key_element()
+        else:
+            fixed.append(override.input_line)
+    if not space:
+        raise ConfigError(
+            "hydra.sweeper.params is empty: name what to search, for example "
+            "hydra.sweeper.params.optimizer.lr='tag(log, interval(1e-5, 1e-3))'"
+        )
+    return space, keys, [f for f in fixed if f.partition("=")[0].lstrip("+~") not in space]
+
+
+def _distribution(override: Any) -> Any:
+    from hydra.core.override_parser.types import IntervalSweep, RangeSweep, Transformer
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    sweep = override.value()
+    if override.is_choice_sweep() or (isinstance(sweep, RangeSweep) and sweep.shuffle):
+        choices = override.sweep_iterator(transformer=Transformer.encode)
+        return CategoricalDistribution(list(choices))
+    if isinstance(sweep, RangeSweep):
+        values = list(override.sweep_iterator())
+        if not values:
+            raise ConfigError(f"{override.input_line}: the range holds no value")
+        if all(isinstance(v, int) for v in values):
+            return IntDistribution(values[0], values[-1], step=int(sweep.step))
+        return FloatDistribution(values[0], values[-1], step=float(sweep.step))
+    if isinstance(sweep, IntervalSweep):
+        log_scale = "log" in sweep.tags
+        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return IntDistribution(sweep.start, sweep.end, log=log_scale)
+        return FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+    raise ConfigError(f"{override.input_line}: Optuna searches choice, range and interval only")
+
+
+def trial_overrides(trial: optuna.Trial, space: Mapping[str, Any], keys: Mapping[str, str]):
+    """The overrides that give a run the trial's parameters."""
+    return [f"{keys[name]}={_encode(trial.params[name])}" for name in space]
+
+
+def _encode(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class Study:
+    """One worker's view of the study: ask under the sweep folder's lock, and hold each trial's
+    lock while it runs."""
+
+    def __init__(
+        self, study: optuna.Study, sweep_dir: Path, n_trials: int, retry_failed: int
+    ) -> None:
+        self.study, self.n_trials, self.retry_failed = study, n_trials, retry_failed
+        self.locks = sweep_dir / STUDY_DIR
+        self.locks.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def next_trial(self, space: Mapping[str, Any]) -> Iterator[optuna.Trial | None]:
+        """The next trial to run (an enqueued one first), its lock held while the block runs;
+        None once the study holds `n_trials` trials (finished, pruned, failed or running)."""
+        with held(self.locks / "ask.lock"):
+            self.end_abandoned()
+            if self.counted() >= self.n_trials:
+                trial = None
+            else:
+                trial = self.study.ask(dict(space))
+                lock = contextlib.ExitStack()
+                lock.enter_context(held(self.locks / f"trial-{trial.number}.lock"))
+        if trial is None:
+            yield None
+            return
+        with lock:
+            yield trial
+
+    def counted(self) -> int:
+        """The trials that count toward `n_trials`: all but those waiting to run and the failed
+        ones run again."""
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        return sum(
+            t.state.name != "WAITING" and (t.number not in retried or t.state.name != "FAIL")
+            for t in trials
+        )
+
+    def end_abandoned(self) -> None:
+        """Record failed each running trial whose worker died (its trial lock free), and run its
+        parameters again as a new trial while it has retries left."""
+        from optuna.trial import TrialState
+
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            lock = self.locks / f"trial-{trial.number}.lock"
+            if not lock.exists() or holder(lock) is not None:
+                continue  # not this sweep folder's trial, or its worker is alive
+            log.warning("trial %d: its worker died; recorded failed", trial.number)
+            self._tell(trial.number, state=TrialState.FAIL)
+            self.retry(trial)
+
+    def retry(self, trial: optuna.trial.FrozenTrial) -> None:
+        """Enqueue `trial`'s parameters again if it has retries left."""
+        first = trial.user_attrs.get("first_try", trial.number)
+        tries = trial.user_attrs.get("tries", 1)
+        if tries > self.retry_failed:
+            return
+        log.info("trial %d: run again (retry %d of %d)", trial.number, tries, self.retry_failed)
+        self.study.enqueue_trial(
+            trial.params,
+            user_attrs={"retry_of": trial.number, "first_try": first, "tries": tries + 1},
+        )
+
+    def tell(self, trial: optuna.Trial, value: Any) -> None:
+        """The run's outcome: pruned (its pruner stopped it), its objective, or failed (a failed
+        run returns NaN)."""
+        from optuna.trial import TrialState
+
+        if getattr(trial, "genlab_pruned", False):
+            self._tell(trial, state=TrialState.PRUNED)
+        elif isinstance(value, int | float) and math.isfinite(value):
+            self._tell(trial, float(value))
+        else:
+            self._tell(trial, state=TrialState.FAIL)
+            self.retry(self.study.get_trials(deepcopy=False)[trial.number])
+
+    def _tell(self, trial: optuna.Trial | int, value: float | None = None, **state: Any) -> None:
+        """`study.tell`; GridSampler's end of the grid is not an error here. (Its `after_trial`
+        calls `study.stop()`, which raises outside `study.optimize`; the trial is stored
+        first.)"""
+        try:
+            self.study.tell(trial, value, **state)
+        except RuntimeError as e:
+            if "Study.stop" not in str(e):
+                raise
+
+
+@contextlib.contextmanager
+def active(trial: optuna.Trial) -> Iterator[None]:
+    """`trial` is the one the run trained in this process reports to."""
+    global _active
+    _active = trial
+    try:
+        yield
+    finally:
+        _active = None
+
+
+def report(metric: str | None, step: int, scores: Mapping[str, float], last: bool) -> None:
+    """Report the objective `metric` of an evaluation at `step` to the active trial, if any;
+    raise TrialPruned when the study's pruner stops it there (before the `last` step: a run that
+    trained to its end is told as finished)."""
+    trial = _active
+    if trial is None or not metric or metric not in scores:
+        return
+    value = scores[metric]
+    trial.report(value, step)
+    if not last and trial.should_prune():
+        trial.genlab_pruned = True  # type: ignore[attr-defined]
+        raise TrialPruned(f"stopped by the study's pruner at step {step} ({metric} {value:.6g})")
+
+
+def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
+    """Run the study's trials in this process until it holds `n_trials`; the return values of
+    this worker's runs. `sweeper` holds the keys of conf/hydra/sweeper/optuna.yaml and the
+    launcher (Hydra's basic one: each trial in this process)."""
+    import optuna
+
+    if sweeper.n_jobs != 1:
+        raise ConfigError(
+            f"hydra.sweeper.n_jobs={sweeper.n_jobs}: a worker runs one trial at a time; start N "
+            "workers with a shared hydra.sweeper.storage to run N trials side by side "
+            "(docs/sweeps.md)"
+        )
+    if sweeper.direction not in ("minimize", "maximize"):
+        raise ConfigError(
+            f"hydra.sweeper.direction must be minimize or maximize, got {sweeper.direction!r}"
+        )
+    space, keys, fixed = search_space(sweeper.params, arguments)
+    if sweeper.pruner and type(sweeper.launcher).__name__ != "BasicLauncher":
+        raise ConfigError(
+            "hydra.sweeper.pruner needs each trial in its worker's process (hydra/launcher=basic, "
+            f"not {type(sweeper.launcher).__name__}): start more workers instead (docs/sweeps.md)"
+        )
+    study = optuna.create_study(
+        study_name=sweeper.study_name,
+        storage=storage(sweeper.storage),
+        sampler=_sampler(sweeper.sampler, space),
+        pruner=_build(sweeper.pruner, "pruner") or optuna.pruners.NopPruner(),
+        direction=sweeper.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != sweeper.direction:
+        raise ConfigError(
+            f"study {study.study_name!r} in {sweeper.storage} is to "
+            f"{study.direction.name.lower()}, not {sweeper.direction}: "
+            "set hydra.sweeper.direction (optimized_direction) alike, or name another study"
+        )
+    _refuse_foreign_runs(study, sweep_dir)
+    worker, results = Study(study, sweep_dir, sweeper.n_trials, sweeper.retry_failed), []
+    log.info(
+        "Study %s (%s): %d of %d trials so far; runs in %s/<trial number>",
+        study.study_name,
+        sweeper.storage or "in this process",
+        worker.counted(),
+        sweeper.n_trials,
+        sweep_dir,
+    )
+    while True:
+        with worker.next_trial(space) as trial:
+            if trial is None:
+                break
+            overrides = fixed + trial_overrides(trial, space, keys)
+            log.info("Trial %d: %s", trial.number, " ".join(overrides))
+            with active(trial):
+                [ret] = sweeper.launcher.launch([overrides], initial_job_idx=trial.number)
+            value = ret.return_value if ret.status.name == "COMPLETED" else math.nan
+            worker.tell(trial, value)
+            results.append(value)
+    _summarise(study, sweep_dir)
+    return results
+
+
+def _build(cfg: Any, what: str) -> Any:
+    """An Optuna sampler or pruner from its config (`_target_` and arguments), or None."""
+    if not cfg:
+        return None
+    from hydra.utils import instantiate
+
+    target = str(cfg.get("_target_", ""))
+    if not target.startswith("optuna."):
+        raise ConfigError(f"hydra.sweeper.{what}._target_ must be one of Optuna's, got {target!r}")
+    return instantiate(cfg)
+
+
+def _sampler(cfg: Any, space: Mapping[str, Any]) -> Any:
+    """The sampler; GridSampler's search space is the choices of `space` where not given."""
+    if (
+        cfg
+        and str(cfg.get("_target_")) == "optuna.samplers.GridSampler"
+        and not cfg.get("search_space")
+    ):
+        from hydra.utils import instantiate
+        from optuna.distributions import CategoricalDistribution
+
+        loose = [name for name, d in space.items() if not isinstance(d, CategoricalDistribution)]
+        if loose:
+            raise ConfigError(
+                f"GridSampler needs choices: {', '.join(loose)} "
+                "are ranges or intervals; write them as choice(...)"
+            )
+        return instantiate(cfg, search_space={k: list(d.choices) for k, d in space.items()})
+    return _build(cfg, "sampler")
+
+
+def _refuse_foreign_runs(study: optuna.Study, sweep_dir: Path) -> None:
+    """A new study in a sweep folder that holds runs would write over them: refused."""
+    from genlab.record import read_records
+
+    held_runs = [r["run_dir"] for r in read_records(sweep_dir)] if sweep_dir.is_dir() else []
+    if held_runs and not study.trials:
+        raise ConfigError(
+            f"the sweep folder {sweep_dir} holds runs ({', '.join(held_runs[:3])}) and the study "
+            f"{study.study_name!r} has no trials: its trials would write over them. Join the "
+            "study those runs belong to (hydra.sweeper.study_name, storage), or choose another "
+            "folder with hydra.sweep.dir=..."
+        )
+
+
+def _summarise(study: optuna.Study, sweep_dir: Path) -> None:
+    """Log the study's best trial and write it to `optimization_results.yaml` in the sweep
+    folder (name, best parameters, best value, and the count of trials by state)."""
+    from collections import Counter
+
+    from omegaconf import OmegaConf
+
+    from genlab.files import Outputs
+
+    trials = study.get_trials(deepcopy=False)
+    states = dict(Counter(t.state.name.lower() for t in trials))
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    summary: dict[str, Any] = {"name": "optuna", "study": study.study_name, "trials": states}
+    if done:
+        best = study.best_trial
+        summary.update(best_trial=best.number, best_params=best.params, best_value=best.value)
+        log.info("Best trial %d: %s, value %.6g", best.number, best.params, best.value)
+    log.info("Trials: %s", ", ".join(f"{n} {s}" for s, n in states.items()))
+    Outputs(sweep_dir).write("optimization_results.yaml", OmegaConf.to_yaml(summary).encode())
