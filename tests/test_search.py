@@ -81,6 +81,7 @@ def _load(folder):
     ).get_trials()
 
 
+@pytest.mark.slow
 def test_three_workers_share_one_study_of_nine_trials(tmp_path):
     """Three processes, one journal file, a 3 x 3 grid: nine trials, each point once, each a
     finished run folder named by its trial number."""
@@ -104,6 +105,7 @@ def test_three_workers_share_one_study_of_nine_trials(tmp_path):
         assert math.isclose(record["objective"]["value"], t.value)
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_is_run_again_when_a_worker_restarts(tmp_path):
     """SIGKILL during trial 0: the study holds it as running until a worker starts again,
     which records it failed, runs its parameters again (retry_failed=1), and completes."""
