@@ -2,7 +2,9 @@
 
 `torchrun --nproc_per_node=N -m genlab train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; genlab
 then joins a process group (NCCL on CUDA, gloo on CPU) and wraps each network in
-DistributedDataParallel. Without those variables everything here is a no-op.
+DistributedDataParallel. In a SLURM job of several tasks started by submitit
+(`hydra/launcher=slurm_multigpu`), the same variables come from SLURM's through submitit's
+`TorchDistributedEnvironment`. Without those variables everything here is a no-op.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class Processes:
 
 
 def start(device: torch.device) -> tuple[Processes, torch.device]:
-    """Join the process group torchrun describes (if any); return it and this rank's device."""
+    """Join the process group torchrun (or submitit's SLURM tasks) describe, if any; return it
+    and this rank's device."""
+    from_submitit_tasks()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Processes(), device
@@ -57,6 +61,18 @@ def start(device: torch.device) -> tuple[Processes, torch.device]:
         dist.init_process_group(backend, **kwargs)
     log.info("rank %d of %d on %s (%s)", procs.rank, world, device, dist.get_backend())
     return procs, device
+
+
+def from_submitit_tasks() -> None:
+    """In a submitit SLURM job of several tasks and no torchrun: torch.distributed's variables
+    (MASTER_ADDR and MASTER_PORT: the job's first node and a port drawn from its id; RANK,
+    WORLD_SIZE, LOCAL_RANK) from SLURM's, as submitit's own helper sets them."""
+    if "WORLD_SIZE" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def stop(finished: bool = False) -> None:

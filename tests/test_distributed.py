@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -20,7 +21,7 @@ from genlab.models import VAE
 from genlab.models.base import check_replicas, distribute
 from genlab.models.mlp import MLPDecoder, MLPEncoder
 from genlab.optim import OptimizerSpec, Updater
-from tests.conftest import ROOT, make_cfg, run_cli
+from tests.conftest import ROOT, finish, make_cfg, run_cli
 from tests.test_data import _toy
 
 CPU = torch.device("cpu")
@@ -154,3 +155,64 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     assert "Resumed at step 4 of 6" in one.stderr + one.stdout
     assert load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["step"] == 6
+
+
+def test_two_submitit_slurm_tasks_train_as_one_run(tmp_path):
+    """hydra/launcher=slurm_multigpu's tasks, as SLURM starts them (no torchrun): genlab joins
+    them into one process group from SLURM's variables (the port: drawn from the job's id)."""
+    run = tmp_path / "run"
+    common = ["trainer=smoke", "dataset=digits", "model=dcgan", "trainer.max_steps=4"]
+    base = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WORLD_SIZE")}
+    slurm = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": str(os.getpid()),
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NODELIST": "127.0.0.1",
+    }
+    tasks = [
+        subprocess.Popen(
+            [sys.executable, "-m", "genlab", "train", *common, f"hydra.run.dir={run}"],
+            cwd=ROOT,
+            env={**base, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    for task in tasks:
+        _, err = finish(task, timeout=300)
+        assert task.returncode == 0, err[-3000:]
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and len(state["rng_ranks"]) == 2
+    assert state["loader"]["images_per_batch"] == 2 * 16
+    assert "rank 0 of 2" in (run / "train.log").read_text()
+
+
+def test_the_multigpu_slurm_preset_asks_one_task_per_gpu(tmp_path, monkeypatch):
+    """The sbatch script submitit writes from hydra/launcher=slurm_multigpu (as Hydra's submitit
+    launcher passes its keys): one task per GPU on each node."""
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # no srun
+    from hydra import compose, initialize_config_dir
+
+    from genlab.config import CONF_DIR
+
+    overrides = ["hydra/launcher=slurm_multigpu", "hydra.launcher.nodes=2"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides, return_hydra_config=True)
+    params = {k: v for k, v in cfg.hydra.launcher.items() if not k.startswith("_")}
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    generic = {"timeout_min", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb"}
+    skip = {"submitit_folder", "max_num_timeout", "name", "partition", "qos", "comment"}
+    skip |= {"constraint", "exclude", "gres", "cpus_per_gpu", "gpus_per_task", "mem_per_gpu"}
+    skip |= {"mem_per_cpu", "account", "signal_delay_s", "array_parallelism", "setup"}
+    skip |= {"additional_parameters", "srun_args", "stderr_to_stdout"}
+    executor.update_parameters(
+        **{k if k in generic else f"slurm_{k}": v for k, v in params.items() if k not in skip}
+    )
+    script = executor._executor._make_submission_file_text("genlab", "0")
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=8"):
+        assert f"#SBATCH {line}" in script

@@ -59,6 +59,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float
     """Check the whole config and the run folder, build the objects the config names and train;
     `run.json` records how the run went (`run_folder.RunFolder`). Return the final values."""
     run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+    distributed.from_submitit_tasks()  # RANK, as torchrun sets it, before rank 0 takes the folder
     folder = RunFolder(
         run_dir,
         main=int(os.environ.get("RANK", "0")) == 0,
