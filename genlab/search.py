@@ -239,22 +239,62 @@ def report(metric: str | None, step: int, scores: Mapping[str, float], last: boo
         raise TrialPruned(f"stopped by the study's pruner at step {step} ({metric} {value:.6g})")
 
 
+def check(sweeper: Any) -> None:
+    """The sweeper's keys that need no study, each refused with one message."""
+    if sweeper.n_jobs < 1:
+        raise ConfigError(f"hydra.sweeper.n_jobs must be at least 1, got {sweeper.n_jobs}")
+    if sweeper.storage and not sweeper.study_name:
+        raise ConfigError(
+            f"hydra.sweeper.storage={sweeper.storage} needs hydra.sweeper.study_name: the name "
+            "other workers join the study by"
+        )
+    if sweeper.direction not in ("minimize", "maximize"):
+        raise ConfigError(
+            f"hydra.sweeper.direction must be minimize or maximize, got {sweeper.direction!r}"
+        )
+
+
+def work_in_processes(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
+    """`n_jobs` workers of one study, each in a process of its own (joblib's loky, which
+    carries Hydra's state there as its launcher does); without a storage they share a journal
+    file in the sweep folder (and the study's name `search`, unless named)."""
+    import copy
+
+    from hydra.core.singleton import Singleton
+    from joblib import Parallel, delayed
+
+    if type(sweeper.launcher).__name__ != "BasicLauncher":
+        raise ConfigError(
+            f"hydra.sweeper.n_jobs={sweeper.n_jobs} starts its workers as processes: it runs "
+            f"with hydra/launcher=basic, not {type(sweeper.launcher).__name__}"
+        )
+    one = copy.copy(sweeper)
+    one.n_jobs = 1
+    one.storage = sweeper.storage or str(sweep_dir / STUDY_DIR / "study.log")
+    one.study_name = sweeper.study_name or "search"
+    state = Singleton.get_state()
+    runs = Parallel(n_jobs=sweeper.n_jobs, backend="loky")(
+        delayed(_worker)(one, arguments, sweep_dir, state) for _ in range(sweeper.n_jobs)
+    )
+    return [value for run in runs for value in run]
+
+
+def _worker(sweeper: Any, arguments: list[str], sweep_dir: Path, state: Any) -> list[Any]:
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    Singleton.set_state(state)
+    return work(sweeper, arguments, sweep_dir)
+
+
 def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
     """Run the study's trials in this process until it holds `n_trials`; the return values of
     this worker's runs. `sweeper` holds the keys of conf/hydra/sweeper/optuna.yaml and the
     launcher (Hydra's basic one: each trial in this process)."""
     import optuna
 
-    if sweeper.n_jobs != 1:
-        raise ConfigError(
-            f"hydra.sweeper.n_jobs={sweeper.n_jobs}: a worker runs one trial at a time; start N "
-            "workers with a shared hydra.sweeper.storage to run N trials side by side "
-            "(docs/sweeps.md)"
-        )
-    if sweeper.direction not in ("minimize", "maximize"):
-        raise ConfigError(
-            f"hydra.sweeper.direction must be minimize or maximize, got {sweeper.direction!r}"
-        )
+    check(sweeper)
     space, keys, fixed = search_space(sweeper.params, arguments)
     if sweeper.pruner and type(sweeper.launcher).__name__ != "BasicLauncher":
         raise ConfigError(

@@ -106,6 +106,29 @@ def test_three_workers_share_one_study_of_nine_trials(tmp_path):
 
 
 @pytest.mark.slow
+def test_n_jobs_starts_workers_in_processes_of_their_own(tmp_path):
+    """hydra.sweeper.n_jobs=2 alone: two worker processes share a journal file in the sweep
+    folder and run the 4 points of a grid once each."""
+    result = cli(
+        *("train", "-m", *TRIAL, "hydra/sweeper=optuna", "optimized_metric=loss/g"),
+        "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
+        "optimizer.lr=choice(1e-4, 2e-4)",
+        "trainer.seed=choice(0, 1)",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=4",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    journal = storage(str(tmp_path / ".study" / "study.log"))
+    trials = optuna.load_study(study_name="search", storage=journal).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert len({tuple(t.params.values()) for t in trials}) == 4
+    first, second = sorted(trials, key=lambda t: t.datetime_start)[:2]
+    assert second.datetime_start < first.datetime_complete  # two at once
+    assert all((tmp_path / str(t.number) / "run.json").is_file() for t in trials)
+
+
+@pytest.mark.slow
 def test_a_killed_workers_trial_is_run_again_when_a_worker_restarts(tmp_path):
     """SIGKILL during trial 0: the study holds it as running until a worker starts again,
     which records it failed, runs its parameters again (retry_failed=1), and completes."""
@@ -176,9 +199,15 @@ def test_a_diverging_learning_rate_is_pruned_before_its_last_step(tmp_path):
 
 def test_a_search_that_cannot_run_is_one_message_and_writes_no_run(tmp_path):
     search = [*TRIAL, "hydra/sweeper=optuna", "optimizer.lr=choice(1e-4, 2e-4)"]
-    result = cli("train", "-m", *search, "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={tmp_path}")
+    result = cli("train", "-m", *search, "hydra.sweeper.n_jobs=0", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 1
-    assert "hydra.sweeper.n_jobs=2: a worker runs one trial at a time" in result.stderr
+    assert "hydra.sweeper.n_jobs must be at least 1, got 0" in result.stderr
+    named = [f"hydra.sweeper.storage={tmp_path / 'study.log'}", f"hydra.sweep.dir={tmp_path}"]
+    result = cli("train", "-m", *search, *named)
+    assert result.returncode == 1
+    assert "needs hydra.sweeper.study_name: the name other workers join the study by" in (
+        result.stderr
+    )
     assert not list(tmp_path.rglob("run.json"))
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "run.json").write_text('{"status": "finished"}')

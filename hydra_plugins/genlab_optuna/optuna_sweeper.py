@@ -40,7 +40,7 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        self.config = config
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -48,4 +48,8 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from genlab import search
 
-        return search.work(self, arguments, Path(self.config.hydra.sweep.dir))
+        search.check(self)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        if self.n_jobs == 1:
+            return search.work(self, arguments, sweep_dir)
+        return search.work_in_processes(self, arguments, sweep_dir)
