@@ -18,6 +18,7 @@ Optuna is imported only here, by a search.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -180,22 +181,26 @@ class Study:
 
     def retry(self, trial: optuna.trial.FrozenTrial) -> None:
         """Enqueue `trial`'s parameters again if it has retries left."""
-        first = trial.user_attrs.get("first_try", trial.number)
         tries = trial.user_attrs.get("tries", 1)
         if tries > self.retry_failed:
             return
         log.info("trial %d: run again (retry %d of %d)", trial.number, tries, self.retry_failed)
         self.study.enqueue_trial(
-            trial.params,
-            user_attrs={"retry_of": trial.number, "first_try": first, "tries": tries + 1},
+            trial.params, user_attrs={"retry_of": trial.number, "tries": tries + 1}
         )
 
-    def tell(self, trial: optuna.Trial, value: Any) -> None:
-        """The run's outcome: pruned (its pruner stopped it), its objective, or failed (a failed
-        run returns NaN)."""
+    def tell(self, trial: optuna.Trial, value: Any, run_dir: Path) -> None:
+        """The outcome of the run in `run_dir`: pruned (its run.json says so), its objective, or
+        failed (a failed run returns NaN)."""
         from optuna.trial import TrialState
 
-        if getattr(trial, "genlab_pruned", False):
+        from genlab.record import RECORD
+
+        try:
+            status = json.loads((run_dir / RECORD).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):  # no run.json, or not a record
+            status = None
+        if status == "pruned":
             self._tell(trial, state=TrialState.PRUNED)
         elif isinstance(value, int | float) and math.isfinite(value):
             self._tell(trial, float(value))
@@ -235,7 +240,6 @@ def report(metric: str | None, step: int, scores: Mapping[str, float], last: boo
     value = scores[metric]
     trial.report(value, step)
     if not last and trial.should_prune():
-        trial.genlab_pruned = True  # type: ignore[attr-defined]
         raise TrialPruned(f"stopped by the study's pruner at step {step} ({metric} {value:.6g})")
 
 
@@ -334,7 +338,7 @@ def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
             with active(trial):
                 [ret] = sweeper.launcher.launch([overrides], initial_job_idx=trial.number)
             value = ret.return_value if ret.status.name == "COMPLETED" else math.nan
-            worker.tell(trial, value)
+            worker.tell(trial, value, Path(ret.hydra_cfg.hydra.runtime.output_dir))
             results.append(value)
     _summarise(study, sweep_dir)
     return results
