@@ -124,20 +124,24 @@ def test_ddp_steps_keep_the_processes_in_sync_with_batchnorm(tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in stats)
 
 
-def test_torchrun_two_processes_then_resume_in_one(tmp_path):
-    run = tmp_path / "run"
-    common = ["trainer=smoke", "dataset=digits", "model=dcgan", "trainer.ckpt_every=2"]
+def _torchrun(*args: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-        + ["-m", "genlab", "train", *common, "trainer.max_steps=4", f"hydra.run.dir={run}"],
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*command, "-m", "genlab", "train", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_torchrun_two_processes_then_resume_in_one(tmp_path):
+    run = tmp_path / "run"
+    common = ["trainer=smoke", "dataset=digits", "model=dcgan", "trainer.ckpt_every=2"]
+    _torchrun(*common, "trainer.max_steps=4", f"hydra.run.dir={run}")
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and len(state["rng_ranks"]) == 2
     assert state["loader"]["images_per_batch"] == 2 * 16
@@ -216,20 +220,6 @@ def test_the_multigpu_slurm_preset_asks_one_task_per_gpu(tmp_path, monkeypatch):
     script = executor._executor._make_submission_file_text("genlab", "0")
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=8"):
         assert f"#SBATCH {line}" in script
-
-
-def _torchrun(*args: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*command, "-m", "genlab", "train", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.slow
