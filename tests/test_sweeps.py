@@ -220,6 +220,7 @@ def test_search_presets_set_their_objective(preset, metric, model):
     pytest.importorskip("optuna")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", [f"hparams_search={preset}"], return_hydra_config=True)
-    assert cfg.optimized_metric == metric and cfg.trainer.eval_every == 0
+    assert cfg.optimized_metric == metric and cfg.trainer.eval_every == 500
     assert cfg.hydra.sweeper.direction == "minimize"
+    assert cfg.hydra.sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
     assert cfg.hydra.runtime.choices.model == model
