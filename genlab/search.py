@@ -305,10 +305,11 @@ def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
             "hydra.sweeper.pruner needs each trial in its worker's process (hydra/launcher=basic, "
             f"not {type(sweeper.launcher).__name__}): start more workers instead (docs/sweeps.md)"
         )
+    number = _worker_number(sweep_dir / STUDY_DIR)
     study = optuna.create_study(
         study_name=sweeper.study_name,
         storage=storage(sweeper.storage),
-        sampler=_sampler(sweeper.sampler, space),
+        sampler=_sampler(sweeper.sampler, space, number),
         pruner=_build(sweeper.pruner, "pruner") or optuna.pruners.NopPruner(),
         direction=sweeper.direction,
         load_if_exists=True,
@@ -344,7 +345,21 @@ def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
     return results
 
 
-def _build(cfg: Any, what: str) -> Any:
+def _worker_number(locks: Path) -> int:
+    """This worker's number among those the study's folder has seen, 0 for the first."""
+    from genlab.files import write_file
+
+    locks.mkdir(parents=True, exist_ok=True)
+    with held(locks / "ask.lock"):
+        try:
+            number = int((locks / "workers").read_text())
+        except (OSError, ValueError):
+            number = 0
+        write_file(locks / "workers", str(number + 1).encode())
+    return number
+
+
+def _build(cfg: Any, what: str, **given: Any) -> Any:
     """An Optuna sampler or pruner from its config (`_target_` and arguments), or None."""
     if not cfg:
         return None
@@ -353,11 +368,14 @@ def _build(cfg: Any, what: str) -> Any:
     target = str(cfg.get("_target_", ""))
     if not target.startswith("optuna."):
         raise ConfigError(f"hydra.sweeper.{what}._target_ must be one of Optuna's, got {target!r}")
-    return instantiate(cfg)
+    return instantiate(cfg, **given)
 
 
-def _sampler(cfg: Any, space: Mapping[str, Any]) -> Any:
-    """The sampler; GridSampler's search space is the choices of `space` where not given."""
+def _sampler(cfg: Any, space: Mapping[str, Any], worker: int) -> Any:
+    """The sampler; GridSampler's search space is the choices of `space` where not given. A
+    seeded sampler draws from seed + `worker`, so that workers never repeat each other's draws
+    and the first (a search of one worker) draws from the seed as given."""
+    seed = {"seed": cfg.seed + worker} if cfg and cfg.get("seed") is not None else {}
     if (
         cfg
         and str(cfg.get("_target_")) == "optuna.samplers.GridSampler"
@@ -372,8 +390,8 @@ def _sampler(cfg: Any, space: Mapping[str, Any]) -> Any:
                 f"GridSampler needs choices: {', '.join(loose)} "
                 "are ranges or intervals; write them as choice(...)"
             )
-        return instantiate(cfg, search_space={k: list(d.choices) for k, d in space.items()})
-    return _build(cfg, "sampler")
+        return instantiate(cfg, search_space={k: list(d.choices) for k, d in space.items()}, **seed)
+    return _build(cfg, "sampler", **seed)
 
 
 def _refuse_foreign_runs(study: optuna.Study, sweep_dir: Path) -> None:

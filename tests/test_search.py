@@ -53,6 +53,27 @@ def test_storage_by_its_name(tmp_path):
     assert (tmp_path / "new").is_dir()
 
 
+def test_seeded_workers_draw_apart(tmp_path):
+    """Each worker of a study's folder has a number; a seeded sampler draws from seed + it:
+    the first as the seed says, the others elsewhere (N workers of one config would otherwise
+    run the same trials)."""
+    from omegaconf import OmegaConf
+    from optuna.distributions import FloatDistribution
+
+    from genlab.search import _sampler, _worker_number
+
+    assert [_worker_number(tmp_path) for _ in range(3)] == [0, 1, 2]
+    cfg = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 7})
+    space = {"x": FloatDistribution(0, 1)}
+
+    def first(sampler) -> float:
+        return optuna.create_study(sampler=sampler).ask(space).params["x"]
+
+    assert first(_sampler(cfg, space, 0)) == first(optuna.samplers.RandomSampler(seed=7))
+    assert first(_sampler(cfg, space, 1)) == first(optuna.samplers.RandomSampler(seed=8))
+    assert first(_sampler(cfg, space, 1)) != first(_sampler(cfg, space, 0))
+
+
 def _worker(folder, *args: str, n_trials: int = 9) -> subprocess.Popen:
     """One `genlab train` worker of the journal study in `folder`, in a process of its own."""
     command = [
