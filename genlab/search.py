@@ -259,28 +259,66 @@ def check(sweeper: Any) -> None:
 
 
 def work_in_processes(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
-    """`n_jobs` workers of one study, each in a process of its own (joblib's loky, which
-    carries Hydra's state there as its launcher does); without a storage they share a journal
-    file in the sweep folder (and the study's name `search`, unless named)."""
+    """`n_jobs` workers of one study, each in a process of its own that runs its trials in
+    itself: on this machine by joblib's loky (hydra/launcher=basic), or as submitit jobs
+    (hydra/launcher=slurm: a SLURM array of workers; submitit_local). Hydra's state goes with
+    them, as its launchers carry it; without a storage they share a journal file in the sweep
+    folder (and the study's name `search`, unless named)."""
     import copy
 
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
     from hydra.core.singleton import Singleton
-    from joblib import Parallel, delayed
 
-    if type(sweeper.launcher).__name__ != "BasicLauncher":
+    kind = type(sweeper.launcher).__name__
+    if kind not in ("BasicLauncher", "SlurmLauncher", "LocalLauncher"):
         raise ConfigError(
-            f"hydra.sweeper.n_jobs={sweeper.n_jobs} starts its workers as processes: it runs "
-            f"with hydra/launcher=basic, not {type(sweeper.launcher).__name__}"
+            f"hydra/launcher={kind}: the Optuna sweeper starts its hydra.sweeper.n_jobs workers "
+            "as processes on this machine (hydra/launcher=basic, the default) or as submitit "
+            "jobs (slurm, submitit_local), each running its trials in itself"
         )
     one = copy.copy(sweeper)
     one.n_jobs = 1
     one.storage = sweeper.storage or str(sweep_dir / STUDY_DIR / "study.log")
     one.study_name = sweeper.study_name or "search"
-    state = Singleton.get_state()
-    runs = Parallel(n_jobs=sweeper.n_jobs, backend="loky")(
-        delayed(_worker)(one, arguments, sweep_dir, state) for _ in range(sweeper.n_jobs)
+    one.launcher = BasicLauncher()  # each worker runs its trials in its own process
+    one.launcher.setup(
+        hydra_context=sweeper.hydra_context,
+        task_function=sweeper.task_function,
+        config=sweeper.config,
     )
+    jobs = [(one, arguments, sweep_dir, Singleton.get_state())] * sweeper.n_jobs
+    if kind == "BasicLauncher":
+        from joblib import Parallel, delayed
+
+        runs = Parallel(n_jobs=sweeper.n_jobs, backend="loky")(delayed(_worker)(*j) for j in jobs)
+    else:
+        executor = _submitit_executor(sweeper.launcher)
+        submitted = executor.map_array(_worker, *zip(*jobs, strict=True))
+        log.info("Workers: submitit jobs %s", ", ".join(str(j.job_id) for j in submitted))
+        runs = [job.result() for job in submitted]
     return [value for run in runs for value in run]
+
+
+def _submitit_executor(launcher: Any) -> Any:
+    """The submitit executor of Hydra's submitit launcher `launcher`, with its parameters, as
+    its own `launch` makes it (hydra_plugins.hydra_submitit_launcher)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    cluster, params = launcher._EXECUTOR, dict(launcher.params)
+    executor = submitit.AutoExecutor(
+        folder=params.pop("submitit_folder"),
+        cluster=cluster,
+        **{f"{cluster}_max_num_timeout": params.pop("max_num_timeout")}
+        if "max_num_timeout" in params
+        else {},
+    )
+    generic = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(
+        **{k if k in generic else f"{cluster}_{k}": v for k, v in params.items()}
+    )
+    return executor
 
 
 def _worker(sweeper: Any, arguments: list[str], sweep_dir: Path, state: Any) -> list[Any]:
@@ -300,11 +338,6 @@ def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
 
     check(sweeper)
     space, keys, fixed = search_space(sweeper.params, arguments)
-    if sweeper.pruner and type(sweeper.launcher).__name__ != "BasicLauncher":
-        raise ConfigError(
-            "hydra.sweeper.pruner needs each trial in its worker's process (hydra/launcher=basic, "
-            f"not {type(sweeper.launcher).__name__}): start more workers instead (docs/sweeps.md)"
-        )
     number = _worker_number(sweep_dir / STUDY_DIR)
     study = optuna.create_study(
         study_name=sweeper.study_name,

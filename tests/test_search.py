@@ -127,11 +127,16 @@ def test_three_workers_share_one_study_of_nine_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_n_jobs_starts_workers_in_processes_of_their_own(tmp_path):
-    """hydra.sweeper.n_jobs=2 alone: two worker processes share a journal file in the sweep
-    folder and run the 4 points of a grid once each."""
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_n_jobs_starts_workers_in_processes_of_their_own(launcher, tmp_path):
+    """hydra.sweeper.n_jobs=2: two worker processes (joblib's on this machine, or submitit
+    jobs, as a SLURM array would run them) share a journal file in the sweep folder and run the
+    4 points of a grid once each."""
+    if launcher != "basic":
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     result = cli(
         *("train", "-m", *TRIAL, "hydra/sweeper=optuna", "optimized_metric=loss/g"),
+        f"hydra/launcher={launcher}",
         "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
         "optimizer.lr=choice(1e-4, 2e-4)",
         "trainer.seed=choice(0, 1)",

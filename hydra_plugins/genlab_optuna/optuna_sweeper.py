@@ -50,6 +50,6 @@ class OptunaSweeper(Sweeper):
 
         search.check(self)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        if self.n_jobs == 1:
+        if self.n_jobs == 1 and type(self.launcher).__name__ == "BasicLauncher":
             return search.work(self, arguments, sweep_dir)
         return search.work_in_processes(self, arguments, sweep_dir)
