@@ -228,6 +228,9 @@ def test_a_search_that_cannot_run_is_one_message_and_writes_no_run(tmp_path):
     result = cli("train", "-m", *search, "hydra.sweeper.n_jobs=0", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 1
     assert "hydra.sweeper.n_jobs must be at least 1, got 0" in result.stderr
+    result = cli("train", "-m", *search, "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 1
+    assert "hydra/launcher=JoblibLauncher: the Optuna sweeper starts its" in result.stderr
     named = [f"hydra.sweeper.storage={tmp_path / 'study.log'}", f"hydra.sweep.dir={tmp_path}"]
     result = cli("train", "-m", *search, *named)
     assert result.returncode == 1
