@@ -21,7 +21,10 @@ LAYERS = [
         "genlab.guard",
     ),
     ("data and metrics", "genlab.data genlab.metrics"),
-    ("run folders", "genlab.run_folder genlab.loading genlab.callbacks genlab.search"),
+    (
+        "run folders",
+        "genlab.run_folder genlab.loading genlab.callbacks genlab.search genlab.search_space",
+    ),
     ("model families", "genlab.models"),
     (  # what drives a family through the contract
         "drivers",

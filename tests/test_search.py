@@ -12,7 +12,8 @@ import time
 import pytest
 
 from genlab.errors import ConfigError
-from genlab.search import search_space, storage
+from genlab.search import storage
+from genlab.search_space import search_space
 from tests.conftest import ROOT, cli, finish
 
 optuna = pytest.importorskip("optuna")
@@ -60,7 +61,8 @@ def test_seeded_workers_draw_apart(tmp_path):
     from omegaconf import OmegaConf
     from optuna.distributions import FloatDistribution
 
-    from genlab.search import _sampler, _worker_number
+    from genlab.search import _worker_number
+    from genlab.search_space import sampler as _sampler
 
     assert [_worker_number(tmp_path) for _ in range(3)] == [0, 1, 2]
     cfg = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 7})
