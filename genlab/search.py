@@ -274,15 +274,18 @@ def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
 
     check(sweeper)
     space, keys, fixed = search_space(sweeper.params, arguments)
-    number = _worker_number(sweep_dir / STUDY_DIR)
-    study = optuna.create_study(
-        study_name=sweeper.study_name,
-        storage=storage(sweeper.storage),
-        sampler=sampler(sweeper.sampler, space, number),
-        pruner=build(sweeper.pruner, "pruner") or optuna.pruners.NopPruner(),
-        direction=sweeper.direction,
-        load_if_exists=True,
-    )
+    locks = sweep_dir / STUDY_DIR
+    locks.mkdir(parents=True, exist_ok=True)
+    with held(locks / "ask.lock"):  # one worker at a time makes the storage's tables
+        number = _worker_number(locks)
+        study = optuna.create_study(
+            study_name=sweeper.study_name,
+            storage=storage(sweeper.storage),
+            sampler=sampler(sweeper.sampler, space, number),
+            pruner=build(sweeper.pruner, "pruner") or optuna.pruners.NopPruner(),
+            direction=sweeper.direction,
+            load_if_exists=True,
+        )
     if study.direction.name.lower() != sweeper.direction:
         raise ConfigError(
             f"study {study.study_name!r} in {sweeper.storage} is to "
@@ -315,16 +318,15 @@ def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
 
 
 def _worker_number(locks: Path) -> int:
-    """This worker's number among those the study's folder has seen, 0 for the first."""
+    """This worker's number among those the study's folder has seen, 0 for the first (the
+    caller holds the folder's ask lock)."""
     from genlab.files import write_file
 
-    locks.mkdir(parents=True, exist_ok=True)
-    with held(locks / "ask.lock"):
-        try:
-            number = int((locks / "workers").read_text())
-        except (OSError, ValueError):
-            number = 0
-        write_file(locks / "workers", str(number + 1).encode())
+    try:
+        number = int((locks / "workers").read_text())
+    except (OSError, ValueError):
+        number = 0
+    write_file(locks / "workers", str(number + 1).encode())
     return number
 
 

@@ -64,7 +64,7 @@ def test_seeded_workers_draw_apart(tmp_path):
     from genlab.search import _worker_number
     from genlab.search_space import sampler as _sampler
 
-    assert [_worker_number(tmp_path) for _ in range(3)] == [0, 1, 2]
+    assert [_worker_number(tmp_path) for _ in range(3)] == [0, 1, 2]  # under the ask lock
     cfg = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 7})
     space = {"x": FloatDistribution(0, 1)}
 
@@ -129,15 +129,19 @@ def test_three_workers_share_one_study_of_nine_trials(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
-def test_n_jobs_starts_workers_in_processes_of_their_own(launcher, tmp_path):
+@pytest.mark.parametrize(("launcher", "db"), [("basic", None), ("submitit_local", "study.db")])
+def test_n_jobs_starts_workers_in_processes_of_their_own(launcher, db, tmp_path):
     """hydra.sweeper.n_jobs=2: two worker processes (joblib's on this machine, or submitit
-    jobs, as a SLURM array would run them) share a journal file in the sweep folder and run the
-    4 points of a grid once each."""
+    jobs, as a SLURM array would run them) share a journal file in the sweep folder (or a SQLite
+    file whose tables the first makes) and run the 4 points of a grid once each."""
     if launcher != "basic":
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    named = (
+        [f"hydra.sweeper.storage={tmp_path / db}", "hydra.sweeper.study_name=search"] if db else []
+    )
     result = cli(
         *("train", "-m", *TRIAL, "hydra/sweeper=optuna", "optimized_metric=loss/g"),
+        *named,
         f"hydra/launcher={launcher}",
         "hydra.sweeper.sampler._target_=optuna.samplers.GridSampler",
         "optimizer.lr=choice(1e-4, 2e-4)",
@@ -147,8 +151,8 @@ def test_n_jobs_starts_workers_in_processes_of_their_own(launcher, tmp_path):
         f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    journal = storage(str(tmp_path / ".study" / "study.log"))
-    trials = optuna.load_study(study_name="search", storage=journal).get_trials()
+    shared = storage(str(tmp_path / (db or ".study/study.log")))
+    trials = optuna.load_study(study_name="search", storage=shared).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert len({tuple(t.params.values()) for t in trials}) == 4
     first, second = sorted(trials, key=lambda t: t.datetime_start)[:2]
