@@ -186,9 +186,13 @@ def test_two_submitit_slurm_tasks_train_as_one_run(tmp_path):
         )
         for rank in (0, 1)
     ]
-    for task in tasks:
-        _, err = finish(task, timeout=300)
-        assert task.returncode == 0, err[-3000:]
+    try:
+        for task in tasks:
+            _, err = finish(task, timeout=300)
+            assert task.returncode == 0, err[-3000:]
+    finally:  # a task whose partner failed would wait for it
+        for task in tasks:
+            task.kill()
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and len(state["rng_ranks"]) == 2
     assert state["loader"]["images_per_batch"] == 2 * 16
