@@ -356,32 +356,58 @@ class DenoisingLoss:
 
 
 class FlowMatchingLoss:
-    """The flow family's objective (conditional flow matching, Lipman et al. 2023): the mean
-    squared error of the network's velocity against the straight path's, at times drawn
-    `uniform` in [0, 1] or `logit_normal` (Esser et al. 2024: sigmoid of a normal of `mean` and
-    `std`, which puts more of them mid-path, where the velocity is hardest to guess)."""
+    """The flow family's objective (conditional flow matching, Lipman et al. 2023): a distance
+    of the network's velocity from the straight path's, at times drawn `uniform` in [0, 1],
+    `logit_normal` (Esser et al. 2024: sigmoid of a normal of `mean` and `std`, which puts more
+    of them mid-path, where the velocity is hardest to guess) or `u_shaped` (Lee et al. 2024,
+    for reflow: density proportional to cosh(`a` (t - 1/2)), more of them near the ends, where
+    one- and two-step samplers evaluate the network).
+
+    The distance is `mse` (the mean squared error) or `pseudo_huber` (Lee et al. 2024, after
+    Song and Dhariwal 2023): per image, sqrt(|v - u|^2 + c^2) - c over its D dimensions with
+    c = `huber_c` D, averaged; it grows as |v - u| far from the target, so the few pairs the
+    field cannot fit pull on it less than under the square."""
 
     def __init__(
         self,
-        times: Literal["uniform", "logit_normal"] = "uniform",
+        times: Literal["uniform", "logit_normal", "u_shaped"] = "uniform",
         mean: float = 0.0,
         std: float = 1.0,
+        a: float = 4.0,
+        distance: Literal["mse", "pseudo_huber"] = "mse",
+        huber_c: float = 0.00054,
     ) -> None:
-        if times not in ("uniform", "logit_normal"):
-            raise ValueError(f"times must be 'uniform' or 'logit_normal', got {times!r}")
-        if not std > 0:
-            raise ValueError(f"std must be > 0, got {std}")
-        self.times, self.mean, self.std = times, float(mean), float(std)
+        if times not in ("uniform", "logit_normal", "u_shaped"):
+            raise ValueError(
+                f"times must be 'uniform', 'logit_normal' or 'u_shaped', got {times!r}"
+            )
+        if distance not in ("mse", "pseudo_huber"):
+            raise ValueError(f"distance must be 'mse' or 'pseudo_huber', got {distance!r}")
+        for key, value in (("std", std), ("a", a), ("huber_c", huber_c)):
+            if not value > 0:
+                raise ValueError(f"{key} must be > 0, got {value}")
+        self.times, self.mean, self.std, self.a = times, float(mean), float(std), float(a)
+        self.distance, self.huber_c = distance, float(huber_c)
 
     def draw(self, n: int, device: torch.device) -> Tensor:
         """`n` training times in [0, 1], from torch's global generator."""
+        if self.times == "logit_normal":
+            return torch.sigmoid(self.mean + self.std * torch.randn(n, device=device))
+        u = torch.rand(n, device=device)
         if self.times == "uniform":
-            return torch.rand(n, device=device)
-        return torch.sigmoid(self.mean + self.std * torch.randn(n, device=device))
+            return u
+        # the inverse of the U-shaped law's distribution function,
+        # F(t) = (sinh(a (t - 1/2)) + sinh(a / 2)) / (2 sinh(a / 2))
+        half = math.sinh(self.a / 2)
+        return (0.5 + torch.asinh((2 * u - 1) * half) / self.a).clamp(0.0, 1.0)
 
-    @staticmethod
-    def __call__(velocity: Tensor, target: Tensor) -> Tensor:
-        return F.mse_loss(velocity, target)
+    def __call__(self, velocity: Tensor, target: Tensor) -> Tensor:
+        if self.distance == "mse":
+            return F.mse_loss(velocity, target)
+        dims = velocity[0].numel()
+        c = self.huber_c * dims
+        squared = (velocity - target).flatten(1).pow(2).sum(1)
+        return ((squared + c**2).sqrt() - c).mean() / dims
 
 
 class ExactNLL:

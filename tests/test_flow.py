@@ -185,6 +185,36 @@ def test_logit_normal_times_put_more_of_them_mid_path():
         FlowMatchingLoss("cosine")
 
 
+def test_u_shaped_times_put_more_of_them_near_both_ends():
+    """Density cosh(a (t - 1/2)) / Z on [0, 1], a = 4: F(t) = (sinh(4 (t - 1/2)) + sinh 2) /
+    (2 sinh 2), so P(t < 0.1) = P(t > 0.9) = (sinh 2 - sinh 1.6) / (2 sinh 2) = 0.1725 and
+    P(0.4 < t < 0.6) = sinh 0.4 / sinh 2 = 0.1133 (uniform: 0.1 and 0.2)."""
+    torch.manual_seed(0)
+    t = FlowMatchingLoss("u_shaped").draw(200_000, torch.device("cpu"))
+    assert float(t.min()) >= 0 and float(t.max()) <= 1
+    assert float((t < 0.1).float().mean()) == pytest.approx(0.1725, abs=0.004)
+    assert float((t > 0.9).float().mean()) == pytest.approx(0.1725, abs=0.004)
+    assert float(((t > 0.4) & (t < 0.6)).float().mean()) == pytest.approx(0.1133, abs=0.004)
+    with pytest.raises(ValueError, match="a must be > 0"):
+        FlowMatchingLoss("u_shaped", a=0)
+
+
+def test_the_pseudo_huber_distance_by_value():
+    """Two images of D = 4 dimensions, c = 0.00054 * 4 = 0.00216: one off by 1 in every
+    dimension (|v - u|^2 = 4), one exact: ((sqrt(4 + c^2) - c) + (c - c)) / 2 / 4."""
+    loss = FlowMatchingLoss(distance="pseudo_huber")
+    velocity, target = torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    velocity[0] = 1.0
+    c = 0.00216
+    assert float(loss(velocity, target)) == pytest.approx((math.sqrt(4 + c**2) - c) / 2 / 4)
+    # near the target (|v - u| << c) it is the squared error over 2c: 1e-4^2 * 4 / (2c) / 4
+    near = torch.full((1, 1, 2, 2), 1e-4)
+    half_square = 1e-4**2 * 4 / (2 * c) / 4
+    assert float(loss(near, torch.zeros_like(near))) == pytest.approx(half_square, rel=0.02)
+    with pytest.raises(ValueError, match="distance must be"):
+        FlowMatchingLoss(distance="l1")
+
+
 def test_a_conditional_flow_resumes_bit_identically(tmp_path):
     setup = ["model=flow", "model.conditional=true", "loss.times=logit_normal"]
     setup += ["model.ema_start=1", "dataset=digits", *TINY_NETWORKS["flow"], *FAST]

@@ -49,7 +49,9 @@ def test_the_student_starts_from_the_teachers_average_and_learns_its_pairs(teach
 
 
 def test_reflow_resumes_bit_identically(teacher, tmp_path):
-    assert_resume_is_bit_identical([*REFLOW, *TINY, f"model.init_from={teacher}"], tmp_path)
+    """With experiment=reflow_mnist's objective: U-shaped times, the pseudo-Huber distance."""
+    setup = [*REFLOW, "loss.times=u_shaped", "loss.distance=pseudo_huber", *TINY]
+    assert_resume_is_bit_identical([*setup, f"model.init_from={teacher}"], tmp_path)
 
 
 def test_reflow_without_a_teacher_says_what_to_name(tmp_path, caplog):
