@@ -24,12 +24,30 @@ log = logging.getLogger(__name__)
 LOCK = ".lock"
 
 
+def _open(path: Path) -> int:
+    """The lock file `path`, made if missing, never through a link."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise refused(path, e, "lock") from None
+
+
+def _claim(fd: int) -> None:
+    """Write this process's pid in the lock file it now holds."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def release(fd: int) -> None:
+    """Empty the lock file (the pid is the holder's only while it holds) and let the lock go."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
+
+
 def hold(folder: Path) -> int | None:
     """Hold `folder`'s lock (the OS drops it with the process); refuse if another run holds it."""
-    try:
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise refused(folder / LOCK, e, "lock") from None
+    fd = _open(folder / LOCK)
     if fcntl is None:
         return fd
     try:
@@ -43,8 +61,7 @@ def hold(folder: Path) -> int | None:
         ) from None
     except OSError as e:  # a file system without locks
         log.warning("cannot lock %s (%s): a second run could write into it", folder, e)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _claim(fd)
     return fd
 
 
@@ -52,20 +69,14 @@ def hold(folder: Path) -> int | None:
 def held(path: Path) -> Iterator[None]:
     """Hold the lock on file `path` (made if missing) while the block runs, waiting for another
     process to release it; the holder's pid is written in it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise refused(path, e, "lock") from None
+    fd = _open(path)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _claim(fd)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # the pid is the holder's only while it holds
-        os.close(fd)
+        release(fd)
 
 
 def lock_holder(folder: str | Path) -> int | None:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.errors import GenlabError, TrialPruned, writing
 from genlab.files import MANIFEST, Outputs
-from genlab.lock import LOCK, hold
+from genlab.lock import LOCK, hold, release
 from genlab.record import RECORD, write_record
 
 try:
@@ -207,9 +207,7 @@ class RunFolder:
                     _remove_if_empty(self.path)
         finally:
             if self._fd is not None:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, 0)  # the pid is the holder's only while it holds
-                os.close(self._fd)  # releases the lock
+                release(self._fd)
                 self._fd = None
 
 
