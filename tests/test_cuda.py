@@ -20,6 +20,8 @@ from tests.test_resume import FAST, R1_LECAM, assert_resume_is_bit_identical
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS call
 CUDA = ["device=cuda", "trainer.deterministic=true"]
+FLOW = ["model=flow", "model.conditional=true", "loss.times=logit_normal", *TINY_NETWORKS["flow"]]
+SR3 = ["model=sr3", "condition.scale=4", *TINY_NETWORKS["sr3"]]  # conditioned on an image
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,9 @@ CUDA = ["device=cuda", "trainer.deterministic=true"]
         ["model=ddpm", "model.conditional=true", *TINY_NETWORKS["ddpm"]],
         ["model=dit", "trainer.precision=bf16", *TINY_NETWORKS["dit"]],
         ["model=pixelcnn", "model.likelihood=logistic_mixture", *TINY_NETWORKS["pixelcnn"]],
+        FLOW,
+        SR3,
+        ["model=espcn"],
     ],
     ids=[
         "gan",
@@ -55,6 +60,9 @@ CUDA = ["device=cuda", "trainer.deterministic=true"]
         "ddpm_conditional",
         "dit_bf16",
         "pixelcnn",
+        "flow_conditional",
+        "sr3",
+        "espcn",
     ],
 )
 def test_cuda_resume_is_bit_identical(setup, tmp_path):
@@ -74,6 +82,9 @@ def test_cuda_resume_is_bit_identical(setup, tmp_path):
         ["model=ddpm", "model.conditional=true", *TINY_NETWORKS["ddpm"]],
         ["model=dit", *TINY_NETWORKS["dit"]],
         ["model=pixelcnn", *TINY_NETWORKS["pixelcnn"]],
+        FLOW,
+        SR3,
+        ["model=espcn"],
     ],
     ids=[
         "gan",
@@ -86,12 +97,15 @@ def test_cuda_resume_is_bit_identical(setup, tmp_path):
         "ddpm",
         "dit",
         "pixelcnn",
+        "flow_conditional",
+        "sr3",
+        "espcn",
     ],
 )
 def test_cuda_training_step_never_waits_for_the_gpu(setup):
     """Between logging steps a step queues its kernels without one host sync (guard and EMA
     included: the EMA's first average and the ones after)."""
-    from genlab.config import build, build_model
+    from genlab.config import build, build_model, degradation
     from genlab.data.loader import DeviceLoader
 
     cfg = make_cfg(*setup, "dataset=digits")
@@ -100,7 +114,9 @@ def test_cuda_training_step_never_waits_for_the_gpu(setup):
     net = build_model(cfg, data).to(device)
     update = Updater(net.configure_optimizers(build(cfg.optimizer, "optimizer")), device)
     assert all(update.on_device.values())
-    loader = DeviceLoader(data, 32, device)
+    loader = DeviceLoader(
+        data, 32, device, degrade=degradation(cfg, data.channels, data.image_size)
+    )
     net.train_step(loader, update, metrics=False)  # warm-up: lazy optimizer state
     torch.cuda.set_sync_debug_mode("error")
     try:
