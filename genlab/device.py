@@ -35,8 +35,17 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def set_determinism(deterministic: bool, device: torch.device) -> None:
-    """Deterministic kernels (for bit-identical runs on CUDA), or cuDNN's fastest algorithms."""
+    """Deterministic kernels (for bit-identical runs on CUDA), or cuDNN's fastest algorithms.
+
+    Attention's fused CUDA kernels (flash, memory-efficient, cuDNN) accumulate their backward in
+    no fixed order unless torch runs in strict mode, which would refuse every other op that has
+    no deterministic kernel; so deterministic runs take the math kernel, deterministic both ways.
+    """
     if deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at startup
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    fused = device.type != "cuda" or not deterministic
+    torch.backends.cuda.enable_flash_sdp(fused)
+    torch.backends.cuda.enable_mem_efficient_sdp(fused)
+    torch.backends.cuda.enable_cudnn_sdp(fused)

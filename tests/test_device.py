@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from genlab.device import select_device
+from genlab.device import select_device, set_determinism
 
 
 def test_cpu_and_auto():
@@ -20,3 +20,21 @@ def test_missing_cuda_is_a_clear_error():
 def test_unknown_names(name):
     with pytest.raises(ValueError, match="auto, cpu, cuda, cuda:N or mps"):
         select_device(name)
+
+
+def test_deterministic_cuda_runs_take_the_math_attention_kernel(monkeypatch):
+    """Flash, memory-efficient and cuDNN attention sum their backward in no fixed order, so a
+    deterministic CUDA run allows only the math kernel; a run that is not gets all of them back."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cuda = torch.backends.cuda
+    kernels = (cuda.flash_sdp_enabled, cuda.mem_efficient_sdp_enabled, cuda.cudnn_sdp_enabled)
+    try:
+        set_determinism(True, torch.device("cuda"))
+        assert not any(enabled() for enabled in kernels) and cuda.math_sdp_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        set_determinism(False, torch.device("cuda"))
+        assert all(enabled() for enabled in kernels) and torch.backends.cudnn.benchmark
+        set_determinism(True, torch.device("cpu"))  # the CPU has one kernel: nothing to choose
+        assert all(enabled() for enabled in kernels)
+    finally:
+        set_determinism(False, torch.device("cpu"))
