@@ -421,6 +421,8 @@ def test_train_eval_sample_and_export_a_diffusion_run_with_another_solver(tmp_pa
     assert out.name == "classifier-32px_n20_ddim50_eta1_g2_noclip_step0000005.json"
     out = save_report(Report(report.metrics, {**protocol, "num_generated": 1000}), run, 5, "x")
     assert out.name == "classifier-32px_n1000_ddim50_eta1_g2_step0000005.json"
+    out = save_report(Report(report.metrics, {**protocol, "seed": 3}), run, 5, "x")
+    assert out.name == "classifier-32px_n20_ddim50_eta1_g2_seed3_step0000005.json"
 
     out = sample(
         make_cfg(

@@ -22,10 +22,11 @@ def report(
     step: int = 50,
     shift: float = 1.0,
     guidance: float = 1.0,
+    seed: int = 0,
 ) -> dict:
     protocol = {"features": "classifier-28px", "dataset": "digits", "num_real": 360}
     protocol |= {"num_generated": images, "sampler": solver, "sampler_steps": nfe}
-    protocol |= {"guidance": guidance}
+    protocol |= {"guidance": guidance, "seed": seed}
     protocol |= {"time_shift": shift} if shift != 1 else {}
     return {"step": step, "protocol": protocol, "metrics": {"fd": fd}}
 
@@ -48,6 +49,7 @@ def runs(tmp_path):
     save(flow, report("euler", 2, 77.0, images=1000, step=60))  # other images: not read
     save(flow, report("euler", 2, 66.0, guidance=2.0, step=60))  # guided: not read
     save(flow, report("euler", 1, 8.0, shift=2.0))  # another time grid: its own curve
+    save(flow, report("euler", 2, 55.0, seed=1))  # another evaluator seed: not read
     save(ddpm, report("ddim", 1, 150.0))
     return flow, ddpm
 

@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 def report_stem(protocol: Mapping[str, Any]) -> str:
     """`<features>_n<generated images>[_<solver><steps>][_eta<eta>][_shift<shift>][_g<guidance>]
-    [_noclip]`: evaluations with other features, another number of images, another solver or
-    guidance keep files of their own (`genlab.loading.protocol_tag`)."""
-    return f"{protocol['features']}_n{protocol['num_generated']}{protocol_tag(protocol)}"
+    [_noclip][_seed<seed>]`: evaluations with other features, another number of images, another
+    solver, guidance or `evaluator.seed` (other than 0) keep files of their own
+    (`genlab.loading.protocol_tag`)."""
+    seed = f"_seed{protocol['seed']}" if protocol.get("seed") else ""
+    return f"{protocol['features']}_n{protocol['num_generated']}{protocol_tag(protocol)}{seed}"
 
 
 def save_report(report: Report, run_dir: Path, step: int, checkpoint: str) -> Path:
