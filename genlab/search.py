@@ -71,14 +71,13 @@ class Study:
         self, study: optuna.Study, sweep_dir: Path, n_trials: int, retry_failed: int
     ) -> None:
         self.study, self.n_trials, self.retry_failed = study, n_trials, retry_failed
-        self.locks = sweep_dir / STUDY_DIR
-        self.locks.mkdir(parents=True, exist_ok=True)
+        self.locks = study_folder(sweep_dir)
 
     @contextlib.contextmanager
     def next_trial(self, space: Mapping[str, Any]) -> Iterator[optuna.Trial | None]:
         """The next trial to run (an enqueued one first), its lock held while the block runs;
         None once the study holds `n_trials` trials (finished, pruned, failed or running)."""
-        with held(self.locks / "ask.lock"):
+        with asking(self.locks):
             self.end_abandoned()
             if self.counted() >= self.n_trials:
                 trial = None
@@ -274,9 +273,8 @@ def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
 
     check(sweeper)
     space, keys, fixed = search_space(sweeper.params, arguments)
-    locks = sweep_dir / STUDY_DIR
-    locks.mkdir(parents=True, exist_ok=True)
-    with held(locks / "ask.lock"):  # one worker at a time makes the storage's tables
+    locks = study_folder(sweep_dir)
+    with asking(locks):  # one worker at a time makes the storage's tables
         number = _worker_number(locks)
         study = optuna.create_study(
             study_name=sweeper.study_name,
@@ -315,6 +313,19 @@ def work(sweeper: Any, arguments: list[str], sweep_dir: Path) -> list[Any]:
             results.append(value)
     _summarise(study, sweep_dir)
     return results
+
+
+def study_folder(sweep_dir: Path) -> Path:
+    """The sweep folder's `.study` folder, made if missing: the ask lock, the trials' locks, the
+    workers' count."""
+    locks = sweep_dir / STUDY_DIR
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks
+
+
+def asking(locks: Path) -> contextlib.AbstractContextManager[None]:
+    """The study folder's ask lock, held while the block runs (waiting for another worker)."""
+    return held(locks / "ask.lock")
 
 
 def _worker_number(locks: Path) -> int:

@@ -64,7 +64,7 @@ def test_seeded_workers_draw_apart(tmp_path):
     from genlab.search import _worker_number
     from genlab.search_space import sampler as _sampler
 
-    assert [_worker_number(tmp_path) for _ in range(3)] == [0, 1, 2]  # under the ask lock
+    assert [_worker_number(tmp_path) for _ in range(3)] == [0, 1, 2]  # one worker after another
     cfg = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 7})
     space = {"x": FloatDistribution(0, 1)}
 
