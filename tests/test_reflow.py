@@ -9,6 +9,7 @@ from genlab.commands.train import train
 from genlab.config import build, build_model
 from genlab.loading import load_run
 from genlab.models.flow_solvers import Heun
+from genlab.models.reflow import pair_stream
 from tests.conftest import TINY_NETWORKS, make_cfg
 from tests.test_resume import FAST, assert_resume_is_bit_identical, weights
 
@@ -35,9 +36,9 @@ def test_the_student_starts_from_the_teachers_average_and_learns_its_pairs(teach
     images, noise, labels = model.draw_pairs(CPU)
     assert images.shape == noise.shape and len(images) == 12 and labels.shape == (12,)
 
-    # the teacher's own sampler, from the same seed's noise and labels, 5 at a time
+    # the teacher's own sampler, from the pairs' stream's noise and labels, 5 at a time
     sampler, _, _ = load_run(teacher, CPU)
-    gen, expected = torch.Generator().manual_seed(0), []
+    gen, expected = pair_stream(0, CPU), []
     for n in (5, 5, 2):
         z = torch.randn(n, *images.shape[1:], generator=gen)
         y = torch.randint(10, (n,), generator=gen)
@@ -46,6 +47,9 @@ def test_the_student_starts_from_the_teachers_average_and_learns_its_pairs(teach
         expected.append(sampler.solve(z, y, None, solver=Heun(3))[0])
     assert torch.allclose(images, torch.cat(expected), atol=1e-6)
     assert model._teacher is None  # its work is done
+    # an evaluation or `genlab sample` at the pairs' seed draws other noise than they hold
+    sampled = model._noise(12, torch.Generator().manual_seed(0))
+    assert torch.cdist(sampled.flatten(1), noise.flatten(1)).min() > 1  # none is a pair's
 
 
 def test_reflow_resumes_bit_identically(teacher, tmp_path):

@@ -5,8 +5,10 @@ a few Euler steps, or one, land where the teacher's many did.
 
 `model=reflow` is the flow family with other training pairs. The student starts from the
 teacher's sampling weights (its moving average). At its first training step it draws `pairs`
-noise-image pairs from the teacher by `teacher` (an ODE solver and its NFE), from seed
-`pair_seed` (with uniform labels for a class-conditional model), and keeps them in memory; each
+noise-image pairs from the teacher by `teacher` (an ODE solver and its NFE), from a stream of
+their own (`pair_stream`: seeded by a hash of `pair_seed`, so that `genlab eval`, `genlab sample`
+and the grids, whose seeds are small numbers, never draw the noise the student learnt; with
+uniform labels for a class-conditional model), and keeps them in memory; each
 step then takes a random batch of them (torch's generator, so a resume is exact: it draws the
 same pairs again from the teacher). The data set's batches only keep the loader in step.
 Without `init_from` the pairs come from the model's own starting weights, and a warning says so.
@@ -15,6 +17,7 @@ Without `init_from` the pairs come from the model's own starting weights, and a 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -31,10 +34,18 @@ from genlab.models.flow_solvers import FlowSolver
 log = logging.getLogger(__name__)
 
 
+def pair_stream(pair_seed: int, device: torch.device) -> torch.Generator:
+    """The generator of the pairs' noise and labels: seeded with 63 bits of a hash of `pair_seed`,
+    so that it is no stream a sampling seed starts (evaluating at seed 0 a student trained on pairs
+    from torch's seed 0 would measure it on its own training noise)."""
+    digest = hashlib.sha256(f"genlab reflow pairs {pair_seed}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
 class Reflow(Flow):
     """A flow model trained on `pairs` (noise, image) pairs of the teacher at `init_from`, drawn
-    by the ODE solver `teacher` from seed `pair_seed`, `pair_batch` at a time. The other keys are
-    the flow family's."""
+    by the ODE solver `teacher` from `pair_stream(pair_seed)`, `pair_batch` at a time. The other
+    keys are the flow family's."""
 
     def __init__(
         self,
@@ -71,8 +82,8 @@ class Reflow(Flow):
 
     @torch.no_grad()
     def draw_pairs(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
-        """`pairs` noise tensors from seed `pair_seed`, the teacher's images of them (and the
-        labels they were drawn with)."""
+        """`pairs` noise tensors from `pair_stream(pair_seed)`, the teacher's images of them (and
+        the labels they were drawn with)."""
         teacher: nn.Module = self._teacher.to(device)
         if not self._taught:
             log.warning(
@@ -80,7 +91,7 @@ class Reflow(Flow):
                 "Reflow trains on a trained flow model's own images: name its run folder or "
                 "checkpoint as model.init_from=PATH"
             )
-        gen = torch.Generator(device=device).manual_seed(self.pair_seed)
+        gen = pair_stream(self.pair_seed, device)
         solver, out = self.teacher_solver, ([], [], [])
         what = f"Reflow: {self.num_pairs:,} pairs from the teacher ({solver.name}, {solver.cost()})"
         log.info("%s: drawing (at every start, resumes too) ...", what)
