@@ -5,11 +5,13 @@
         --curve "diffusion, DDPM=outputs/ddpm:ddpm" --curve "diffusion, DDIM=outputs/ddpm:ddim"
 
 A curve is a run folder and one of its solvers (`genlab eval`'s `solver=`), optionally with the
-flow solvers' time shift (`RUN:heun,shift=2`: `solver.shift=2`). Each of its points,
+flow solvers' time shift (`RUN:heun,shift=2`: `solver.shift=2`) and the evaluator's seed
+(`RUN:euler,seed=1`: `evaluator.seed=1`, for a reflow run whose pairs were drawn at torch's seed
+0, before genlab drew them from a stream of their own). Each of its points,
 one per `--nfe`, is the Fréchet distance of `--images` generated images in the evaluator's
 classifier features against the held-out split: `genlab eval run=RUN solver=S solver.steps=N
 evaluator.num_generated=IMAGES evaluator.nll_samples=0`, whose report the run keeps
-(RUN/eval/classifier-*_n<images>_<solver><nfe>[_shift<shift>]_step<step>.json). A point
+(RUN/eval/classifier-*_n<images>_<solver><nfe>[_shift<shift>][_seed<seed>]_step<step>.json). A point
 whose report is there with this protocol is read, not measured again, so the script can be
 stopped and run again, and curves shared between charts cost nothing. Writes OUT.md (curves
 as rows, NFE as columns, with the protocol) and OUT.png (FD against NFE, both axes logarithmic).
@@ -39,27 +41,35 @@ class Curve:
     run: Path
     solver: str
     shift: float = 1.0
+    seed: int = 0
 
     @classmethod
     def parse(cls, text: str) -> Curve:
-        """'LABEL=RUN:SOLVER[,shift=S]'."""
+        """'LABEL=RUN:SOLVER[,shift=S][,seed=N]'."""
         label, sep, rest = text.partition("=")
         run, colon, spec = rest.rpartition(":")
-        solver, _, option = spec.partition(",")
-        key, _, value = option.partition("=")
-        if not (sep and colon and label and run and solver) or option and key != "shift":
-            raise SystemExit(f"--curve must be LABEL=RUN_FOLDER:SOLVER[,shift=S], got {text!r}")
+        solver, *options = spec.split(",")
+        settings = dict(option.partition("=")[::2] for option in options)
+        if not (sep and colon and label and run and solver) or set(settings) - {"shift", "seed"}:
+            raise SystemExit(
+                f"--curve must be LABEL=RUN_FOLDER:SOLVER[,shift=S][,seed=N], got {text!r}"
+            )
         try:
-            return cls(label, Path(run), solver, float(value) if option else 1.0)
+            shift = float(settings.get("shift", 1))
         except ValueError:
-            raise SystemExit(f"--curve {label}: shift must be a number, got {value!r}") from None
+            shift = settings["shift"]
+            raise SystemExit(f"--curve {label}: shift must be a number, got {shift!r}") from None
+        if not settings.get("seed", "0").isdigit():
+            seed = settings["seed"]
+            raise SystemExit(f"--curve {label}: seed must be a whole number >= 0, got {seed!r}")
+        return cls(label, Path(run), solver, shift, int(settings.get("seed", 0)))
 
 
 def evaluation(curve: Curve, nfe: int, images: int) -> dict | None:
     """The run's latest report (highest step) of `genlab eval` with this solver, shift, NFE and
     number of images (guidance 1, no eta, clipped), or None."""
     p = {"features": "classifier-*", "num_generated": images, "sampler": curve.solver}
-    p |= {"sampler_steps": nfe, "time_shift": curve.shift}
+    p |= {"sampler_steps": nfe, "time_shift": curve.shift, "seed": curve.seed}
     found = [
         json.loads(path.read_text())
         for path in (curve.run / "eval").glob(f"{report_stem(p)}_step*.json")
@@ -72,6 +82,7 @@ def genlab_eval(curve: Curve, nfe: int, images: int, extra: Sequence[str]) -> No
     command = [sys.executable, "-m", "genlab", "eval", f"run={curve.run}"]
     command += [f"solver={curve.solver}", f"solver.steps={nfe}"]
     command += [f"solver.shift={curve.shift:g}"] if curve.shift != 1 else []
+    command += [f"evaluator.seed={curve.seed}"] if curve.seed else []
     command += [f"evaluator.num_generated={images}", "evaluator.nll_samples=0", *extra]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -145,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="append",
         required=True,
         type=Curve.parse,
-        help="LABEL=RUN_FOLDER:SOLVER[,shift=S] (repeat: one per line of the chart)",
+        help="LABEL=RUN_FOLDER:SOLVER[,shift=S][,seed=N] (repeat: one per line of the chart)",
     )
     parser.add_argument("--nfe", type=int, nargs="+", default=NFE)
     parser.add_argument("--images", type=int, default=5000, help="generated images per point")

@@ -49,7 +49,7 @@ def runs(tmp_path):
     save(flow, report("euler", 2, 77.0, images=1000, step=60))  # other images: not read
     save(flow, report("euler", 2, 66.0, guidance=2.0, step=60))  # guided: not read
     save(flow, report("euler", 1, 8.0, shift=2.0))  # another time grid: its own curve
-    save(flow, report("euler", 2, 55.0, seed=1))  # another evaluator seed: not read
+    save(flow, report("euler", 2, 55.0, seed=1))  # another evaluator seed: its own curve
     save(ddpm, report("ddim", 1, 150.0))
     return flow, ddpm
 
@@ -60,18 +60,22 @@ def test_only_missing_points_are_measured_and_the_table_has_every_point(runs, tm
 
     def fake_eval(curve, nfe, images):
         measured.append((curve.label, nfe, images))
-        save(curve.run, report(curve.solver, nfe, 3.25, shift=curve.shift))
+        save(curve.run, report(curve.solver, nfe, 3.25, shift=curve.shift, seed=curve.seed))
 
     curves = [
         nfe_chart.Curve("flow, Euler", flow, "euler"),
         nfe_chart.Curve.parse(f"flow, Euler, shift 2={flow}:euler,shift=2"),
+        nfe_chart.Curve.parse(f"flow, Euler, seed 1={flow}:euler,seed=1"),
         nfe_chart.Curve("DDIM", ddpm, "ddim"),
     ]
     reports = nfe_chart.measure(curves, [1, 2], 100, fake_eval)
-    assert measured == [("flow, Euler, shift 2", 2, 100), ("DDIM", 2, 100)]
+    assert measured == [("flow, Euler, shift 2", 2, 100), ("flow, Euler, seed 1", 1, 100)] + [
+        ("DDIM", 2, 100)
+    ]
     text = nfe_chart.table(curves, [1, 2], reports, 100)
     assert "| flow, Euler | `flow` | 50 | 40 | 12.5 |" in text
     assert "| flow, Euler, shift 2 | `flow` | 50 | 8 | 3.25 |" in text
+    assert "| flow, Euler, seed 1 | `flow` | 50 | 3.25 | 55 |" in text
     assert "| DDIM | `ddpm` | 50 | 150 | 3.25 |" in text
     assert "100 generated images against the 360 held-out images of digits" in text
 
@@ -101,8 +105,9 @@ def test_the_script_writes_table_and_chart_and_refuses_a_bad_curve(runs, tmp_pat
         assert png.size == (700, 450) and len(png.getcolors(1 << 16)) > 10  # lines, not blank
     for bad, message in [
         (f"{flow}", "LABEL=RUN_FOLDER:SOLVER"),
-        (f"x={flow}:ddim,eta=1", "LABEL=RUN_FOLDER:SOLVER\\[,shift=S\\]"),
+        (f"x={flow}:ddim,eta=1", "LABEL=RUN_FOLDER:SOLVER\\[,shift=S\\]\\[,seed=N\\]"),
         (f"x={flow}:heun,shift=two", "shift must be a number, got 'two'"),
+        (f"x={flow}:euler,seed=-1", "seed must be a whole number >= 0, got '-1'"),
         (f"x={tmp_path}:euler", "is not a run folder"),
     ]:
         with pytest.raises(SystemExit, match=message):
