@@ -6,8 +6,7 @@
 
 A curve is a run folder and one of its solvers (`genlab eval`'s `solver=`), optionally with the
 flow solvers' time shift (`RUN:heun,shift=2`: `solver.shift=2`) and the evaluator's seed
-(`RUN:euler,seed=1`: `evaluator.seed=1`, for a reflow run whose pairs were drawn at torch's seed
-0, before genlab drew them from a stream of their own). Each of its points,
+(`RUN:euler,seed=1`: `evaluator.seed=1`). Each of its points,
 one per `--nfe`, is the Fréchet distance of `--images` generated images in the evaluator's
 classifier features against the held-out split: `genlab eval run=RUN solver=S solver.steps=N
 evaluator.num_generated=IMAGES evaluator.nll_samples=0`, whose report the run keeps
