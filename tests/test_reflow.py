@@ -2,6 +2,9 @@
 noise-image pairs (checked against the teacher's sampler), resumes exactly, and warns without a
 teacher."""
 
+import logging
+import re
+
 import pytest
 import torch
 
@@ -26,15 +29,20 @@ def teacher(tmp_path_factory):
     return run
 
 
-def test_the_student_starts_from_the_teachers_average_and_learns_its_pairs(teacher):
+def test_the_student_starts_from_the_teachers_average_and_learns_its_pairs(teacher, caplog):
     cfg = make_cfg(*REFLOW, *TINY, f"model.init_from={teacher}")
     model = build_model(cfg, build(cfg.dataset, "dataset"))
     ckpt = weights(teacher)["model"]
     assert int(ckpt["network_ema.n_averaged"]) == 3  # updates 2..4 averaged, not the network's
     for name, value in model.network.state_dict().items():
         assert torch.equal(value, ckpt[f"network_ema.module.{name}"]), name
-    images, noise, labels = model.draw_pairs(CPU)
+    with caplog.at_level(logging.INFO, logger="genlab.models.reflow"):
+        images, noise, labels = model.draw_pairs(CPU)
     assert images.shape == noise.shape and len(images) == 12 and labels.shape == (12,)
+    # the wait is announced, then its length, then its end
+    said = [r.getMessage() for r in caplog.records if r.name == "genlab.models.reflow"]
+    assert len(said) == 3 and said[1].startswith("Reflow: 12 pairs from the teacher (heun, 3 NFE)")
+    assert re.fullmatch(r".*\): about \d+\.\d min left", said[1]) and " drawn in " in said[2]
 
     # the teacher's own sampler, from the pairs' stream's noise and labels, 5 at a time
     sampler, _, _ = load_run(teacher, CPU)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from genlab.data.loader import Batch
 from genlab.errors import require_at_least
@@ -96,16 +97,24 @@ class Reflow(Flow):
         what = f"Reflow: {self.num_pairs:,} pairs from the teacher ({solver.name}, {solver.cost()})"
         log.info("%s: drawing (at every start, resumes too) ...", what)
         began = time.perf_counter()
-        for start in range(0, self.num_pairs, self.pair_batch):
-            n = min(self.pair_batch, self.num_pairs - start)
-            noise = self._noise(n, gen).to(device)
-            labels = None
-            if self.num_classes:
-                labels = torch.randint(self.num_classes, (n,), device=device, generator=gen)
-            velocity = scaled(self.denoiser(labels, solver.guidance, teacher))
-            images, _ = solver.solve(velocity, noise)
-            for kept, x in zip(out, (images, noise, labels), strict=True):
-                kept.append(x)
+        # minutes before the first step: a bar on a terminal, and the time left in the log
+        with tqdm(
+            total=self.num_pairs, desc="reflow pairs", unit="pair", leave=False, disable=None
+        ) as bar:
+            for start in range(0, self.num_pairs, self.pair_batch):
+                n = min(self.pair_batch, self.num_pairs - start)
+                noise = self._noise(n, gen).to(device)
+                labels = None
+                if self.num_classes:
+                    labels = torch.randint(self.num_classes, (n,), device=device, generator=gen)
+                velocity = scaled(self.denoiser(labels, solver.guidance, teacher))
+                images, _ = solver.solve(velocity, noise)
+                for kept, x in zip(out, (images, noise, labels), strict=True):
+                    kept.append(x)
+                bar.update(n)
+                if start == 0 and n < self.num_pairs:
+                    left = (time.perf_counter() - began) * (self.num_pairs - n) / n
+                    log.info("%s: about %.1f min left", what, left / 60)
         log.info("%s drawn in %.0f s", what, time.perf_counter() - began)
         self.__dict__["_teacher"] = None  # its work is done
         images, noise, labels = (torch.cat(x) if x[0] is not None else None for x in out)
